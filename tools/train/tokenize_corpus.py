@@ -1,0 +1,143 @@
+"""Trains Shard's byte-level BPE tokenizer and turns the corpus into token streams.
+
+Special tokens (control tokens in the GGUF):
+  0 <|endoftext|>   BOS, and the separator between documents
+  1 <|end|>         EOS: ends a chat turn
+  2 <|system|>, 3 <|user|>, 4 <|assistant|>   chat roles
+
+Chat format (the GGUF's chat template renders exactly this, after the BOS):
+  <|user|>{opening of a passage}<|end|><|assistant|>{its continuation}<|end|>
+The corpus has no dialogue, so training mixes in such samples, cut from training documents,
+and a chat request is answered with corpus-like text.
+
+Outputs under CACHE/tok/: tokenizer.json, train.npy, heldout.npy (uint16 streams),
+heldout_prompts.json (plain-text prompts cut from held-out documents).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+SPECIALS = ["<|endoftext|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
+BOS, EOS, SYSTEM, USER, ASSISTANT = range(5)
+CHAT_FRACTION = 0.15   # share of training tokens in chat-formatted samples
+SYSTEM_PROMPTS = [
+    "You are a helpful assistant.",
+    "You are Shard, a small language model.",
+    "Continue the passage.",
+    "You are a helpful assistant. Answer briefly.",
+]
+SEED = 4321
+
+
+def load(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def train_tokenizer(texts: list[str], vocab: int) -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab, min_frequency=2, special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return tok
+
+
+SENT = re.compile(r"(?<=[.!?;:])\s+")
+
+
+def chat_sample(text: str, rng: random.Random) -> tuple[str, str] | None:
+    """A user turn holding the opening of a passage and an assistant turn continuing it."""
+    paras = [p for p in text.split("\n") if len(p) > 200]
+    if not paras:
+        return None
+    sents = SENT.split(rng.choice(paras))
+    if len(sents) < 3:
+        return None
+    start = rng.randrange(0, max(1, len(sents) - 2))
+    n_user = rng.choice([1, 1, 2])
+    user = " ".join(sents[start:start + n_user])
+    reply, words = [], 0
+    for s in sents[start + n_user:]:
+        reply.append(s)
+        words += len(s.split())
+        if words >= rng.randint(30, 90):
+            break
+    if rng.random() < 0.2:  # sometimes a bare fragment instead of whole sentences
+        cut = user.split()
+        if len(cut) > 6:
+            k = rng.randint(3, len(cut) - 2)
+            user, reply = " ".join(cut[:k]), " ".join(cut[k:] + reply)
+    return user, " ".join(reply)
+
+
+def encode_docs(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
+    return [e.ids for e in tok.encode_batch(texts)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cache", required=True)
+    p.add_argument("--vocab", type=int, default=6144)
+    a = p.parse_args()
+    rng = random.Random(SEED)
+    train = load(os.path.join(a.cache, "corpus", "train.jsonl"))
+    held = load(os.path.join(a.cache, "corpus", "heldout.jsonl"))
+    out = os.path.join(a.cache, "tok")
+    os.makedirs(out, exist_ok=True)
+
+    tok = train_tokenizer([d["text"] for d in train], a.vocab)
+    tok.save(os.path.join(out, "tokenizer.json"))
+    assert [tok.token_to_id(s) for s in SPECIALS] == list(range(5))
+
+    docs = encode_docs(tok, [d["text"] for d in train])
+    n_plain = sum(len(d) + 1 for d in docs)
+    # Chat samples until they make up CHAT_FRACTION of the stream.
+    chats: list[list[int]] = []
+    n_chat = 0
+    while n_chat < CHAT_FRACTION / (1 - CHAT_FRACTION) * n_plain:
+        s = chat_sample(rng.choice(train)["text"], rng)
+        if s is None:
+            continue
+        ids = [BOS]
+        if rng.random() < 0.1:
+            ids += [SYSTEM] + tok.encode(rng.choice(SYSTEM_PROMPTS)).ids + [EOS]
+        ids += [USER] + tok.encode(s[0]).ids + [EOS, ASSISTANT] + tok.encode(s[1]).ids + [EOS]
+        chats.append(ids)
+        n_chat += len(ids)
+    seqs = [[BOS] + d for d in docs] + chats
+    rng.shuffle(seqs)
+    stream = np.array([t for s in seqs for t in s], dtype=np.uint16)
+    np.save(os.path.join(out, "train.npy"), stream)
+
+    held_stream = np.array([t for d in encode_docs(tok, [d["text"] for d in held]) for t in [BOS] + d],
+                           dtype=np.uint16)
+    np.save(os.path.join(out, "heldout.npy"), held_stream)
+
+    # Prompts for generations / acceptance: openings of held-out passages.
+    prompts = []
+    for d in held:
+        for para in d["text"].split("\n"):
+            words = para.split()
+            if len(words) >= 40:
+                prompts.append({"source": d["source"], "text": " ".join(words[:12]),
+                                "reference": " ".join(words[12:40])})
+    with open(os.path.join(out, "heldout_prompts.json"), "w") as f:
+        json.dump(prompts, f, indent=1)
+    chars = sum(len(d["text"]) for d in train)
+    print(f"vocab {tok.get_vocab_size()}; train {len(stream)} tokens ({n_chat} in {len(chats)} chat samples), "
+          f"{chars / n_plain:.2f} chars/token; held-out {len(held_stream)} tokens; {len(prompts)} prompts")
+
+
+if __name__ == "__main__":
+    main()
