@@ -62,11 +62,12 @@ class BitLinearFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy):
         k, s, t, ws = ctx.saved_tensors
-        cdt = gy.dtype
+        cdt = torch.bfloat16 if gy.is_cuda else torch.float32
+        g = gy.to(cdt)
         wq = (t.float() * ws).to(cdt)
-        gx = gy @ wq
+        gx = (g @ wq).to(gy.dtype)
         xq = (k.float() / s).to(cdt)
-        gw = (gy.reshape(-1, gy.shape[-1]).t() @ xq.reshape(-1, xq.shape[-1])).float()
+        gw = (g.reshape(-1, g.shape[-1]).t() @ xq.reshape(-1, xq.shape[-1])).float()
         return gx, gw
 
 
@@ -119,9 +120,10 @@ def rope_norm(x, cos, sin):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: Config, bitnet: bool):
+    def __init__(self, cfg: Config, bitnet: bool, dropout: float = 0.0):
         super().__init__()
         E, KV = cfg.embd, cfg.kv_heads * cfg.head_dim
+        self.drop = nn.Dropout(dropout)
         lin = BitLinear if bitnet else (lambda i, o: nn.Linear(i, o, bias=False))
         self.cfg, self.bitnet = cfg, bitnet
         self.attn_norm = RMSNorm(E, cfg.eps)
@@ -146,21 +148,21 @@ class Block(nn.Module):
         a = a.transpose(1, 2).reshape(B, T, E)
         if self.bitnet:
             a = self.attn_sub_norm(a)
-        h = h + self.wo(a)
+        h = h + self.drop(self.wo(a))
         x = self.ffn_norm(h)
         g = F.silu(self.gate(x)) * self.up(x)
         if self.bitnet:
             g = self.ffn_sub_norm(g)
-        return h + self.down(g)
+        return h + self.drop(self.down(g))
 
 
 class LM(nn.Module):
-    def __init__(self, cfg: Config, bitnet: bool):
+    def __init__(self, cfg: Config, bitnet: bool, dropout: float = 0.0):
         super().__init__()
         self.cfg, self.bitnet = cfg, bitnet
         self.tok_embd = nn.Embedding(cfg.vocab, cfg.embd)
         nn.init.normal_(self.tok_embd.weight, std=0.02 if not bitnet else 1.0 / math.sqrt(cfg.embd))
-        self.blocks = nn.ModuleList([Block(cfg, bitnet) for _ in range(cfg.layers)])
+        self.blocks = nn.ModuleList([Block(cfg, bitnet, dropout) for _ in range(cfg.layers)])
         self.output_norm = RMSNorm(cfg.embd, cfg.eps)
         if not bitnet:
             for b in self.blocks:
@@ -178,3 +180,58 @@ class LM(nn.Module):
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def export_tensors(model: LM) -> dict:
+    """Everything the GGUF export needs, as numpy arrays: BitLinear weights become
+    `<name>.ternary` (int8 -1/0/+1) and `<name>.scale` (f16-exact float), the rest stays float."""
+    import numpy as np
+    out = {}
+    for mname, mod in model.named_modules():
+        if isinstance(mod, BitLinear):
+            t, s = mod.ternary()
+            out[mname + ".weight.ternary"] = t.cpu().numpy()
+            out[mname + ".weight.scale"] = np.float32(s)
+    for pname, p in model.named_parameters():
+        if pname.endswith(".weight") and pname + ".ternary" in out:
+            continue
+        out[pname] = p.detach().float().cpu().numpy()
+    return out
+
+
+def save_compact(model: LM, path: str, extra: dict | None = None) -> None:
+    """A small checkpoint for export: ternary weights packed 4 per byte, embeddings and float
+    linears as f16, norms f32 (fits the device's 16 MiB file limit)."""
+    import numpy as np
+    tensors = {}
+    for k, v in export_tensors(model).items():
+        if k.endswith(".ternary"):
+            codes = (v.reshape(-1) + 1).astype(np.uint8)
+            codes = np.pad(codes, (0, (-codes.size) % 4)).reshape(-1, 4)
+            packed = codes[:, 0] | (codes[:, 1] << 2) | (codes[:, 2] << 4) | (codes[:, 3] << 6)
+            tensors[k] = {"packed": torch.from_numpy(packed.astype(np.uint8)), "shape": list(v.shape)}
+        elif k.endswith(".scale"):
+            tensors[k] = float(v)
+        elif v.ndim >= 2:
+            tensors[k] = torch.from_numpy(v.astype(np.float16))
+        else:
+            tensors[k] = torch.from_numpy(v.astype(np.float32))
+    torch.save({"config": model.cfg.to_dict(), "bitnet": model.bitnet, "tensors": tensors, **(extra or {})}, path)
+
+
+def load_compact(path: str) -> tuple[Config, bool, dict]:
+    """Inverse of save_compact: (config, bitnet, export_tensors-style dict)."""
+    import numpy as np
+    ck = torch.load(path, map_location="cpu")
+    out = {}
+    for k, v in ck["tensors"].items():
+        if k.endswith(".ternary"):
+            p = v["packed"].numpy()
+            codes = np.stack([(p >> s) & 3 for s in (0, 2, 4, 6)], 1).reshape(-1)
+            n = int(np.prod(v["shape"]))
+            out[k] = (codes[:n].astype(np.int8) - 1).reshape(v["shape"])
+        elif k.endswith(".scale"):
+            out[k] = np.float32(v)
+        else:
+            out[k] = v.float().numpy()
+    return Config(**ck["config"]), ck["bitnet"], out

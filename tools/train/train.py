@@ -19,14 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model import LM, Config
+from model import LM, Config, save_compact
 
 EVAL_WINDOW = 512   # held-out perplexity: non-overlapping windows of this many tokens
 PRESETS = {
     # name: (target config, draft config, batch, seq, target lr, draft lr)
     "gpu": dict(target=dict(embd=512, layers=8, heads=8, kv_heads=4, ff=1536, ctx=1024),
                 draft=dict(embd=256, layers=4, heads=4, kv_heads=2, ff=640, ctx=1024),
-                batch=32, seq=1024, target_lr=2e-3, draft_lr=2e-3),
+                batch=32, seq=1024, target_lr=2e-3, draft_lr=1.5e-3, dropout=0.1),
     "cpu": dict(target=dict(embd=256, layers=4, heads=4, kv_heads=2, ff=768, ctx=1024),
                 draft=dict(embd=256, layers=2, heads=4, kv_heads=2, ff=512, ctx=1024),
                 batch=8, seq=256, target_lr=2e-3, draft_lr=2e-3),
@@ -117,7 +117,7 @@ def train_phase(name, model, loss_fn, data, held, device, minutes, lr, log, teac
 
 
 @torch.no_grad()
-def greedy_acceptance(target, draft, held, device, k=4, prompts=48, prompt_len=32, gen=48):
+def greedy_acceptance(target, draft, held, device, k=4, prompts=32, prompt_len=32, gen=48):
     """Speculative-decoding acceptance of greedy drafts against greedy target output (torch)."""
     target.eval(); draft.eval()
     rng = np.random.default_rng(0)
@@ -153,6 +153,7 @@ def main() -> None:
     p.add_argument("--draft-minutes", type=float, default=None)
     p.add_argument("--phase", default="both", choices=["both", "target", "draft"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compact-only", action="store_true", help="write only the small *_q.pt checkpoints")
     a = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     preset_name = a.preset or ("gpu" if device.type == "cuda" else "cpu")
@@ -180,7 +181,7 @@ def main() -> None:
     report.update(device=str(device), preset=preset_name, eval_window=EVAL_WINDOW)
 
     tcfg = Config(vocab=vocab, **pr["target"])
-    target = LM(tcfg, bitnet=True).to(device)
+    target = LM(tcfg, bitnet=True, dropout=pr.get("dropout", 0.0)).to(device)
 
     def ce(model, x, y):
         logits = model(x).float()
@@ -193,7 +194,11 @@ def main() -> None:
         nll = heldout_nll(target, held, device, fp32=True)
         info.update(config=tcfg.to_dict(), params=target.n_params(), heldout_nll=nll, heldout_ppl=math.exp(nll))
         report["target"] = info
-        torch.save({"config": tcfg.to_dict(), "state": target.state_dict()}, os.path.join(a.out, "target.pt"))
+        if not a.compact_only:
+            torch.save({"config": tcfg.to_dict(), "state": target.state_dict()}, os.path.join(a.out, "target.pt"))
+        save_compact(target, os.path.join(a.out, "target_q.pt"))
+        with open(report_path, "w") as f:
+            json.dump(report, f, indent=1)
         log(f"target held-out ppl (fp32) {math.exp(nll):.3f}")
     else:
         ck = torch.load(os.path.join(a.out, "target.pt"), map_location=device)
@@ -222,7 +227,9 @@ def main() -> None:
         info.update(config=dcfg.to_dict(), params=draft.n_params(), heldout_nll=nll, heldout_ppl=math.exp(nll))
         info["torch_acceptance_k4"] = greedy_acceptance(target, draft, held, device)
         report["draft"] = info
-        torch.save({"config": dcfg.to_dict(), "state": draft.state_dict()}, os.path.join(a.out, "draft.pt"))
+        if not a.compact_only:
+            torch.save({"config": dcfg.to_dict(), "state": draft.state_dict()}, os.path.join(a.out, "draft.pt"))
+        save_compact(draft, os.path.join(a.out, "draft_q.pt"))
         log(f"draft held-out ppl (fp32) {math.exp(nll):.3f}, torch greedy acceptance k=4 "
             f"{info['torch_acceptance_k4']:.3f}")
     with open(report_path, "w") as f:
