@@ -27,9 +27,9 @@ PRESETS = {
     "gpu": dict(target=dict(embd=512, layers=8, heads=8, kv_heads=4, ff=1536, ctx=1024),
                 draft=dict(embd=256, layers=4, heads=4, kv_heads=2, ff=640, ctx=1024),
                 batch=32, seq=1024, target_lr=2e-3, draft_lr=1.5e-3, dropout=0.1),
-    "cpu": dict(target=dict(embd=256, layers=4, heads=4, kv_heads=2, ff=768, ctx=1024),
-                draft=dict(embd=256, layers=2, heads=4, kv_heads=2, ff=512, ctx=1024),
-                batch=8, seq=256, target_lr=2e-3, draft_lr=2e-3),
+    "cpu": dict(target=dict(embd=256, layers=6, heads=4, kv_heads=2, ff=768, ctx=512),
+                draft=dict(embd=256, layers=2, heads=4, kv_heads=2, ff=640, ctx=512),
+                batch=4, seq=512, target_lr=1.5e-3, draft_lr=1e-3),
     "smoke": dict(target=dict(embd=256, layers=1, heads=4, kv_heads=2, ff=256, ctx=256),
                   draft=dict(embd=64, layers=1, heads=2, kv_heads=1, ff=128, ctx=256),
                   batch=4, seq=64, target_lr=2e-3, draft_lr=2e-3),
@@ -45,12 +45,14 @@ def batches(stream: np.ndarray, batch: int, seq: int, rng: np.random.Generator, 
 
 
 @torch.no_grad()
-def heldout_nll(model: LM, held: np.ndarray, device, fp32: bool = False) -> float:
+def heldout_nll(model: LM, held: np.ndarray, device, fp32: bool = False, max_windows: int | None = None) -> float:
     """Mean NLL over non-overlapping EVAL_WINDOW-token windows; each window starts fresh and
     its first token is only context (the same protocol as eval_llamacpp.py)."""
     model.eval()
     n = (len(held) // EVAL_WINDOW) * EVAL_WINDOW
     w = torch.from_numpy(held[:n].astype(np.int64)).view(-1, EVAL_WINDOW).to(device)
+    if max_windows:
+        w = w[:max_windows]
     total, count = 0.0, 0
     for i in range(0, w.shape[0], 16):
         x = w[i:i + 16]
@@ -62,10 +64,11 @@ def heldout_nll(model: LM, held: np.ndarray, device, fp32: bool = False) -> floa
     return total / count
 
 
-def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+def lr_at(step: int, progress: float, peak: float, warmup: int) -> float:
+    """Linear warm-up over `warmup` steps, then cosine to 10% as `progress` goes 0 -> 1."""
     if step < warmup:
         return peak * (step + 1) / warmup
-    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    p = min(1.0, progress)
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
@@ -89,11 +92,13 @@ def train_phase(name, model, loss_fn, data, held, device, minutes, lr, log, teac
             per = (time.time() - timing_start) / 20
             total = max(50, int((budget - (time.time() - t0)) / per * 0.9) + step)
             warmup = min(300, total // 10)
-            eval_every = max(25, total // 12)
+            eval_every = max(25, total // (12 if device.type == "cuda" else 8))
             log(f"[{name}] {per * 1000:.1f} ms/step -> {total} steps")
-        cur_total = total or 10 ** 9
+        # Progress is the larger of steps done and time spent, so a machine that slows down
+        # mid-run (shared CPU) still ends on time, with the schedule annealed.
+        progress = 0.0 if total is None else max(step / total, (time.time() - t0) / budget)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cur_total, lr, warmup if total else 100)
+            g["lr"] = lr_at(step, progress, lr, warmup if total else 100)
         x, y = next(data)
         with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
             loss = loss_fn(model, x, y)
@@ -102,9 +107,11 @@ def train_phase(name, model, loss_fn, data, held, device, minutes, lr, log, teac
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        done = total is not None and step >= total
+        done = total is not None and (step >= total or time.time() - t0 >= budget)
         if total is not None and (step % eval_every == 0 or done):
-            nll = heldout_nll(model, held, device)
+            if done and step < total:
+                log(f"[{name}] time budget reached at step {step} of {total}")
+            nll = heldout_nll(model, held, device, max_windows=None if device.type == "cuda" else 40)
             evals += 1
             if nll < best[0]:
                 best = (nll, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}, step)
@@ -153,14 +160,19 @@ def main() -> None:
     p.add_argument("--draft-minutes", type=float, default=None)
     p.add_argument("--phase", default="both", choices=["both", "target", "draft"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                   help="CPU threads (default: all cores but one; oversubscribed OpenMP threads "
+                        "slow PyTorch down many times over when other work shares the CPU)")
     p.add_argument("--compact-only", action="store_true", help="write only the small *_q.pt checkpoints")
     a = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     preset_name = a.preset or ("gpu" if device.type == "cuda" else "cpu")
     pr = PRESETS[preset_name]
-    tm = a.target_minutes if a.target_minutes is not None else (6.0 if device.type == "cuda" else 90.0)
-    dm = a.draft_minutes if a.draft_minutes is not None else (2.5 if device.type == "cuda" else 45.0)
+    tm = a.target_minutes if a.target_minutes is not None else (6.0 if device.type == "cuda" else 50.0)
+    dm = a.draft_minutes if a.draft_minutes is not None else (2.5 if device.type == "cuda" else 20.0)
     torch.manual_seed(a.seed)
+    if device.type == "cpu":
+        torch.set_num_threads(a.threads)
     torch.backends.cuda.matmul.allow_tf32 = True
     os.makedirs(a.out, exist_ok=True)
     logf = open(os.path.join(a.out, "train.log"), "a")
@@ -178,7 +190,8 @@ def main() -> None:
         f"preset {preset_name}, vocab {vocab}, train {len(train)} tokens, held-out {len(held)}")
     report_path = os.path.join(a.out, "train_report.json")
     report = json.load(open(report_path)) if os.path.exists(report_path) and a.phase == "draft" else {}
-    report.update(device=str(device), preset=preset_name, eval_window=EVAL_WINDOW)
+    report.update(device=str(device), preset=preset_name, eval_window=EVAL_WINDOW,
+                  threads=torch.get_num_threads() if device.type == "cpu" else None)
 
     tcfg = Config(vocab=vocab, **pr["target"])
     target = LM(tcfg, bitnet=True, dropout=pr.get("dropout", 0.0)).to(device)
@@ -225,7 +238,8 @@ def main() -> None:
         info = train_phase("draft", draft, distil, data, held, device, dm, pr["draft_lr"], log)
         nll = heldout_nll(draft, held, device, fp32=True)
         info.update(config=dcfg.to_dict(), params=draft.n_params(), heldout_nll=nll, heldout_ppl=math.exp(nll))
-        info["torch_acceptance_k4"] = greedy_acceptance(target, draft, held, device)
+        info["torch_acceptance_k4"] = greedy_acceptance(target, draft, held, device,
+                                                        prompts=32 if device.type == "cuda" else 16)
         report["draft"] = info
         if not a.compact_only:
             torch.save({"config": dcfg.to_dict(), "state": draft.state_dict()}, os.path.join(a.out, "draft.pt"))
