@@ -119,6 +119,11 @@ def main() -> None:
 
     os.makedirs(a.models, exist_ok=True)
     names = [TARGET_NAME, TARGET_I2S_NAME, DRAFT_NAME]
+    if sum(os.path.getsize(os.path.join(src, n)) for n in names) > LIMIT_TOTAL:
+        # The I2_S copy is the same weights; ship it only while the folder stays under 30 MB.
+        names.remove(TARGET_I2S_NAME)
+        if os.path.exists(os.path.join(a.models, TARGET_I2S_NAME)):
+            os.remove(os.path.join(a.models, TARGET_I2S_NAME))
     for n in names:
         shutil.copyfile(os.path.join(src, n), os.path.join(a.models, n))
     sizes = {n: os.path.getsize(os.path.join(a.models, n)) for n in names}
@@ -150,6 +155,13 @@ def main() -> None:
                 " (no GPU was available when this pair was trained; `retrain.sh` uses the larger `gpu` "
                 "preset, n_embd 512 and 8 layers, where torch sees CUDA)")
     mb = lambda n: f"{n / 1e6:.2f} MB"  # noqa: E731
+    i2s_row = (f"| `{TARGET_I2S_NAME}` | the same target, ternary weights repacked as I2_S (microsoft/BitNet "
+               f"x86 layout, GGML type 36) | {mb(sizes[TARGET_I2S_NAME])} | `{sums[TARGET_I2S_NAME]}` |\n"
+               if TARGET_I2S_NAME in sizes else "")
+    i2s_note = ("The I2_S file was checked" if TARGET_I2S_NAME in sizes else
+                f"`retrain.sh` also writes `{TARGET_I2S_NAME}` (not shipped: it would take the folder past 30 MB); "
+                "it was checked")
+    mb = lambda n: f"{n / 1e6:.2f} MB"  # noqa: E731
 
     card = f"""# Shard's default model pair
 
@@ -166,11 +178,10 @@ Brown-corpus prose or King James Bible verse, but it knows nothing and follows n
 | file | what | size | sha256 |
 |---|---|---|---|
 | `{TARGET_NAME}` | target, llama.cpp `bitnet` architecture, ternary weights in TQ2_0 | {mb(sizes[TARGET_NAME])} | `{sums[TARGET_NAME]}` |
-| `{TARGET_I2S_NAME}` | the same target, ternary weights repacked as I2_S (microsoft/BitNet x86 layout, GGML type 36) | {mb(sizes[TARGET_I2S_NAME])} | `{sums[TARGET_I2S_NAME]}` |
-| `{DRAFT_NAME}` | draft, llama.cpp `llama` architecture, F16 | {mb(sizes[DRAFT_NAME])} | `{sums[DRAFT_NAME]}` |
+{i2s_row}| `{DRAFT_NAME}` | draft, llama.cpp `llama` architecture, F16 | {mb(sizes[DRAFT_NAME])} | `{sums[DRAFT_NAME]}` |
 
 Together {mb(total)}. `SHA256SUMS` lists the same sums (`sha256sum -c SHA256SUMS`).
-The I2_S file was checked to hold exactly the TQ2_0 file's ternary values and scales
+{i2s_note} to hold exactly the TQ2_0 file's ternary values and scales
 ({n_i2s} tensors); llama.cpp itself does not read I2_S, so llama.cpp figures below are for TQ2_0.
 
 ## Models
