@@ -1,0 +1,206 @@
+//! `POST /v1/chat/completions`: the conversation is rendered with the model's chat template,
+//! then generated like a completion; streamed as `chat.completion.chunk` deltas.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use shard_shared::chat::ChatMessage;
+
+use super::error::ApiError;
+use super::json::ApiJson;
+use super::types::{choices_per_prompt, max_tokens, new_id, unix_now, SamplingFields, StreamOptions, Usage};
+use super::{collect, job_error, logprob_count, AppState};
+use crate::engine::generate::{Event, TokenLogprob};
+use crate::queue::JobEvent;
+
+#[derive(Debug, Deserialize)]
+pub struct ChatRequest {
+    pub model: Option<String>,
+    pub messages: Vec<MessageIn>,
+    pub max_tokens: Option<i64>,
+    pub max_completion_tokens: Option<i64>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    pub logprobs: bool,
+    pub top_logprobs: Option<i64>,
+    pub n: Option<i64>,
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MessageIn {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<Content>,
+    pub name: Option<String>,
+}
+
+/// Message content: a string, or a list of typed parts of which only text is supported.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Part {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+fn messages(req: &ChatRequest) -> Result<Vec<ChatMessage>, ApiError> {
+    if req.messages.is_empty() {
+        return Err(ApiError::invalid_param("messages", "messages must not be empty"));
+    }
+    req.messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            if !matches!(m.role.as_str(), "system" | "developer" | "user" | "assistant" | "tool") {
+                return Err(ApiError::invalid_param(&format!("messages[{i}].role"), format!("unknown role {:?}", m.role)));
+            }
+            let content = match &m.content {
+                None => String::new(),
+                Some(Content::Text(s)) => s.clone(),
+                Some(Content::Parts(parts)) => {
+                    let mut s = String::new();
+                    for p in parts {
+                        match (p.kind.as_str(), &p.text) {
+                            ("text", Some(t)) => s.push_str(t),
+                            (kind, _) => {
+                                return Err(ApiError::invalid_param(
+                                    &format!("messages[{i}].content"),
+                                    format!("content parts of type {kind:?} are not supported; only text is"),
+                                ))
+                            }
+                        }
+                    }
+                    s
+                }
+            };
+            let role = if m.role == "developer" { "system".to_string() } else { m.role.clone() };
+            Ok(ChatMessage { role, content })
+        })
+        .collect()
+}
+
+/// One token of the chat logprobs array.
+fn logprob_entry(state: &AppState, lp: &TokenLogprob) -> Value {
+    json!({
+        "token": state.token_text(lp.token),
+        "logprob": lp.logprob,
+        "bytes": state.token_bytes(lp.token),
+        "top_logprobs": lp.top.iter().map(|&(t, v)| json!({"token": state.token_text(t), "logprob": v, "bytes": state.token_bytes(t)})).collect::<Vec<_>>(),
+    })
+}
+
+pub async fn handler(State(state): State<Arc<AppState>>, ApiJson(req): ApiJson<ChatRequest>) -> Result<Response, ApiError> {
+    state.check_model(req.model.as_deref())?;
+    let msgs = messages(&req)?;
+    let n = choices_per_prompt(req.n)?;
+    let rendered =
+        state.engine.chat_template.render(&msgs, true).map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
+    let prompt = state.engine.tokenizer.encode_prompt(&rendered).map_err(|e| ApiError::invalid(e.to_string()))?;
+    let mut params = req.sampling.to_params(state.engine.model.config.n_vocab)?;
+    let default_max = state.engine.n_ctx;
+    params.max_tokens = max_tokens(req.max_completion_tokens.or(req.max_tokens), default_max, "max_tokens")?;
+    let top = logprob_count(req.top_logprobs, "top_logprobs")?;
+    if top.is_some() && !req.logprobs {
+        return Err(ApiError::invalid_param("top_logprobs", "top_logprobs requires logprobs to be true"));
+    }
+    params.logprobs = req.logprobs.then_some(top.unwrap_or(0));
+    let id = new_id("chatcmpl");
+    let created = unix_now();
+    let model = state.engine.model_id.clone();
+
+    if req.stream {
+        if n != 1 {
+            return Err(ApiError::invalid_param("n", "streaming supports n = 1 only"));
+        }
+        let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        let mut rx = state.submit(prompt, params)?;
+        let chunk = move |delta: Value, logprobs: Value, finish: Value| {
+            json!({
+                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "system_fingerprint": crate::FINGERPRINT,
+                "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+            })
+        };
+        let body = async_stream::stream! {
+            yield Ok::<_, Infallible>(SseEvent::default().data(chunk(json!({"role": "assistant", "content": ""}), Value::Null, Value::Null).to_string()));
+            while let Some(ev) = rx.recv().await {
+                match ev {
+                    JobEvent::Queued { .. } | JobEvent::Event(Event::Prompt(_)) => {}
+                    JobEvent::Event(Event::Token { text, logprob, .. }) => {
+                        let lp = match &logprob { Some(l) => json!({"content": [logprob_entry(&state, l)]}), None => Value::Null };
+                        yield Ok(SseEvent::default().data(chunk(json!({"content": text}), lp, Value::Null).to_string()));
+                    }
+                    JobEvent::Finished(Ok(f)) => {
+                        if !f.tail.is_empty() {
+                            yield Ok(SseEvent::default().data(chunk(json!({"content": f.tail}), Value::Null, Value::Null).to_string()));
+                        }
+                        yield Ok(SseEvent::default().data(chunk(json!({}), Value::Null, json!(f.reason.as_str())).to_string()));
+                        if include_usage {
+                            let mut usage = Usage::default();
+                            usage.add(&f);
+                            let mut last = chunk(json!({}), Value::Null, Value::Null);
+                            last["choices"] = json!([]);
+                            last["usage"] = json!(usage);
+                            yield Ok(SseEvent::default().data(last.to_string()));
+                        }
+                        break;
+                    }
+                    JobEvent::Finished(Err(e)) => {
+                        yield Ok(SseEvent::default().data(job_error(e).body().to_string()));
+                        break;
+                    }
+                }
+            }
+            yield Ok(SseEvent::default().data("[DONE]"));
+        };
+        return Ok(Sse::new(body).keep_alive(KeepAlive::default()).into_response());
+    }
+
+    let mut choices = vec![];
+    let mut usage = Usage::default();
+    for k in 0..n {
+        let mut p = params.clone();
+        p.seed = params.seed.wrapping_add(k as u64);
+        let c = collect(state.submit(prompt.clone(), p)?).await?;
+        let finish = c.finish.as_ref().expect("collected");
+        usage.add(finish);
+        let logprobs = if req.logprobs {
+            json!({"content": c.tokens.iter().filter_map(|(_, lp)| lp.as_ref()).map(|lp| logprob_entry(&state, lp)).collect::<Vec<_>>()})
+        } else {
+            Value::Null
+        };
+        choices.push(json!({
+            "index": k,
+            "message": {"role": "assistant", "content": c.text},
+            "logprobs": logprobs,
+            "finish_reason": finish.reason.as_str(),
+        }));
+    }
+    Ok(Json(json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": crate::FINGERPRINT,
+        "choices": choices,
+        "usage": usage,
+    }))
+    .into_response())
+}

@@ -1,0 +1,265 @@
+//! `POST /v1/completions`: OpenAI's legacy text completions, with `echo` and `logprobs`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::error::ApiError;
+use super::json::ApiJson;
+use super::types::{choices_per_prompt, max_tokens, new_id, unix_now, SamplingFields, StreamOptions, Usage};
+use super::{collect, job_error, logprob_count, AppState};
+use crate::engine::generate::{Event, GenerateParams, TokenLogprob};
+use crate::queue::JobEvent;
+
+#[derive(Debug, Deserialize)]
+pub struct CompletionRequest {
+    pub model: Option<String>,
+    pub prompt: Option<PromptField>,
+    pub max_tokens: Option<i64>,
+    #[serde(flatten)]
+    pub sampling: SamplingFields,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    pub echo: bool,
+    pub logprobs: Option<i64>,
+    pub n: Option<i64>,
+    pub best_of: Option<i64>,
+    pub suffix: Option<String>,
+    pub user: Option<String>,
+}
+
+/// A prompt as text, token ids, or a list of either.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PromptField {
+    Text(String),
+    Tokens(Vec<u32>),
+    Texts(Vec<String>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+/// One prompt ready to run: its tokens and the text `echo` returns.
+struct Prompt {
+    tokens: Vec<u32>,
+    text: String,
+}
+
+/// The legacy logprobs object: parallel arrays, one entry per token.
+#[derive(Debug, Default, Serialize)]
+struct LegacyLogprobs {
+    tokens: Vec<String>,
+    token_logprobs: Vec<Option<f32>>,
+    top_logprobs: Vec<Option<Map<String, Value>>>,
+    text_offset: Vec<usize>,
+}
+
+impl LegacyLogprobs {
+    fn push(&mut self, state: &AppState, id: u32, lp: Option<&TokenLogprob>, offset: &mut usize) {
+        let text = state.token_text(id);
+        self.text_offset.push(*offset);
+        *offset += text.chars().count();
+        self.tokens.push(text);
+        self.token_logprobs.push(lp.map(|l| l.logprob));
+        self.top_logprobs.push(lp.map(|l| l.top.iter().map(|&(t, v)| (state.token_text(t), json!(v))).collect()));
+    }
+}
+
+pub async fn handler(State(state): State<Arc<AppState>>, ApiJson(req): ApiJson<CompletionRequest>) -> Result<Response, ApiError> {
+    state.check_model(req.model.as_deref())?;
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::invalid_param("suffix", "suffix (insertion) is not supported by this model"));
+    }
+    let n = choices_per_prompt(req.n)?;
+    if req.best_of.is_some_and(|b| b != n as i64) {
+        return Err(ApiError::invalid_param("best_of", "best_of other than n is not supported"));
+    }
+    let prompts = prompts(&state, req.prompt.as_ref())?;
+    let n_vocab = state.engine.model.config.n_vocab;
+    let mut params = req.sampling.to_params(n_vocab)?;
+    params.max_tokens = max_tokens(req.max_tokens, 16, "max_tokens")?;
+    params.logprobs = logprob_count(req.logprobs, "logprobs")?;
+    if req.echo {
+        params.prompt_logprobs = params.logprobs;
+    }
+    let model = state.engine.model_id.clone();
+    let id = new_id("cmpl");
+    let created = unix_now();
+    // (choice index, prompt, params) in order; each choice gets its own seed.
+    let runs: Vec<(usize, Prompt, GenerateParams)> = prompts
+        .into_iter()
+        .enumerate()
+        .flat_map(|(pi, p)| {
+            let params = params.clone();
+            (0..n).map(move |k| {
+                let mut pk = params.clone();
+                pk.seed = params.seed.wrapping_add(k as u64);
+                (pi * n + k, Prompt { tokens: p.tokens.clone(), text: p.text.clone() }, pk)
+            })
+        })
+        .collect();
+
+    if req.stream {
+        let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        return stream(state, runs, id, created, model, req.echo, include_usage).await;
+    }
+
+    let mut choices = vec![];
+    let mut usage = Usage::default();
+    for (index, prompt, p) in runs {
+        let want_lp = p.logprobs.is_some();
+        let rx = state.submit(prompt.tokens.clone(), p)?;
+        let c = collect(rx).await?;
+        let finish = c.finish.expect("collected");
+        usage.add(&finish);
+        let mut logprobs = LegacyLogprobs::default();
+        let mut offset = 0;
+        let mut text = String::new();
+        if req.echo {
+            text.push_str(&prompt.text);
+            if want_lp {
+                let lps = c.prompt_logprobs.unwrap_or_default();
+                for (i, &tok) in prompt.tokens.iter().enumerate() {
+                    logprobs.push(&state, tok, lps.get(i).and_then(Option::as_ref), &mut offset);
+                }
+            }
+        }
+        text.push_str(&c.text);
+        for (tok, lp) in &c.tokens {
+            logprobs.push(&state, *tok, lp.as_ref(), &mut offset);
+        }
+        choices.push(json!({
+            "text": text,
+            "index": index,
+            "logprobs": if want_lp { json!(logprobs) } else { Value::Null },
+            "finish_reason": finish.reason.as_str(),
+        }));
+    }
+    Ok(Json(json!({
+        "id": id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": crate::FINGERPRINT,
+        "choices": choices,
+        "usage": usage,
+    }))
+    .into_response())
+}
+
+/// Tokenizes the prompt field into one or more prompts.
+fn prompts(state: &AppState, field: Option<&PromptField>) -> Result<Vec<Prompt>, ApiError> {
+    let tk = &state.engine.tokenizer;
+    let n_vocab = state.engine.model.config.n_vocab;
+    let from_text = |s: &str| -> Result<Prompt, ApiError> {
+        let tokens = tk.encode_prompt(s).map_err(|e| ApiError::invalid_param("prompt", e.to_string()))?;
+        Ok(Prompt { tokens, text: s.to_string() })
+    };
+    let from_tokens = |t: &[u32]| -> Result<Prompt, ApiError> {
+        if let Some(bad) = t.iter().find(|&&id| id as usize >= n_vocab) {
+            return Err(ApiError::invalid_param("prompt", format!("token id {bad} is outside the vocabulary of {n_vocab}")));
+        }
+        Ok(Prompt { tokens: t.to_vec(), text: tk.decode(t, false) })
+    };
+    let list = match field {
+        None => return Err(ApiError::invalid_param("prompt", "prompt is required")),
+        Some(PromptField::Text(s)) => vec![from_text(s)?],
+        Some(PromptField::Tokens(t)) => vec![from_tokens(t)?],
+        Some(PromptField::Texts(v)) => v.iter().map(|s| from_text(s)).collect::<Result<_, _>>()?,
+        Some(PromptField::TokenLists(v)) => v.iter().map(|t| from_tokens(t)).collect::<Result<_, _>>()?,
+    };
+    if list.is_empty() || list.len() > 16 {
+        return Err(ApiError::invalid_param("prompt", "give between 1 and 16 prompts"));
+    }
+    if list.iter().any(|p| p.tokens.is_empty()) {
+        return Err(ApiError::invalid_param("prompt", "the prompt is empty"));
+    }
+    Ok(list)
+}
+
+async fn stream(
+    state: Arc<AppState>,
+    runs: Vec<(usize, Prompt, GenerateParams)>,
+    id: String,
+    created: u64,
+    model: String,
+    echo: bool,
+    include_usage: bool,
+) -> Result<Response, ApiError> {
+    // Enqueue the first run now, so a full queue is a 429 rather than a broken stream.
+    let mut runs = runs.into_iter();
+    let (i0, p0, params0) = runs.next().expect("at least one prompt");
+    let first_rx = state.submit(p0.tokens.clone(), params0.clone())?;
+    let chunk = move |index: usize, text: String, logprobs: Value, finish: Value| {
+        json!({
+            "id": id, "object": "text_completion", "created": created, "model": model,
+            "system_fingerprint": crate::FINGERPRINT,
+            "choices": [{"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish}],
+        })
+    };
+    let body = async_stream::stream! {
+        let mut usage = Usage::default();
+        let mut pending = Some((i0, p0, params0, first_rx));
+        loop {
+            let (index, prompt, params, mut rx) = match pending.take() {
+                Some(p) => p,
+                None => match runs.next() {
+                    None => break,
+                    Some((i, p, pr)) => match state.submit(p.tokens.clone(), pr.clone()) {
+                        Ok(rx) => (i, p, pr, rx),
+                        Err(e) => { yield Ok::<_, Infallible>(SseEvent::default().data(e.body().to_string())); break; }
+                    },
+                },
+            };
+            let want_lp = params.logprobs.is_some();
+            let mut offset = 0;
+            if echo && !want_lp {
+                yield Ok(SseEvent::default().data(chunk(index, prompt.text.clone(), Value::Null, Value::Null).to_string()));
+            }
+            while let Some(ev) = rx.recv().await {
+                match ev {
+                    JobEvent::Queued { .. } => {}
+                    JobEvent::Event(Event::Prompt(lps)) => {
+                        let mut lp = LegacyLogprobs::default();
+                        for (i, &tok) in prompt.tokens.iter().enumerate() {
+                            lp.push(&state, tok, lps.get(i).and_then(Option::as_ref), &mut offset);
+                        }
+                        yield Ok(SseEvent::default().data(chunk(index, prompt.text.clone(), json!(lp), Value::Null).to_string()));
+                    }
+                    JobEvent::Event(Event::Token { id: tok, text, logprob }) => {
+                        let lp = if want_lp {
+                            let mut lp = LegacyLogprobs::default();
+                            lp.push(&state, tok, logprob.as_ref(), &mut offset);
+                            json!(lp)
+                        } else { Value::Null };
+                        yield Ok(SseEvent::default().data(chunk(index, text, lp, Value::Null).to_string()));
+                    }
+                    JobEvent::Finished(Ok(f)) => {
+                        usage.add(&f);
+                        yield Ok(SseEvent::default().data(chunk(index, f.tail.clone(), Value::Null, json!(f.reason.as_str())).to_string()));
+                        break;
+                    }
+                    JobEvent::Finished(Err(e)) => {
+                        yield Ok(SseEvent::default().data(job_error(e).body().to_string()));
+                        break;
+                    }
+                }
+            }
+        }
+        if include_usage {
+            let mut last = chunk(0, String::new(), Value::Null, Value::Null);
+            last["choices"] = json!([]);
+            last["usage"] = json!(usage);
+            yield Ok(SseEvent::default().data(last.to_string()));
+        }
+        yield Ok(SseEvent::default().data("[DONE]"));
+    };
+    Ok(Sse::new(body).keep_alive(KeepAlive::default()).into_response())
+}

@@ -1,0 +1,130 @@
+//! The HTTP API: OpenAI-compatible completions and chat, llama.cpp-style tokenize/detokenize,
+//! model listing and health. Handlers validate, enqueue on the [`InferenceQueue`] and either
+//! collect the result or stream it as server-sent events.
+
+pub mod chat;
+pub mod completions;
+pub mod error;
+pub mod json;
+pub mod models;
+pub mod tokenize;
+pub mod types;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::sync::mpsc;
+use tower_http::trace::TraceLayer;
+
+use crate::engine::generate::{Event, Finish, GenerateError, GenerateParams, TokenLogprob};
+use crate::engine::Engine;
+use crate::queue::{InferenceQueue, JobError, JobEvent};
+use error::ApiError;
+
+/// What every handler shares.
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub queue: InferenceQueue,
+    /// Unix time the server started, reported as the model's `created`.
+    pub started: u64,
+}
+
+impl AppState {
+    /// Accepts a request's `model` field if it names this server's model (or is absent).
+    pub fn check_model(&self, model: Option<&str>) -> Result<(), ApiError> {
+        match model {
+            None => Ok(()),
+            Some(m) if m == self.engine.model_id || m.is_empty() => Ok(()),
+            Some(m) => Err(ApiError::model_not_found(m)),
+        }
+    }
+
+    /// The text of a token as the API shows it (control tokens by name).
+    pub fn token_text(&self, id: u32) -> String {
+        String::from_utf8_lossy(self.engine.tokenizer.piece(id).unwrap_or_default()).into_owned()
+    }
+
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        self.engine.tokenizer.piece(id).unwrap_or_default().to_vec()
+    }
+
+    /// Enqueues a generation, turning a full queue into 429.
+    pub fn submit(&self, prompt: Vec<u32>, params: GenerateParams) -> Result<mpsc::UnboundedReceiver<JobEvent>, ApiError> {
+        if prompt.len() >= self.engine.n_ctx {
+            return Err(job_error(JobError::Generate(GenerateError::ContextExceeded {
+                prompt: prompt.len(),
+                n_ctx: self.engine.n_ctx,
+            })));
+        }
+        self.queue.submit(prompt, params).map_err(|full| ApiError::queue_full(full.retry_after_secs))
+    }
+}
+
+/// Builds the router. `max_body_bytes` caps request bodies (413 beyond).
+pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{id}", get(models::get_one))
+        .route("/v1/completions", post(completions::handler))
+        .route("/v1/chat/completions", post(chat::handler))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
+        .route("/health", get(models::health))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+pub fn job_error(e: JobError) -> ApiError {
+    match e {
+        JobError::Generate(GenerateError::ContextExceeded { prompt, n_ctx }) => ApiError::context_exceeded(format!(
+            "This model's maximum context length is {n_ctx} tokens, but the prompt has {prompt} tokens."
+        )),
+        JobError::Generate(e) => ApiError::invalid(e.to_string()),
+        JobError::Internal(m) => ApiError::internal(m),
+    }
+}
+
+/// A finished generation, gathered from its events.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
+    pub tokens: Vec<(u32, Option<TokenLogprob>)>,
+    pub text: String,
+    pub finish: Option<Finish>,
+}
+
+/// Waits for a job and gathers everything it produced.
+pub async fn collect(mut rx: mpsc::UnboundedReceiver<JobEvent>) -> Result<Collected, ApiError> {
+    let mut out = Collected::default();
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            JobEvent::Queued { .. } => {}
+            JobEvent::Event(Event::Prompt(lp)) => out.prompt_logprobs = Some(lp),
+            JobEvent::Event(Event::Token { id, text, logprob }) => {
+                out.text.push_str(&text);
+                out.tokens.push((id, logprob));
+            }
+            JobEvent::Finished(Ok(f)) => {
+                out.text.push_str(&f.tail);
+                out.finish = Some(f);
+                return Ok(out);
+            }
+            JobEvent::Finished(Err(e)) => return Err(job_error(e)),
+        }
+    }
+    Err(ApiError::internal("the engine stopped before finishing the request"))
+}
+
+/// Validates a `logprobs`/`top_logprobs` count.
+pub fn logprob_count(v: Option<i64>, param: &str) -> Result<Option<usize>, ApiError> {
+    match v {
+        None => Ok(None),
+        Some(n) if (0..=types::MAX_LOGPROBS as i64).contains(&n) => Ok(Some(n as usize)),
+        Some(n) => Err(ApiError::invalid_param(param, format!("{param} must be between 0 and {}, got {n}", types::MAX_LOGPROBS))),
+    }
+}

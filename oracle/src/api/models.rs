@@ -1,0 +1,53 @@
+//! `GET /v1/models`, `GET /v1/models/{id}` and `GET /health`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::AppState;
+
+fn model_object(state: &AppState) -> Value {
+    let c = &state.engine.model.config;
+    json!({
+        "id": state.engine.model_id,
+        "object": "model",
+        "created": state.started,
+        "owned_by": "shard",
+        "meta": {
+            "architecture": c.arch,
+            "n_vocab": c.n_vocab,
+            "n_ctx_train": c.n_ctx_train,
+            "n_ctx": state.engine.n_ctx,
+            "n_embd": c.n_embd,
+            "n_layer": c.n_layer,
+            "kernel": state.engine.kernel.name(),
+        },
+    })
+}
+
+pub async fn list(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({ "object": "list", "data": [model_object(&state)] }))
+}
+
+pub async fn get_one(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    if id != state.engine.model_id {
+        return Err(ApiError::model_not_found(&id));
+    }
+    Ok(Json(model_object(&state)))
+}
+
+pub async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
+    let s = &state.queue.stats;
+    Json(json!({
+        "status": "ok",
+        "model": state.engine.model_id,
+        "queue_depth": s.depth.load(Ordering::SeqCst),
+        "queue_capacity": state.queue.capacity,
+        "requests_completed": s.completed.load(Ordering::Relaxed),
+        "tokens_generated": s.tokens_generated.load(Ordering::Relaxed),
+    }))
+}

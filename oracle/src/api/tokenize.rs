@@ -1,0 +1,76 @@
+//! `POST /tokenize` and `POST /detokenize`, shaped like llama.cpp's server.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::json::ApiJson;
+use super::AppState;
+
+#[derive(Debug, Deserialize)]
+pub struct TokenizeRequest {
+    pub content: String,
+    /// Prepend BOS when the vocabulary uses one.
+    #[serde(default)]
+    pub add_special: bool,
+    /// Turn control-token text such as `<|im_start|>` into the control token.
+    #[serde(default = "yes")]
+    pub parse_special: bool,
+    /// Return `{id, piece}` objects instead of bare ids.
+    #[serde(default)]
+    pub with_pieces: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<TokenizeRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let tk = &state.engine.tokenizer;
+    let ids = tk
+        .encode(&req.content, req.add_special && tk.add_bos(), req.parse_special)
+        .map_err(|e| ApiError::invalid_param("content", e.to_string()))?;
+    if !req.with_pieces {
+        return Ok(Json(json!({ "tokens": ids })));
+    }
+    let tokens: Vec<Value> = ids
+        .iter()
+        .map(|&id| {
+            let bytes = state.token_bytes(id);
+            // llama.cpp gives the piece as a string when it is valid UTF-8, else as bytes.
+            let piece = match String::from_utf8(bytes.clone()) {
+                Ok(s) => json!(s),
+                Err(_) => json!(bytes),
+            };
+            json!({ "id": id, "piece": piece })
+        })
+        .collect();
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DetokenizeRequest {
+    pub tokens: Vec<i64>,
+}
+
+pub async fn detokenize(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<DetokenizeRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let n_vocab = state.engine.tokenizer.n_vocab();
+    let mut ids = Vec::with_capacity(req.tokens.len());
+    for &t in &req.tokens {
+        if t < 0 || t as usize >= n_vocab {
+            return Err(ApiError::invalid_param("tokens", format!("token id {t} is outside the vocabulary of {n_vocab}")));
+        }
+        ids.push(t as u32);
+    }
+    Ok(Json(json!({ "content": state.engine.tokenizer.decode(&ids, true) })))
+}

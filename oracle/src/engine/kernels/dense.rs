@@ -1,0 +1,188 @@
+//! Float matrices (F32, F16, BF16): the token embedding, which is also the tied output layer,
+//! and any weight a file stores unquantized. Activations stay f32 here, since the logits are
+//! what the API reports as logprobs.
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use super::WeightBytes;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenseType {
+    F32,
+    F16,
+    BF16,
+}
+
+impl DenseType {
+    pub fn size(self) -> usize {
+        match self {
+            DenseType::F32 => 4,
+            DenseType::F16 | DenseType::BF16 => 2,
+        }
+    }
+}
+
+/// A row-major float matrix: `rows` vectors of `cols`.
+#[derive(Debug, Clone)]
+pub struct DenseMatrix {
+    pub dtype: DenseType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: WeightBytes,
+}
+
+impl DenseMatrix {
+    pub fn new(dtype: DenseType, rows: usize, cols: usize, data: WeightBytes) -> Result<Self, super::MatrixError> {
+        let need = rows * cols * dtype.size();
+        if data.len() != need {
+            return Err(super::MatrixError(format!("{dtype:?} {rows}x{cols} needs {need} bytes, got {}", data.len())));
+        }
+        Ok(Self { dtype, rows, cols, data })
+    }
+
+    /// Copies row `r` into `out` as f32 (an embedding lookup).
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        let bytes = &self.data[r * self.cols * self.dtype.size()..(r + 1) * self.cols * self.dtype.size()];
+        match self.dtype {
+            DenseType::F32 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            DenseType::F16 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = f16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            DenseType::BF16 => {
+                for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = bf16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+        }
+    }
+
+    /// `out[t * rows + r] = W[r] · x_t` for `n_tokens` rows of `x`, in parallel over rows.
+    pub fn matmul(&self, x: &[f32], n_tokens: usize, out: &mut [f32]) {
+        assert_eq!(x.len(), n_tokens * self.cols);
+        assert_eq!(out.len(), n_tokens * self.rows);
+        const ROWS_PER_TASK: usize = 64;
+        let mut by_row = vec![0f32; self.rows * n_tokens];
+        let f16_simd = f16_simd_available();
+        by_row.par_chunks_mut(ROWS_PER_TASK * n_tokens).enumerate().for_each(|(i, chunk)| {
+            let mut row = vec![0f32; self.cols];
+            for (k, dst) in chunk.chunks_mut(n_tokens).enumerate() {
+                let r = i * ROWS_PER_TASK + k;
+                if self.dtype == DenseType::F16 && f16_simd {
+                    let bytes = &self.data[r * self.cols * 2..(r + 1) * self.cols * 2];
+                    for (t, d) in dst.iter_mut().enumerate() {
+                        *d = dot_f16(bytes, &x[t * self.cols..(t + 1) * self.cols]);
+                    }
+                } else {
+                    self.row_into(r, &mut row);
+                    for (t, d) in dst.iter_mut().enumerate() {
+                        *d = dot_f32(&row, &x[t * self.cols..(t + 1) * self.cols]);
+                    }
+                }
+            }
+        });
+        for r in 0..self.rows {
+            for t in 0..n_tokens {
+                out[t * self.rows + r] = by_row[r * n_tokens + t];
+            }
+        }
+    }
+}
+
+/// A dot product written so that the compiler vectorizes it (eight independent sums).
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+fn f16_simd_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Dot product of little-endian f16 bytes with f32 values (AVX2 + F16C where available).
+pub fn dot_f16(w: &[u8], x: &[f32]) -> f32 {
+    assert_eq!(w.len(), x.len() * 2);
+    #[cfg(target_arch = "x86_64")]
+    if f16_simd_available() {
+        // SAFETY: the CPU has AVX2, FMA and F16C; lengths checked above.
+        return unsafe { dot_f16_avx2(w, x) };
+    }
+    w.chunks_exact(2).zip(x).map(|(c, &v)| f16::from_le_bytes([c[0], c[1]]).to_f32() * v).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f16_avx2(w: &[u8], x: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = x.len();
+    let mut a0 = _mm256_setzero_ps();
+    let mut a1 = _mm256_setzero_ps();
+    let mut i = 0;
+    while i + 16 <= n {
+        let h0 = _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(2 * i) as *const __m128i));
+        let h1 = _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(2 * i + 16) as *const __m128i));
+        a0 = _mm256_fmadd_ps(h0, _mm256_loadu_ps(x.as_ptr().add(i)), a0);
+        a1 = _mm256_fmadd_ps(h1, _mm256_loadu_ps(x.as_ptr().add(i + 8)), a1);
+        i += 16;
+    }
+    let v = _mm256_add_ps(a0, a1);
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let mut sum = _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+    while i < n {
+        sum += f16::from_le_bytes([w[2 * i], w[2 * i + 1]]).to_f32() * x[i];
+        i += 1;
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn f16_matmul_matches_f32() {
+        let (rows, cols) = (37, 100);
+        let vals: Vec<f32> = (0..rows * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0).collect();
+        let bytes: Vec<u8> = vals.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect();
+        let m = DenseMatrix::new(DenseType::F16, rows, cols, WeightBytes::Owned(Arc::new(bytes))).unwrap();
+        let x: Vec<f32> = (0..2 * cols).map(|i| (i as f32 * 0.1).sin()).collect();
+        let mut out = vec![0f32; 2 * rows];
+        m.matmul(&x, 2, &mut out);
+        for t in 0..2 {
+            for r in 0..rows {
+                let want: f32 = (0..cols).map(|k| vals[r * cols + k] * x[t * cols + k]).sum();
+                assert!((out[t * rows + r] - want).abs() < 1e-3, "{t} {r}");
+            }
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Shard's ternary matrix kernels: BitNet b1.58 weights (-1, 0, +1 with a scale) times int8
+//! activations.
+//!
+//! Three weight layouts are read as they sit in the GGUF file, without repacking: llama.cpp's
+//! TQ2_0 and TQ1_0 and microsoft/BitNet's I2_S (x86 layout). See [`formats`] for the bits.
+//! Activations are quantized to int8 in blocks of 256 with one f32 scale per block, exactly as
+//! llama.cpp's Q8_K does (same rounding), so the integer dot products match llama.cpp's.
+//!
+//! Every kernel implements [`TernaryKernel`]. [`scalar::Scalar`] is the reference; the SIMD
+//! kernels are held to it by property tests. The product is *batched*: a call multiplies the
+//! weights by several tokens' activations at once and reads each weight byte once, which is
+//! what makes verifying k drafted tokens cost little more than decoding one.
+
+pub mod dense;
+pub mod formats;
+pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
+
+use std::ops::{Deref, Range};
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+pub use formats::TernaryFormat;
+
+/// Activation block length: one scale per this many int8 values (llama.cpp's `QK_K`).
+pub const ACT_BLOCK: usize = 256;
+
+/// Several tokens' activations, quantized to int8 in blocks of [`ACT_BLOCK`].
+#[derive(Debug, Clone, Default)]
+pub struct QuantizedActivations {
+    pub n_tokens: usize,
+    pub cols: usize,
+    /// `n_tokens * cols` values, token-major.
+    pub qs: Vec<i8>,
+    /// One scale per block: value = q * scale.
+    pub scales: Vec<f32>,
+    /// Sum of the block's quantized values, which the kernels use to turn the stored
+    /// weight codes 0, 1, 2 into -1, 0, +1 with one subtraction.
+    pub sums: Vec<i32>,
+}
+
+impl QuantizedActivations {
+    /// Quantizes `x` (`n_tokens` rows of `cols`) with absmax scaling per block.
+    ///
+    /// As llama.cpp's `quantize_row_q8_K_ref`: the scale comes from the value of largest
+    /// magnitude *with its sign*, `q = round_ties_even(x * -127 / max)` capped at 127, and the
+    /// stored scale is `-max / 127`.
+    pub fn quantize(x: &[f32], n_tokens: usize, cols: usize) -> Self {
+        let mut q = Self::default();
+        q.requantize(x, n_tokens, cols);
+        q
+    }
+
+    /// Like [`QuantizedActivations::quantize`], reusing this buffer.
+    pub fn requantize(&mut self, x: &[f32], n_tokens: usize, cols: usize) {
+        assert_eq!(cols % ACT_BLOCK, 0, "activation length {cols} is not a multiple of {ACT_BLOCK}");
+        assert_eq!(x.len(), n_tokens * cols);
+        let n_blocks = x.len() / ACT_BLOCK;
+        self.n_tokens = n_tokens;
+        self.cols = cols;
+        self.qs.resize(x.len(), 0);
+        self.scales.resize(n_blocks, 0.0);
+        self.sums.resize(n_blocks, 0);
+        for (b, block) in x.chunks_exact(ACT_BLOCK).enumerate() {
+            let (mut amax, mut max) = (0f32, 0f32);
+            for &v in block {
+                if v.abs() > amax {
+                    amax = v.abs();
+                    max = v;
+                }
+            }
+            let out = &mut self.qs[b * ACT_BLOCK..(b + 1) * ACT_BLOCK];
+            if amax == 0.0 || !amax.is_finite() {
+                out.fill(0);
+                self.scales[b] = 0.0;
+                self.sums[b] = 0;
+                continue;
+            }
+            let iscale = -127.0 / max;
+            let mut sum = 0i32;
+            for (o, &v) in out.iter_mut().zip(block) {
+                let q = (iscale * v).round_ties_even().clamp(-128.0, 127.0) as i8;
+                *o = q;
+                sum += q as i32;
+            }
+            self.scales[b] = 1.0 / iscale;
+            self.sums[b] = sum;
+        }
+    }
+
+    pub fn blocks_per_token(&self) -> usize {
+        self.cols / ACT_BLOCK
+    }
+
+    /// Token `t`'s quantized values.
+    pub fn token(&self, t: usize) -> &[i8] {
+        &self.qs[t * self.cols..(t + 1) * self.cols]
+    }
+
+    /// Token `t`'s block scales.
+    pub fn token_scales(&self, t: usize) -> &[f32] {
+        let nb = self.blocks_per_token();
+        &self.scales[t * nb..(t + 1) * nb]
+    }
+
+    /// Token `t`'s block sums.
+    pub fn token_sums(&self, t: usize) -> &[i32] {
+        let nb = self.blocks_per_token();
+        &self.sums[t * nb..(t + 1) * nb]
+    }
+}
+
+/// Bytes of a weight tensor: owned, or borrowed from a memory-mapped model file.
+#[derive(Clone)]
+pub enum WeightBytes {
+    Owned(Arc<Vec<u8>>),
+    Mapped(Arc<memmap2::Mmap>, Range<usize>),
+}
+
+impl Deref for WeightBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            WeightBytes::Owned(v) => v,
+            WeightBytes::Mapped(m, r) => &m[r.clone()],
+        }
+    }
+}
+
+impl std::fmt::Debug for WeightBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WeightBytes({} bytes)", self.len())
+    }
+}
+
+/// A ternary weight matrix in one of the supported layouts: `rows` outputs of `cols` inputs.
+#[derive(Debug, Clone)]
+pub struct TernaryMatrix {
+    pub format: TernaryFormat,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: WeightBytes,
+    /// Multiplies every output: I2_S's tensor scale times any `.scale` tensor.
+    pub scale: f32,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct MatrixError(pub String);
+
+impl TernaryMatrix {
+    /// Wraps raw tensor bytes, checking their length against the layout.
+    pub fn new(format: TernaryFormat, rows: usize, cols: usize, data: WeightBytes) -> Result<Self, MatrixError> {
+        if cols % ACT_BLOCK != 0 {
+            return Err(MatrixError(format!("{format:?} row length {cols} is not a multiple of {ACT_BLOCK}")));
+        }
+        let need = format.tensor_bytes(rows, cols);
+        if data.len() != need {
+            return Err(MatrixError(format!("{format:?} {rows}x{cols} needs {need} bytes, got {}", data.len())));
+        }
+        let scale = match format {
+            TernaryFormat::I2S => formats::i2s_tensor_scale(&data, rows * cols),
+            _ => 1.0,
+        };
+        if !scale.is_finite() {
+            return Err(MatrixError(format!("I2_S tensor scale {scale} is not finite")));
+        }
+        Ok(Self { format, rows, cols, data, scale })
+    }
+
+    /// The bytes of one row (I2_S rows have no per-row scale; TQ rows carry their block scales).
+    pub fn row_bytes(&self, r: usize) -> &[u8] {
+        let n = self.format.row_bytes(self.cols);
+        &self.data[r * n..(r + 1) * n]
+    }
+
+    /// Multiplies by several tokens: `out[t * rows + r] = scale * W[r] · x_t`, split over
+    /// rayon's threads by blocks of rows.
+    pub fn matmul(&self, kernel: &dyn TernaryKernel, x: &QuantizedActivations, out: &mut [f32]) {
+        assert_eq!(x.cols, self.cols, "activation length does not match the matrix");
+        let n = x.n_tokens;
+        assert_eq!(out.len(), n * self.rows);
+        const ROWS_PER_TASK: usize = 16;
+        let mut by_row = vec![0f32; self.rows * n];
+        by_row.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(i, chunk)| {
+            let start = i * ROWS_PER_TASK;
+            let rows = start..start + chunk.len() / n;
+            kernel.gemm(self, rows, x, chunk);
+        });
+        for r in 0..self.rows {
+            for t in 0..n {
+                out[t * self.rows + r] = by_row[r * n + t] * self.scale;
+            }
+        }
+    }
+}
+
+/// A ternary GEMM implementation.
+pub trait TernaryKernel: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// For each row `r` in `rows` and token `t`, writes `W[r] · x_t` (without `w.scale`) to
+    /// `out[(r - rows.start) * x.n_tokens + t]`.
+    fn gemm(&self, w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32]);
+}
+
+/// Which kernel to use; `Auto` picks the fastest this CPU supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelChoice {
+    Auto,
+    Scalar,
+    Avx2,
+}
+
+/// Every kernel this CPU can run, reference first.
+pub fn available() -> Vec<&'static dyn TernaryKernel> {
+    #[allow(unused_mut)]
+    let mut v: Vec<&'static dyn TernaryKernel> = vec![&scalar::Scalar];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if x86::Avx2::detected() {
+            v.push(&x86::Avx2);
+        }
+    }
+    v
+}
+
+/// Resolves a [`KernelChoice`], failing if this CPU lacks the instructions.
+pub fn select(choice: KernelChoice) -> Result<&'static dyn TernaryKernel, String> {
+    let all = available();
+    let want = match choice {
+        KernelChoice::Auto => return Ok(*all.last().expect("scalar is always available")),
+        KernelChoice::Scalar => "scalar",
+        KernelChoice::Avx2 => "avx2",
+    };
+    all.into_iter().find(|k| k.name() == want).ok_or_else(|| format!("this CPU cannot run the {want} kernel"))
+}

@@ -1,0 +1,81 @@
+//! The inference engine: a BitNet model, its tokenizer and chat template, and the kernel that
+//! runs it. [`generate`] holds the decoding loop the API drives.
+
+pub mod config;
+pub mod generate;
+pub mod kernels;
+pub mod kv_cache;
+pub mod model;
+
+use std::path::Path;
+
+use shard_shared::chat::{ChatTemplate, FALLBACK_TEMPLATE};
+use shard_shared::gguf::Gguf;
+use shard_shared::tokenizer::Tokenizer;
+
+use kernels::TernaryKernel;
+use model::{BitNetModel, LoadError};
+
+/// Everything needed to turn text into text.
+pub struct Engine {
+    pub model: BitNetModel,
+    pub tokenizer: Tokenizer,
+    pub chat_template: ChatTemplate,
+    pub kernel: &'static dyn TernaryKernel,
+    /// The name clients use in the `model` field.
+    pub model_id: String,
+    /// Context length this server allows (at most the model's training context).
+    pub n_ctx: usize,
+}
+
+/// Knobs for loading.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub kernel: &'static dyn TernaryKernel,
+    /// 0 takes the model's training context.
+    pub n_ctx: usize,
+    /// Overrides the model id (default: the file name without `.gguf`).
+    pub alias: Option<String>,
+}
+
+impl std::fmt::Debug for dyn TernaryKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("tokenizer: {0}")]
+    Tokenizer(#[from] shard_shared::tokenizer::TokenizerError),
+    #[error("chat template: {0}")]
+    Template(#[from] shard_shared::chat::ChatTemplateError),
+}
+
+impl Engine {
+    /// Loads a GGUF model. `progress(done, total)` reports bytes of tensors processed.
+    pub fn load(path: &Path, opts: &LoadOptions, mut progress: impl FnMut(u64, u64)) -> Result<Self, EngineError> {
+        let map = model::map_file(path)?;
+        let g = Gguf::parse(&map).map_err(LoadError::from)?;
+        let total = g.total_tensor_bytes();
+        let mut done = 0;
+        let model = BitNetModel::from_gguf(&g, &map, |bytes| {
+            done += bytes;
+            progress(done.min(total), total);
+        })?;
+        let tokenizer = Tokenizer::from_gguf(&g)?;
+        let token_text = |id: Option<u32>| {
+            id.and_then(|i| tokenizer.piece(i)).map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default()
+        };
+        let template_src = g.get_str("tokenizer.chat_template").unwrap_or(FALLBACK_TEMPLATE);
+        let chat_template = ChatTemplate::new(template_src, &token_text(tokenizer.bos()), &token_text(tokenizer.eos()))?;
+        let n_ctx = if opts.n_ctx == 0 { model.config.n_ctx_train } else { opts.n_ctx };
+        let model_id = opts.alias.clone().unwrap_or_else(|| {
+            path.file_name().map(|f| f.to_string_lossy().trim_end_matches(".gguf").to_string()).unwrap_or_else(|| "model".into())
+        });
+        progress(total, total);
+        Ok(Self { model, tokenizer, chat_template, kernel: opts.kernel, model_id, n_ctx })
+    }
+}

@@ -1,0 +1,399 @@
+//! The BitNet b1.58 transformer: weights from a GGUF file and the forward pass.
+//!
+//! Per layer (llama.cpp's `bitnet` graph; microsoft's `bitnet-b1.58` differs only in the
+//! activation):
+//!
+//! ```text
+//! h = x + W_o · subnorm_attn(attention(rope(W_q·n), rope(W_k·n), W_v·n)),  n = norm_attn(x)
+//! y = h + W_down · subnorm_ffn(act(W_gate·m) * (W_up·m)),                  m = norm_ffn(h)
+//! ```
+//!
+//! Every `W` is ternary and multiplies int8-quantized activations. The forward pass takes any
+//! number of new tokens at once: prompts, single decode steps and k-token verification all
+//! share it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use shard_shared::gguf::{GgmlType, Gguf, TensorInfo};
+
+use super::config::{Activation, BitNetConfig, ConfigError};
+use super::kernels::dense::{DenseMatrix, DenseType};
+use super::kernels::{MatrixError, QuantizedActivations, TernaryFormat, TernaryKernel, TernaryMatrix, WeightBytes, ACT_BLOCK};
+use super::kv_cache::KvCache;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("invalid GGUF file: {0}")]
+    Gguf(#[from] shard_shared::gguf::GgufError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("tensor {name}: {reason}")]
+    Tensor { name: String, reason: String },
+    #[error("missing tensor {0}")]
+    MissingTensor(String),
+}
+
+/// A linear layer: ternary as BitNet intends, or float where a file stores it so.
+#[derive(Debug, Clone)]
+pub enum Linear {
+    Ternary(TernaryMatrix),
+    Dense { m: DenseMatrix, scale: f32 },
+}
+
+impl Linear {
+    pub fn rows(&self) -> usize {
+        match self {
+            Linear::Ternary(t) => t.rows,
+            Linear::Dense { m, .. } => m.rows,
+        }
+    }
+
+    /// `out = W · x` for `n` tokens; `xq` is `x` quantized (used by ternary weights).
+    fn forward(&self, kernel: &dyn TernaryKernel, x: &[f32], xq: &QuantizedActivations, n: usize, out: &mut [f32]) {
+        match self {
+            Linear::Ternary(t) => t.matmul(kernel, xq, out),
+            Linear::Dense { m, scale } => {
+                m.matmul(x, n, out);
+                if *scale != 1.0 {
+                    out.iter_mut().for_each(|v| *v *= scale);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub attn_norm: Vec<f32>,
+    pub wq: Linear,
+    pub wk: Linear,
+    pub wv: Linear,
+    pub attn_sub_norm: Vec<f32>,
+    pub wo: Linear,
+    pub ffn_norm: Vec<f32>,
+    pub ffn_gate: Linear,
+    pub ffn_up: Linear,
+    pub ffn_sub_norm: Vec<f32>,
+    pub ffn_down: Linear,
+}
+
+/// Which positions of a forward pass need logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    Last,
+    All,
+}
+
+#[derive(Debug, Clone)]
+pub struct BitNetModel {
+    pub config: BitNetConfig,
+    pub tok_embd: DenseMatrix,
+    /// `None` when the output layer is tied to the token embedding.
+    pub output: Option<DenseMatrix>,
+    pub output_norm: Vec<f32>,
+    pub layers: Vec<Layer>,
+    /// cos/sin tables per (position-independent) frequency.
+    inv_freq: Vec<f32>,
+}
+
+/// Reads tensors from a parsed file, sharing the memory map.
+struct TensorSource<'a, 'g> {
+    g: &'a Gguf<'g>,
+    map: &'a Arc<memmap2::Mmap>,
+}
+
+impl TensorSource<'_, '_> {
+    fn info(&self, name: &str) -> Result<&TensorInfo, LoadError> {
+        self.g.tensor(name).ok_or_else(|| LoadError::MissingTensor(name.to_string()))
+    }
+
+    fn bytes(&self, t: &TensorInfo) -> WeightBytes {
+        let start = (self.g.data_offset + t.offset) as usize;
+        WeightBytes::Mapped(self.map.clone(), start..start + t.size as usize)
+    }
+
+    fn err(name: &str, reason: impl Into<String>) -> LoadError {
+        LoadError::Tensor { name: name.to_string(), reason: reason.into() }
+    }
+
+    fn expect_dims(t: &TensorInfo, dims: &[usize]) -> Result<(), LoadError> {
+        let got: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+        if got != dims {
+            return Err(Self::err(&t.name, format!("has shape {got:?}, expected {dims:?}")));
+        }
+        Ok(())
+    }
+
+    /// A 1-D float vector such as a norm weight.
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, LoadError> {
+        let t = self.info(name)?;
+        Self::expect_dims(t, &[len])?;
+        let m = self.dense_matrix(t, 1, len)?;
+        let mut out = vec![0f32; len];
+        m.row_into(0, &mut out);
+        Ok(out)
+    }
+
+    fn dense_matrix(&self, t: &TensorInfo, rows: usize, cols: usize) -> Result<DenseMatrix, LoadError> {
+        let dtype = match t.ty {
+            GgmlType::F32 => DenseType::F32,
+            GgmlType::F16 => DenseType::F16,
+            GgmlType::BF16 => DenseType::BF16,
+            other => return Err(Self::err(&t.name, format!("type {other} is not supported here (F32, F16, BF16 are)"))),
+        };
+        DenseMatrix::new(dtype, rows, cols, self.bytes(t)).map_err(|MatrixError(e)| Self::err(&t.name, e))
+    }
+
+    /// A linear layer of `rows` outputs and `cols` inputs, with its optional `.scale`.
+    fn linear(&self, prefix: &str, rows: usize, cols: usize) -> Result<Linear, LoadError> {
+        let name = format!("{prefix}.weight");
+        let t = self.info(&name)?;
+        Self::expect_dims(t, &[cols, rows])?;
+        let scale = match self.g.tensor(&format!("{prefix}.scale")) {
+            Some(s) => {
+                let v = self.vector(&s.name, 1)?[0];
+                if !v.is_finite() {
+                    return Err(Self::err(&s.name, "is not finite"));
+                }
+                v
+            }
+            None => 1.0,
+        };
+        match TernaryFormat::from_ggml(t.ty) {
+            Some(format) => {
+                let mut m =
+                    TernaryMatrix::new(format, rows, cols, self.bytes(t)).map_err(|MatrixError(e)| Self::err(&name, e))?;
+                m.scale *= scale;
+                Ok(Linear::Ternary(m))
+            }
+            None => Ok(Linear::Dense { m: self.dense_matrix(t, rows, cols)?, scale }),
+        }
+    }
+}
+
+impl BitNetModel {
+    /// Builds the model from a parsed file whose bytes are `map`.
+    pub fn from_gguf(g: &Gguf<'_>, map: &Arc<memmap2::Mmap>, mut progress: impl FnMut(u64)) -> Result<Self, LoadError> {
+        let config = BitNetConfig::from_gguf(g)?;
+        let src = TensorSource { g, map };
+        let c = &config;
+        let (e, f, kv) = (c.n_embd, c.n_ff, c.kv_dim());
+        if e % ACT_BLOCK != 0 || f % ACT_BLOCK != 0 {
+            return Err(LoadError::Config(ConfigError::Invalid(format!(
+                "embedding ({e}) and feed-forward ({f}) sizes must be multiples of {ACT_BLOCK}"
+            ))));
+        }
+        let embd_info = src.info("token_embd.weight")?;
+        TensorSource::expect_dims(embd_info, &[e, c.n_vocab])?;
+        let tok_embd = src.dense_matrix(embd_info, c.n_vocab, e)?;
+        progress(embd_info.size);
+        let output = match g.tensor("output.weight") {
+            Some(t) => {
+                TensorSource::expect_dims(t, &[e, c.n_vocab])?;
+                progress(t.size);
+                Some(src.dense_matrix(t, c.n_vocab, e)?)
+            }
+            None => None,
+        };
+        let output_norm = src.vector("output_norm.weight", e)?;
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for il in 0..c.n_layer {
+            let p = |s: &str| format!("blk.{il}.{s}");
+            let layer = Layer {
+                attn_norm: src.vector(&p("attn_norm.weight"), e)?,
+                wq: src.linear(&p("attn_q"), e, e)?,
+                wk: src.linear(&p("attn_k"), kv, e)?,
+                wv: src.linear(&p("attn_v"), kv, e)?,
+                attn_sub_norm: src.vector(&p("attn_sub_norm.weight"), e)?,
+                wo: src.linear(&p("attn_output"), e, e)?,
+                ffn_norm: src.vector(&p("ffn_norm.weight"), e)?,
+                ffn_gate: src.linear(&p("ffn_gate"), f, e)?,
+                ffn_up: src.linear(&p("ffn_up"), f, e)?,
+                ffn_sub_norm: src.vector(&p("ffn_sub_norm.weight"), f)?,
+                ffn_down: src.linear(&p("ffn_down"), e, f)?,
+            };
+            // Touch every page now, so the first request does not pay for page faults.
+            let layer_bytes: u64 = g
+                .tensors
+                .iter()
+                .filter(|t| t.name.starts_with(&format!("blk.{il}.")))
+                .map(|t| {
+                    let b = src.bytes(t);
+                    let mut x = 0u8;
+                    for i in (0..b.len()).step_by(4096) {
+                        x ^= b[i];
+                    }
+                    std::hint::black_box(x);
+                    t.size
+                })
+                .sum();
+            progress(layer_bytes);
+            layers.push(layer);
+        }
+        let half = c.n_rot / 2;
+        let inv_freq = (0..half).map(|i| c.rope_freq_base.powf(-(2.0 * i as f32) / c.n_rot as f32)).collect();
+        Ok(Self { config, tok_embd, output, output_norm, layers, inv_freq })
+    }
+
+    /// A fresh cache for up to `capacity` positions.
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        KvCache::new(self.config.n_layer, self.config.kv_dim(), capacity)
+    }
+
+    /// Runs `tokens` at positions `cache.len()..` and returns logits: one row of `n_vocab`
+    /// for the last token, or one per token.
+    pub fn forward(&self, kernel: &dyn TernaryKernel, tokens: &[u32], cache: &mut KvCache, want: Logits) -> Vec<f32> {
+        let c = &self.config;
+        let n = tokens.len();
+        let (e, f, kv) = (c.n_embd, c.n_ff, c.kv_dim());
+        let start = cache.len();
+        assert!(n > 0 && start + n <= cache.capacity(), "forward pass past the context");
+        let mut x = vec![0f32; n * e];
+        for (t, &tok) in tokens.iter().enumerate() {
+            assert!((tok as usize) < c.n_vocab, "token {tok} outside the vocabulary");
+            self.tok_embd.row_into(tok as usize, &mut x[t * e..(t + 1) * e]);
+        }
+        let mut norm = vec![0f32; n * e];
+        let mut q = vec![0f32; n * e];
+        let mut k = vec![0f32; n * kv];
+        let mut v = vec![0f32; n * kv];
+        let mut attn = vec![0f32; n * e];
+        let mut proj = vec![0f32; n * e];
+        let mut gate = vec![0f32; n * f];
+        let mut up = vec![0f32; n * f];
+        let mut xq = QuantizedActivations::default();
+
+        for (il, l) in self.layers.iter().enumerate() {
+            rms_norm(&x, &l.attn_norm, c.rms_eps, &mut norm);
+            xq.requantize(&norm, n, e);
+            l.wq.forward(kernel, &norm, &xq, n, &mut q);
+            l.wk.forward(kernel, &norm, &xq, n, &mut k);
+            l.wv.forward(kernel, &norm, &xq, n, &mut v);
+            self.rope(&mut q, c.n_head, start);
+            self.rope(&mut k, c.n_head_kv, start);
+            cache.store(il, start, &k, &v);
+            self.attention(&q, cache, il, start, n, &mut attn);
+            rms_norm(&attn, &l.attn_sub_norm, c.rms_eps, &mut norm);
+            xq.requantize(&norm, n, e);
+            l.wo.forward(kernel, &norm, &xq, n, &mut proj);
+            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+
+            rms_norm(&x, &l.ffn_norm, c.rms_eps, &mut norm);
+            xq.requantize(&norm, n, e);
+            l.ffn_gate.forward(kernel, &norm, &xq, n, &mut gate);
+            l.ffn_up.forward(kernel, &norm, &xq, n, &mut up);
+            match c.activation {
+                Activation::Silu => gate.iter_mut().zip(&up).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u),
+                Activation::ReluSquared => gate.iter_mut().zip(&up).for_each(|(g, u)| *g = g.max(0.0).powi(2) * u),
+            }
+            let mut sub = vec![0f32; n * f];
+            rms_norm(&gate, &l.ffn_sub_norm, c.rms_eps, &mut sub);
+            xq.requantize(&sub, n, f);
+            l.ffn_down.forward(kernel, &sub, &xq, n, &mut proj);
+            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+        }
+        cache.set_len(start + n);
+
+        let rows: Vec<usize> = match want {
+            Logits::Last => vec![n - 1],
+            Logits::All => (0..n).collect(),
+        };
+        let mut h = vec![0f32; rows.len() * e];
+        for (i, &t) in rows.iter().enumerate() {
+            rms_norm(&x[t * e..(t + 1) * e], &self.output_norm, c.rms_eps, &mut h[i * e..(i + 1) * e]);
+        }
+        let head = self.output.as_ref().unwrap_or(&self.tok_embd);
+        if head.dtype == DenseType::F16 {
+            // llama.cpp multiplies F16 weights by F16-rounded activations.
+            h.iter_mut().for_each(|v| *v = round_f16(*v));
+        }
+        let mut logits = vec![0f32; rows.len() * c.n_vocab];
+        head.matmul(&h, rows.len(), &mut logits);
+        logits
+    }
+
+    /// NeoX-style rotary embedding: dimension i rotates with i + n_rot/2.
+    fn rope(&self, x: &mut [f32], n_heads: usize, start: usize) {
+        let c = &self.config;
+        let half = c.n_rot / 2;
+        let width = n_heads * c.head_dim;
+        for (t, row) in x.chunks_exact_mut(width).enumerate() {
+            let pos = (start + t) as f32;
+            for head in row.chunks_exact_mut(c.head_dim) {
+                for (i, &freq) in self.inv_freq.iter().enumerate() {
+                    let (sin, cos) = (pos * freq).sin_cos();
+                    let (a, b) = (head[i], head[i + half]);
+                    head[i] = a * cos - b * sin;
+                    head[i + half] = a * sin + b * cos;
+                }
+            }
+        }
+    }
+
+    /// Causal attention of the `n` new queries over every cached position up to their own.
+    ///
+    /// Like llama.cpp's CPU path, the query and the softmax weights are rounded to f16 where
+    /// they meet the f16 cache, and products accumulate in f32.
+    fn attention(&self, q: &[f32], cache: &KvCache, layer: usize, start: usize, n: usize, out: &mut [f32]) {
+        let c = &self.config;
+        let (hd, kv_dim) = (c.head_dim, c.kv_dim());
+        let group = c.n_head / c.n_head_kv;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (keys, values) = (cache.keys(layer), cache.values(layer));
+        out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
+            let (t, h) = (i / c.n_head, i % c.n_head);
+            let qh: Vec<f32> = q[t * c.n_embd + h * hd..t * c.n_embd + (h + 1) * hd].iter().map(|&v| round_f16(v)).collect();
+            let kvh = h / group;
+            let len = start + t + 1;
+            let mut scores: Vec<f32> =
+                (0..len).map(|p| dot_f16(&keys[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd], &qh) * scale).collect();
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut total = 0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                total += *s;
+            }
+            o.fill(0.0);
+            for (p, s) in scores.iter().enumerate() {
+                let w = round_f16(s / total);
+                let vp = &values[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+                o.iter_mut().zip(vp).for_each(|(a, b)| *a += w * b.to_f32());
+            }
+        });
+        debug_assert_eq!(out.len(), n * c.n_embd);
+    }
+}
+
+fn round_f16(v: f32) -> f32 {
+    half::f16::from_f32(v).to_f32()
+}
+
+fn dot_f16(a: &[half::f16], b: &[f32]) -> f32 {
+    super::kernels::dense::dot_f16(bytemuck::cast_slice(a), b)
+}
+
+/// RMSNorm of each row of `x` (rows of `w.len()`), times `w`.
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let ms = row.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / d as f64;
+        let inv = 1.0 / ((ms as f32) + eps).sqrt();
+        for ((o, v), g) in o.iter_mut().zip(row).zip(w) {
+            *o = v * inv * g;
+        }
+    }
+}
+
+/// Opens a GGUF file by memory-mapping it.
+pub fn map_file(path: &Path) -> Result<Arc<memmap2::Mmap>, LoadError> {
+    let io = |source| LoadError::Io { path: path.display().to_string(), source };
+    let file = std::fs::File::open(path).map_err(io)?;
+    // SAFETY: the map is read-only; a file changed underneath us while mapped is the
+    // operator's error, as with llama.cpp's mmap loading.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+    Ok(Arc::new(map))
+}

@@ -1,0 +1,13 @@
+//! The Shard Oracle: it holds the big ternary model, runs it on the CPU with Shard's own
+//! kernels, and serves it over an OpenAI-compatible HTTP API.
+//!
+//! * [`engine`]: the BitNet b1.58 model, its kernels, KV cache and decoding loop.
+//! * [`queue`]: the bounded request queue in front of the engine.
+//! * [`api`]: the axum routes.
+
+pub mod api;
+pub mod engine;
+pub mod queue;
+
+/// Reported as `system_fingerprint` in API responses.
+pub const FINGERPRINT: &str = concat!("shard-", env!("CARGO_PKG_VERSION"));

@@ -1,0 +1,133 @@
+//! `shard-oracle`: load a BitNet GGUF model and serve it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use tracing_subscriber::EnvFilter;
+
+use shard_oracle::api::{self, AppState};
+use shard_oracle::engine::kernels::{self, KernelChoice};
+use shard_oracle::engine::{Engine, LoadOptions};
+use shard_oracle::queue::InferenceQueue;
+
+/// The Shard Oracle: serves a ternary BitNet b1.58 model over an OpenAI-compatible API.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// BitNet b1.58 GGUF model (arch `bitnet` or `bitnet-b1.58`; TQ2_0, TQ1_0 or I2_S weights).
+    #[arg(short, long, env = "SHARD_MODEL", default_value = "models/shard-target-bitnet-tq2_0.gguf")]
+    model: PathBuf,
+
+    /// Address to listen on.
+    #[arg(long, env = "SHARD_HOST", default_value = "127.0.0.1")]
+    host: String,
+
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "SHARD_PORT", default_value_t = 8080)]
+    port: u16,
+
+    /// Threads for the kernels (default: all cores).
+    #[arg(short, long, env = "SHARD_THREADS")]
+    threads: Option<usize>,
+
+    /// Context length in tokens (0: the model's training context).
+    #[arg(short = 'c', long, default_value_t = 0)]
+    ctx_size: usize,
+
+    /// Ternary kernel: auto picks the fastest this CPU supports.
+    #[arg(long, value_enum, default_value_t = KernelChoice::Auto)]
+    kernel: KernelChoice,
+
+    /// Model id reported by the API (default: the file name).
+    #[arg(long)]
+    alias: Option<String>,
+
+    /// Requests that may wait for the engine; more get 429 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    queue_capacity: usize,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    max_body_bytes: usize,
+
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_env("SHARD_LOG").unwrap_or_else(|_| EnvFilter::new("info,tower_http=info"));
+    if args.log_json {
+        tracing_subscriber::fmt().with_env_filter(filter).json().init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().context("building the thread pool")?;
+    let kernel = kernels::select(args.kernel).map_err(anyhow::Error::msg)?;
+    tracing::info!(threads, kernel = kernel.name(), model = %args.model.display(), "loading model");
+
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({elapsed})")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message("loading");
+    let opts = LoadOptions { kernel, n_ctx: args.ctx_size, alias: args.alias.clone() };
+    let model_path = args.model.clone();
+    let bar2 = bar.clone();
+    let engine = tokio::task::spawn_blocking(move || {
+        Engine::load(&model_path, &opts, |done, total| {
+            bar2.set_length(total);
+            bar2.set_position(done);
+        })
+    })
+    .await?
+    .with_context(|| format!("loading {}", args.model.display()))?;
+    bar.finish_and_clear();
+    for w in &engine.tokenizer.warnings {
+        tracing::warn!("{w}");
+    }
+    let c = &engine.model.config;
+    tracing::info!(
+        model = %engine.model_id, arch = %c.arch, layers = c.n_layer, embd = c.n_embd, vocab = c.n_vocab, n_ctx = engine.n_ctx,
+        activation = ?c.activation, "model loaded"
+    );
+
+    let engine = Arc::new(engine);
+    let queue = InferenceQueue::start(engine.clone(), args.queue_capacity);
+    let state = Arc::new(AppState { engine, queue, started: api::types::unix_now() });
+    let app = api::router(state, args.max_body_bytes);
+
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port).parse().context("parsing --host/--port")?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!("listening on http://{local}");
+    // A line for scripts that start the server and need its port.
+    println!("shard-oracle listening on http://{local}");
+    axum::serve(listener, app).with_graceful_shutdown(shutdown()).await?;
+    Ok(())
+}
+
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,8 @@
+//! Shard's wasm-safe core, shared by the native Oracle and the browser Scout.
+//!
+//! Nothing here touches threads, files or sockets, so it builds for `wasm32-unknown-unknown`.
+
+pub mod chat;
+pub mod gguf;
+pub mod sampling;
+pub mod tokenizer;

@@ -1,0 +1,85 @@
+"""Records llama.cpp's view of a GGUF file as a JSON fixture: tokens, top-5 logprobs, greedy text.
+
+Shard's conformance test (tests/tests/conformance.rs) asks the running Oracle for
+`/v1/completions` with `echo` and `logprobs=5` and compares against this fixture. The fixture
+is committed; this script regenerates it. It drives llama.cpp through `Llama.eval()` and
+`Llama.scores` (row i holds the distribution that predicts token i + 1), not through
+llama-cpp-python's server, whose echo logprobs are shifted by one position.
+
+Usage:
+  python tools/conformance/llamacpp_reference.py MODEL.gguf [MODEL2.gguf ...] --out FIXTURE.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+
+import numpy as np
+from llama_cpp import Llama
+
+PROMPTS = [
+    "The quick brown fox jumps over the lazy dog. In the beginning God created the heaven and the earth.",
+    "<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n<|im_start|>assistant\n",
+    "Numbers 1234567 and symbols: {\"key\": [1, 2.5]}  tabs\tand\nnewlines — café naïve 日本",
+]
+TOP_N = 5
+GREEDY_TOKENS = 16
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def log_softmax(rows: np.ndarray) -> np.ndarray:
+    m = rows.max(axis=1, keepdims=True)
+    return rows - m - np.log(np.exp(rows - m).sum(axis=1, keepdims=True))
+
+
+def reference(path: str) -> dict:
+    llm = Llama(path, logits_all=True, verbose=False, n_ctx=512, n_threads=os.cpu_count() or 2, seed=1)
+    cases = []
+    for prompt in PROMPTS:
+        llm.reset()
+        tokens = llm.tokenize(prompt.encode(), add_bos=llm._model.add_bos_token(), special=True)
+        llm.eval(tokens)
+        lp = log_softmax(np.array(llm.scores[: len(tokens)], dtype=np.float64))
+        positions = [None]
+        for i in range(1, len(tokens)):
+            row = lp[i - 1]
+            top = np.argsort(-row)[:TOP_N]
+            positions.append({
+                "token_logprob": float(row[tokens[i]]),
+                "top": [[int(t), float(row[t])] for t in top],
+            })
+        # Greedy continuation: argmax of the last row, then one token at a time.
+        greedy = []
+        row = lp[len(tokens) - 1]
+        for _ in range(GREEDY_TOKENS):
+            nxt = int(np.argmax(row))
+            greedy.append(nxt)
+            llm.eval([nxt])
+            row = log_softmax(np.array([llm.scores[llm.n_tokens - 1]], dtype=np.float64))[0]
+        cases.append({"prompt": prompt, "tokens": [int(t) for t in tokens], "positions": positions, "greedy": greedy})
+    return {"file": os.path.basename(path), "sha256": sha256(path), "top_n": TOP_N, "cases": cases}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="+")
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    out = {"generator": "llama-cpp-python " + __import__("llama_cpp").__version__, "models": [reference(m) for m in a.models]}
+    with open(a.out, "w") as f:
+        json.dump(out, f, indent=1)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()

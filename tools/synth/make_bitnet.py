@@ -1,0 +1,135 @@
+"""Writes synthetic BitNet b1.58 GGUF files: seeded random ternary weights, real tokenizer.
+
+The tokenizer and chat template are copied from another GGUF (SmolLM2-135M-Instruct by
+default), so the files exercise a real 49k-token BPE vocabulary. The same weights are written
+as TQ2_0, TQ1_0 and I2_S, so each format can be checked against the others and against
+llama.cpp (which reads TQ2_0 and TQ1_0, but not I2_S).
+
+Usage:
+  python tools/synth/make_bitnet.py --vocab-from SmolLM2.gguf --out-dir work-data/synth \
+      [--preset tiny|2b4t] [--seed 7] [--types tq2_0,tq1_0,i2_s]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import struct
+import sys
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFReader
+from gguf.quants import quantize
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from ggufx import GGML_TYPE_I2_S, RawTensor, kv_records, pack_i2s, write_gguf  # noqa: E402
+
+# Spread of the logits. Kept moderate: a random network amplifies rounding differences
+# (int8 activations, F16 KV cache) roughly in proportion to it.
+LOGIT_STD = float(os.environ.get("SYNTH_LOGIT_STD", "1.0"))
+
+PRESETS = {
+    # Small enough for CI; GQA, several layers and per-tensor scales all exercised.
+    "tiny": dict(layers=4, embd=256, ff=768, heads=4, kv_heads=2, ctx=1024),
+    # bitnet-b1.58-2B-4T's shapes, for the benchmark.
+    "2b4t": dict(layers=30, embd=2560, ff=6912, heads=20, kv_heads=5, ctx=4096),
+}
+
+
+def kv_string(key: str, value: str) -> bytes:
+    k, v = key.encode(), value.encode()
+    return struct.pack("<Q", len(k)) + k + struct.pack("<IQ", 8, len(v)) + v
+
+
+def kv_u32(key: str, value: int) -> bytes:
+    k = key.encode()
+    return struct.pack("<Q", len(k)) + k + struct.pack("<II", 4, value)
+
+
+def kv_f32(key: str, value: float) -> bytes:
+    k = key.encode()
+    return struct.pack("<Q", len(k)) + k + struct.pack("<If", 6, value)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--vocab-from", required=True, help="GGUF whose tokenizer.* keys are copied")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--arch", choices=["bitnet", "bitnet-b1.58"], default="bitnet")
+    p.add_argument("--types", default="tq2_0,tq1_0,i2_s")
+    a = p.parse_args()
+    cfg = PRESETS[a.preset]
+    types = a.types.split(",")
+    os.makedirs(a.out_dir, exist_ok=True)
+
+    vocab_reader = GGUFReader(a.vocab_from)
+    n_vocab = len(vocab_reader.fields["tokenizer.ggml.tokens"].data)
+    rng = np.random.default_rng(a.seed)
+    E, F, L = cfg["embd"], cfg["ff"], cfg["layers"]
+    head_dim = E // cfg["heads"]
+    kv_dim = head_dim * cfg["kv_heads"]
+
+    # Float tensors (norms, embeddings) and ternary tensors with one scale each.
+    dense: list[tuple[str, np.ndarray, GGMLQuantizationType]] = []
+    ternary: list[tuple[str, np.ndarray, float]] = []  # name, int8 [rows, cols], scale
+
+    # Tied embeddings set the logit spread: std(logit) ~ emb_std * sqrt(E) = LOGIT_STD.
+    emb_std = LOGIT_STD / np.sqrt(E)
+    dense.append(("token_embd.weight", (rng.standard_normal((n_vocab, E)) * emb_std).astype(np.float16), GGMLQuantizationType.F16))
+    dense.append(("output_norm.weight", (1.0 + 0.1 * rng.standard_normal(E)).astype(np.float32), GGMLQuantizationType.F32))
+
+    def tern(rows: int, cols: int) -> tuple[np.ndarray, float]:
+        w = rng.choice(np.array([-1, 0, 1], dtype=np.int8), size=(rows, cols), p=[0.35, 0.3, 0.35])
+        return w, float(np.float16(1.0 / np.sqrt(cols * 0.7)))
+
+    for il in range(L):
+        b = f"blk.{il}."
+        for norm, n in (("attn_norm", E), ("attn_sub_norm", E), ("ffn_norm", E), ("ffn_sub_norm", F)):
+            dense.append((b + norm + ".weight", (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32), GGMLQuantizationType.F32))
+        for name, rows, cols in (
+            ("attn_q", E, E), ("attn_k", kv_dim, E), ("attn_v", kv_dim, E), ("attn_output", E, E),
+            ("ffn_gate", F, E), ("ffn_up", F, E), ("ffn_down", E, F),
+        ):
+            w, s = tern(rows, cols)
+            ternary.append((b + name + ".weight", w, s))
+        # Optional per-tensor `.scale` tensors, as some converters write them.
+        if il % 2 == 0:
+            for name in ("attn_q", "ffn_down"):
+                dense.append((b + name + ".scale", np.array([1.0 + 0.25 * il], dtype=np.float32), GGMLQuantizationType.F32))
+
+    arch = a.arch
+    kvs_common = kv_records(vocab_reader, skip_prefixes=("general.", "llama.")) + [
+        kv_string("general.architecture", arch),
+        kv_string("general.name", f"shard-synthetic-{a.preset}"),
+        kv_u32(f"{arch}.context_length", cfg["ctx"]),
+        kv_u32(f"{arch}.embedding_length", E),
+        kv_u32(f"{arch}.block_count", L),
+        kv_u32(f"{arch}.feed_forward_length", F),
+        kv_u32(f"{arch}.attention.head_count", cfg["heads"]),
+        kv_u32(f"{arch}.attention.head_count_kv", cfg["kv_heads"]),
+        kv_f32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5),
+        kv_f32(f"{arch}.rope.freq_base", 10000.0),
+        kv_u32(f"{arch}.vocab_size", n_vocab),
+    ]
+
+    dense_raw = [RawTensor(n, tuple(reversed(t.shape)), int(q), t.tobytes()) for n, t, q in dense]
+    for ty in types:
+        tensors = list(dense_raw)
+        for name, w, s in ternary:
+            shape = (w.shape[1], w.shape[0])
+            if ty == "i2_s":
+                data = pack_i2s(w.reshape(-1), s)
+                tensors.append(RawTensor(name, shape, GGML_TYPE_I2_S, data))
+            else:
+                qt = {"tq2_0": GGMLQuantizationType.TQ2_0, "tq1_0": GGMLQuantizationType.TQ1_0}[ty]
+                data = quantize((w.astype(np.float32) * np.float32(s)), qt).tobytes()
+                tensors.append(RawTensor(name, shape, int(qt), data))
+        path = os.path.join(a.out_dir, f"bitnet-{a.preset}-{ty}.gguf")
+        write_gguf(path, kvs_common, tensors)
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
