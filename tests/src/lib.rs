@@ -1,1 +1,116 @@
-//! Integration tests live in `tests/tests/`; this crate has no library code.
+//! Helpers for Shard's integration tests: start the real `shard-oracle` binary on a free port
+//! and find the model files the set-up script generated.
+//!
+//! The tests themselves live in `tests/tests/`. They need `shard-oracle` built first
+//! (`cargo build -p shard-oracle`, which `scripts/test.sh` does) and the synthetic models
+//! (`scripts/setup.sh` writes them).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// Where generated test data lives (`SHARD_DATA_DIR`, default `work-data/` in the repo).
+pub fn data_dir() -> PathBuf {
+    std::env::var_os("SHARD_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("work-data"))
+}
+
+/// A generated synthetic model, e.g. `synthetic_model("tq2_0")`; panics with the fix if absent.
+pub fn synthetic_model(kind: &str) -> PathBuf {
+    let p = data_dir().join("synth").join(format!("bitnet-tiny-{kind}.gguf"));
+    assert!(p.exists(), "{} is missing: run scripts/setup.sh (it generates the synthetic models)", p.display());
+    p
+}
+
+/// A binary built from this workspace (`SHARD_BIN_DIR` or next to the test executable).
+pub fn binary(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("SHARD_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe().expect("current exe");
+            // target/<profile>/deps/<test> -> target/<profile>
+            exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+        }
+    };
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is missing: build it first (cargo build -p shard-oracle)", p.display());
+    p
+}
+
+/// A running `shard-oracle`, killed on drop.
+pub struct Oracle {
+    child: Child,
+    pub url: String,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Oracle {
+    /// Starts the Oracle on `model` with extra arguments and waits until it listens.
+    pub fn start(model: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(binary("shard-oracle"))
+            .arg("--model")
+            .arg(model)
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(args)
+            .env("SHARD_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn shard-oracle");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("shard-oracle listening on ") {
+                    let _ = tx.send(url.trim().to_string());
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(url) = rx.recv_timeout(Duration::from_millis(100)) {
+                return Oracle { child, url, log };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("shard-oracle exited with {status}: {}", log.lock().unwrap().join("\n"));
+            }
+            assert!(Instant::now() < deadline, "shard-oracle did not start in time");
+        }
+    }
+
+    pub fn endpoint(&self, path: &str) -> String {
+        format!("{}{}", self.url, path)
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Oracle {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Lowercase hex sha256 of a file.
+pub fn sha256_file(path: &Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -58,15 +58,20 @@ def reference(path: str) -> dict:
                 "token_logprob": float(row[tokens[i]]),
                 "top": [[int(t), float(row[t])] for t in top],
             })
-        # Greedy continuation: argmax of the last row, then one token at a time.
-        greedy = []
+        # Greedy continuation: argmax of the last row, then one token at a time, with the top
+        # logprobs of every step (so a test can tell a near-tie from a real divergence).
+        greedy, greedy_top = [], []
         row = lp[len(tokens) - 1]
         for _ in range(GREEDY_TOKENS):
             nxt = int(np.argmax(row))
             greedy.append(nxt)
+            greedy_top.append([[int(t), float(row[t])] for t in np.argsort(-row)[:TOP_N]])
             llm.eval([nxt])
             row = log_softmax(np.array([llm.scores[llm.n_tokens - 1]], dtype=np.float64))[0]
-        cases.append({"prompt": prompt, "tokens": [int(t) for t in tokens], "positions": positions, "greedy": greedy})
+        cases.append({
+            "prompt": prompt, "tokens": [int(t) for t in tokens], "positions": positions,
+            "greedy": greedy, "greedy_top": greedy_top,
+        })
     return {"file": os.path.basename(path), "sha256": sha256(path), "top_n": TOP_N, "cases": cases}
 
 

@@ -237,3 +237,97 @@ pub fn select(choice: KernelChoice) -> Result<&'static dyn TernaryKernel, String
     };
     all.into_iter().find(|k| k.name() == want).ok_or_else(|| format!("this CPU cannot run the {want} kernel"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn matrix(format: TernaryFormat, rows: usize, cols: usize, values: &[i8], scales: &[f32]) -> TernaryMatrix {
+        let bytes = formats::encode_matrix(format, rows, cols, values, scales);
+        TernaryMatrix::new(format, rows, cols, WeightBytes::Owned(Arc::new(bytes))).unwrap()
+    }
+
+    /// Exact f64 value of the product the kernels approximate in f32.
+    fn exact(m: &TernaryMatrix, values: &[i8], x: &QuantizedActivations, r: usize, t: usize) -> (f64, f64) {
+        let bl = m.format.block_len();
+        let (mut sum, mut mag) = (0f64, 0f64);
+        for k in 0..m.cols {
+            let d_w = m.format.block_scale(m.row_bytes(r), k / bl) as f64;
+            let term = d_w * x.token_scales(t)[k / ACT_BLOCK] as f64 * values[r * m.cols + k] as f64 * x.token(t)[k] as f64;
+            sum += term;
+            mag += term.abs();
+        }
+        (sum * m.scale as f64, mag * m.scale.abs() as f64)
+    }
+
+    fn format_strategy() -> impl Strategy<Value = TernaryFormat> {
+        prop_oneof![Just(TernaryFormat::TQ2_0), Just(TernaryFormat::TQ1_0), Just(TernaryFormat::I2S)]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Every kernel this CPU can run agrees with the scalar reference, which agrees with
+        /// the exact product.
+        #[test]
+        fn kernels_match_reference(
+            format in format_strategy(),
+            rows in 1usize..40,
+            col_blocks in 1usize..5,
+            n_tokens in 1usize..10,
+            seed in any::<u64>(),
+        ) {
+            let cols = col_blocks * ACT_BLOCK;
+            let mut state = seed | 1;
+            let mut next = move || { state ^= state << 13; state ^= state >> 7; state ^= state << 17; state };
+            let values: Vec<i8> = (0..rows * cols).map(|_| (next() % 3) as i8 - 1).collect();
+            let n_blocks = rows * cols / format.block_len();
+            let scales: Vec<f32> = (0..n_blocks.max(1)).map(|_| 0.01 + (next() % 1000) as f32 / 500.0).collect();
+            let m = matrix(format, rows, cols, &values, &scales);
+            // Activations with varied magnitudes, some blocks all zero.
+            let x: Vec<f32> = (0..n_tokens * cols).map(|i| {
+                if (i / ACT_BLOCK) % 7 == 3 { 0.0 } else { ((next() % 20001) as f32 - 10000.0) / 1000.0 * (1 + i % 5) as f32 }
+            }).collect();
+            let q = QuantizedActivations::quantize(&x, n_tokens, cols);
+            let mut want = vec![0f32; rows * n_tokens];
+            m.matmul(&scalar::Scalar, &q, &mut want);
+            for t in 0..n_tokens {
+                for r in 0..rows {
+                    let (e, mag) = exact(&m, &values, &q, r, t);
+                    prop_assert!((want[t * rows + r] as f64 - e).abs() <= 1e-5 * mag + 1e-6, "scalar {} vs exact {}", want[t * rows + r], e);
+                }
+            }
+            for kernel in available() {
+                let mut got = vec![0f32; rows * n_tokens];
+                m.matmul(kernel, &q, &mut got);
+                for t in 0..n_tokens {
+                    for r in 0..rows {
+                        let (_, mag) = exact(&m, &values, &q, r, t);
+                        let (g, w) = (got[t * rows + r], want[t * rows + r]);
+                        prop_assert!((g - w).abs() as f64 <= 1e-5 * mag + 1e-6, "{}: {g} vs scalar {w} ({format:?}, row {r}, token {t})", kernel.name());
+                    }
+                }
+            }
+        }
+
+        /// Quantization follows llama.cpp's Q8_K: the largest value maps to -127 * sign.
+        #[test]
+        fn activation_quantization_is_q8k(xs in proptest::collection::vec(-100f32..100f32, ACT_BLOCK)) {
+            let q = QuantizedActivations::quantize(&xs, 1, ACT_BLOCK);
+            let d = q.scales[0];
+            for (i, &v) in xs.iter().enumerate() {
+                prop_assert!((q.qs[i] as f32 * d - v).abs() <= d.abs() * 0.5 + 1e-4);
+            }
+            prop_assert_eq!(q.sums[0], q.qs.iter().map(|&v| v as i32).sum::<i32>());
+        }
+    }
+
+    #[test]
+    fn rejects_wrong_sizes() {
+        let bytes = WeightBytes::Owned(Arc::new(vec![0u8; 65]));
+        assert!(TernaryMatrix::new(TernaryFormat::TQ2_0, 1, 256, bytes).is_err());
+        let bytes = WeightBytes::Owned(Arc::new(vec![0u8; 66]));
+        assert!(TernaryMatrix::new(TernaryFormat::TQ2_0, 1, 128, bytes).is_err());
+    }
+}
