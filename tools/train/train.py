@@ -151,6 +151,70 @@ def greedy_acceptance(target, draft, held, device, k=4, prompts=32, prompt_len=3
     return acc / drafted
 
 
+@torch.no_grad()
+def target_rollouts(target, train, device, deadline, rng, batch=64, prompt_len=16, gen=64):
+    """Greedy continuations by the target of prompts from the training stream (half of them
+    document openings after a BOS, like the acceptance prompts), until `deadline`."""
+    target.eval()
+    bos = np.flatnonzero(train[:-prompt_len - 1] == 0)
+    out = []
+    while time.time() < deadline or not out:
+        starts = np.where(rng.random(batch) < 0.5, rng.choice(bos, batch),
+                          rng.integers(0, len(train) - prompt_len, batch))
+        seq = torch.from_numpy(np.stack([train[s:s + prompt_len] for s in starts]).astype(np.int64)).to(device)
+        for _ in range(gen):
+            with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
+                nxt = target(seq)[:, -1].float().argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], 1)
+        out.append(seq.cpu())
+    return torch.cat(out), prompt_len
+
+
+def seqkd_phase(target, draft, train, held, device, minutes, lr, log, seed):
+    """Sequence-level distillation: the acceptance rate is top-1 agreement on the target's
+    own greedy text, so the draft also learns from that text. Two fifths of the budget make
+    rollouts; the rest trains on them (KL to the target + cross-entropy on the target's
+    greedy tokens), alternating with ordinary distillation batches on corpus text."""
+    t0 = time.time()
+    rng = np.random.default_rng(seed + 7)
+    roll, plen = target_rollouts(target, train, device, t0 + 0.4 * minutes * 60, rng)
+    log(f"[seqkd] {roll.shape[0]} rollouts of {roll.shape[1] - plen} tokens in {time.time() - t0:.0f}s")
+    corpus = batches(train, 8, 256, np.random.default_rng(seed + 8), device)
+
+    def loss_fn(model, x, y, gen_from):
+        with torch.no_grad():
+            t_logp = F.log_softmax(target(x).float(), -1)
+        logp = F.log_softmax(model(x).float(), -1)
+        kl = (t_logp.exp() * (t_logp - logp)).sum(-1)[:, gen_from:].mean()
+        ce = F.nll_loss(logp[:, gen_from:].reshape(-1, logp.shape[-1]), y[:, gen_from:].reshape(-1))
+        return kl + ce
+
+    opt = torch.optim.AdamW(draft.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    budget = minutes * 60 - (time.time() - t0)
+    t1, step = time.time(), 0
+    draft.train()
+    while time.time() - t1 < budget:
+        prog = (time.time() - t1) / budget
+        for g in opt.param_groups:
+            g["lr"] = lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * prog)))
+        if step % 2 == 0:
+            idx = torch.from_numpy(rng.integers(0, roll.shape[0], 16))
+            seq = roll[idx].to(device)
+            x, y, gen_from = seq[:, :-1], seq[:, 1:], plen - 1
+        else:
+            (x, y), gen_from = next(corpus), 0
+        with torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
+            loss = loss_fn(draft, x, y, gen_from)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(draft.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 100 == 0:
+            log(f"[seqkd] step {step} loss {loss.item():.3f} ({time.time() - t0:.0f}s)")
+    return {"rollouts": int(roll.shape[0]), "steps": step, "seconds": round(time.time() - t0, 1)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
@@ -158,7 +222,9 @@ def main() -> None:
     p.add_argument("--preset", default=None, help="gpu or cpu (default: by device)")
     p.add_argument("--target-minutes", type=float, default=None)
     p.add_argument("--draft-minutes", type=float, default=None)
-    p.add_argument("--phase", default="both", choices=["both", "target", "draft"])
+    p.add_argument("--seqkd-minutes", type=float, default=None,
+                   help="sequence-level distillation of the draft on target rollouts")
+    p.add_argument("--phase", default="both", choices=["both", "target", "draft", "seqkd"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                    help="CPU threads (default: all cores but one; oversubscribed OpenMP threads "
@@ -170,6 +236,7 @@ def main() -> None:
     pr = PRESETS[preset_name]
     tm = a.target_minutes if a.target_minutes is not None else (6.0 if device.type == "cuda" else 50.0)
     dm = a.draft_minutes if a.draft_minutes is not None else (2.5 if device.type == "cuda" else 20.0)
+    sm = a.seqkd_minutes if a.seqkd_minutes is not None else (1.5 if device.type == "cuda" else 15.0)
     torch.manual_seed(a.seed)
     if device.type == "cpu":
         torch.set_num_threads(a.threads)
@@ -189,7 +256,7 @@ def main() -> None:
     log(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), "
         f"preset {preset_name}, vocab {vocab}, train {len(train)} tokens, held-out {len(held)}")
     report_path = os.path.join(a.out, "train_report.json")
-    report = json.load(open(report_path)) if os.path.exists(report_path) and a.phase == "draft" else {}
+    report = json.load(open(report_path)) if os.path.exists(report_path) and a.phase in ("draft", "seqkd") else {}
     report.update(device=str(device), preset=preset_name, eval_window=EVAL_WINDOW,
                   threads=torch.get_num_threads() if device.type == "cpu" else None)
 
@@ -218,7 +285,7 @@ def main() -> None:
         target = LM(Config(**ck["config"]), bitnet=True).to(device)
         target.load_state_dict(ck["state"])
 
-    if a.phase in ("both", "draft"):
+    if a.phase in ("both", "draft", "seqkd"):
         target.eval()
         for q in target.parameters():
             q.requires_grad_(False)
@@ -234,8 +301,20 @@ def main() -> None:
             kl = (t_logp.exp() * (t_logp - logp)).sum(-1).mean()
             return kl + 0.2 * F.nll_loss(logp.reshape(-1, logp.shape[-1]), y.reshape(-1))
 
-        data = batches(train, pr["batch"], pr["seq"], np.random.default_rng(a.seed + 1), device)
-        info = train_phase("draft", draft, distil, data, held, device, dm, pr["draft_lr"], log)
+        if a.phase == "seqkd":
+            ck = torch.load(os.path.join(a.out, "draft.pt"), map_location=device)
+            draft.load_state_dict(ck["state"])
+            info = dict(report["draft"])
+        else:
+            data = batches(train, pr["batch"], pr["seq"], np.random.default_rng(a.seed + 1), device)
+            info = train_phase("draft", draft, distil, data, held, device, dm, pr["draft_lr"], log)
+            info["distil_heldout_ppl"] = math.exp(heldout_nll(draft, held, device, fp32=True))
+            info["distil_torch_acceptance_k4"] = greedy_acceptance(target, draft, held, device,
+                                                                   prompts=32 if device.type == "cuda" else 16)
+            log(f"draft after corpus distillation: held-out ppl {info['distil_heldout_ppl']:.3f}, "
+                f"torch acceptance {info['distil_torch_acceptance_k4']:.3f}")
+        if sm > 0:
+            info["seqkd"] = seqkd_phase(target, draft, train, held, device, sm, pr["draft_lr"] * 0.5, log, a.seed)
         nll = heldout_nll(draft, held, device, fp32=True)
         info.update(config=dcfg.to_dict(), params=draft.n_params(), heldout_nll=nll, heldout_ppl=math.exp(nll))
         info["torch_acceptance_k4"] = greedy_acceptance(target, draft, held, device,
