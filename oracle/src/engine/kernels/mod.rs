@@ -34,6 +34,10 @@ pub struct QuantizedActivations {
     pub cols: usize,
     /// `n_tokens * cols` values, token-major.
     pub qs: Vec<i8>,
+    /// The same values with each 256-block reordered as eight 32-value pieces
+    /// `[0, 4, 1, 5, 2, 6, 3, 7]`, so that one 512-bit load meets the weights a 512-bit code
+    /// vector holds (weights `32l..` and `128+32l..`).
+    pub interleaved: Vec<i8>,
     /// One scale per block: value = q * scale.
     pub scales: Vec<f32>,
     /// Sum of the block's quantized values, which the kernels use to turn the stored
@@ -81,12 +85,19 @@ impl QuantizedActivations {
             let iscale = -127.0 / max;
             let mut sum = 0i32;
             for (o, &v) in out.iter_mut().zip(block) {
-                let q = (iscale * v).round_ties_even().clamp(-128.0, 127.0) as i8;
+                let q = nearest_int(iscale * v).min(127) as i8;
                 *o = q;
                 sum += q as i32;
             }
             self.scales[b] = 1.0 / iscale;
             self.sums[b] = sum;
+        }
+        self.interleaved.resize(x.len(), 0);
+        for (src, dst) in self.qs.chunks_exact(ACT_BLOCK).zip(self.interleaved.chunks_exact_mut(ACT_BLOCK)) {
+            for l in 0..4 {
+                dst[64 * l..64 * l + 32].copy_from_slice(&src[32 * l..32 * l + 32]);
+                dst[64 * l + 32..64 * l + 64].copy_from_slice(&src[128 + 32 * l..128 + 32 * l + 32]);
+            }
         }
     }
 
@@ -110,6 +121,14 @@ impl QuantizedActivations {
         let nb = self.blocks_per_token();
         &self.sums[t * nb..(t + 1) * nb]
     }
+}
+
+/// Rounds to the nearest integer, ties to even, as llama.cpp's `nearest_int` (|v| < 2^22):
+/// adding 1.5 * 2^23 leaves the rounded value in the mantissa's low bits.
+#[inline]
+fn nearest_int(v: f32) -> i32 {
+    let bits = (v + 12_582_912.0).to_bits() as i32;
+    (bits & 0x007f_ffff) - 0x0040_0000
 }
 
 /// Bytes of a weight tensor: owned, or borrowed from a memory-mapped model file.
@@ -212,6 +231,7 @@ pub enum KernelChoice {
     Auto,
     Scalar,
     Avx2,
+    Avx512vnni,
 }
 
 /// Every kernel this CPU can run, reference first.
@@ -222,6 +242,9 @@ pub fn available() -> Vec<&'static dyn TernaryKernel> {
     {
         if x86::Avx2::detected() {
             v.push(&x86::Avx2);
+        }
+        if x86::Avx512Vnni::detected() {
+            v.push(&x86::Avx512Vnni);
         }
     }
     v
@@ -234,6 +257,7 @@ pub fn select(choice: KernelChoice) -> Result<&'static dyn TernaryKernel, String
         KernelChoice::Auto => return Ok(*all.last().expect("scalar is always available")),
         KernelChoice::Scalar => "scalar",
         KernelChoice::Avx2 => "avx2",
+        KernelChoice::Avx512vnni => "avx512vnni",
     };
     all.into_iter().find(|k| k.name() == want).ok_or_else(|| format!("this CPU cannot run the {want} kernel"))
 }

@@ -1,4 +1,4 @@
-//! AVX2 ternary kernel, chosen at run time on x86-64 CPUs that have AVX2 and FMA.
+//! AVX2 ternary kernel, chosen at run time on x86-64 CPUs that have AVX2, FMA and F16C.
 //!
 //! The stored codes 0, 1, 2 are unsigned bytes, so `vpmaddubsw` multiplies them by the signed
 //! int8 activations directly: sum(code * y) over a block, then minus sum(y) (kept with the
@@ -19,7 +19,7 @@ pub struct Avx2;
 
 impl Avx2 {
     pub fn detected() -> bool {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
     }
 }
 
@@ -29,60 +29,77 @@ impl TernaryKernel for Avx2 {
     }
 
     fn gemm(&self, w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32]) {
-        assert!(Self::detected(), "AVX2 kernel called on a CPU without AVX2/FMA");
+        assert!(Self::detected(), "AVX2 kernel called on a CPU without AVX2/FMA/F16C");
         assert_eq!(out.len(), rows.len() * x.n_tokens);
-        // SAFETY: the CPU supports AVX2 and FMA (checked above); all slices are bounds-checked
-        // against the matrix and activation shapes before raw loads.
+        // SAFETY: the CPU supports AVX2, FMA and F16C (checked above). TernaryMatrix::new checked
+        // the row bytes against the layout and `matmul` the activation shape, which bound
+        // every raw load below.
         unsafe { gemm(w, rows, x, out) }
     }
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gemm(w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32]) {
+    match w.format {
+        TernaryFormat::TQ2_0 => gemm_with(w, rows, x, out, tq2_block),
+        TernaryFormat::I2S => gemm_with(w, rows, x, out, i2s_block),
+        TernaryFormat::TQ1_0 => gemm_with(w, rows, x, out, tq1_block),
+    }
+}
+
+/// Decodes weight block `b` of a row (256 weights) into two sets of four 32-code vectors and
+/// the block's scale.
+type BlockDecoder = unsafe fn(*const u8, usize) -> ([__m256i; 4], [__m256i; 4], f32);
+
+#[inline(always)]
+unsafe fn gemm_with(w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32], decode: BlockDecoder) {
     let n = x.n_tokens;
     for (ri, r) in rows.enumerate() {
-        let row = w.row_bytes(r);
+        let row = w.row_bytes(r).as_ptr();
         let mut t0 = 0;
         while t0 < n {
-            let tile = TILE.min(n - t0);
-            let mut res = [0f32; TILE];
-            match w.format {
-                TernaryFormat::TQ2_0 => tq2_row(row, w.cols, x, t0, tile, &mut res),
-                TernaryFormat::I2S => i2s_row(row, w.cols, x, t0, tile, &mut res),
-                TernaryFormat::TQ1_0 => tq1_row(row, w.cols, x, t0, tile, &mut res),
+            let dst = &mut out[ri * n + t0..];
+            match n - t0 {
+                1 => t0 += row_tile::<1>(row, w.cols, x, t0, dst, decode),
+                2 => t0 += row_tile::<2>(row, w.cols, x, t0, dst, decode),
+                3 => t0 += row_tile::<3>(row, w.cols, x, t0, dst, decode),
+                _ => t0 += row_tile::<TILE>(row, w.cols, x, t0, dst, decode),
             }
-            out[ri * n + t0..ri * n + t0 + tile].copy_from_slice(&res[..tile]);
-            t0 += tile;
         }
     }
 }
 
-/// Per-token accumulators for one tile.
-struct Acc {
-    vec: [__m256; TILE],
-    /// The sum(y) corrections, already scaled.
-    corr: [f32; TILE],
-}
-
-impl Acc {
-    #[inline(always)]
-    unsafe fn new() -> Self {
-        Acc { vec: [_mm256_setzero_ps(); TILE], corr: [0.0; TILE] }
-    }
-
-    /// Adds one block's integer sums for token slot `k`: `scale * (isum - ysum)`.
-    #[inline(always)]
-    unsafe fn add(&mut self, k: usize, isum: __m256i, scale: f32, ysum: i32) {
-        self.vec[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(scale), self.vec[k]);
-        self.corr[k] += scale * ysum as f32;
-    }
-
-    #[inline(always)]
-    unsafe fn finish(&self, tile: usize, res: &mut [f32; TILE]) {
-        for k in 0..tile {
-            res[k] = hsum(self.vec[k]) - self.corr[k];
+/// One row against `N` tokens from `t0`; the accumulators stay in registers.
+#[inline(always)]
+unsafe fn row_tile<const N: usize>(
+    row: *const u8,
+    cols: usize,
+    x: &QuantizedActivations,
+    t0: usize,
+    dst: &mut [f32],
+    decode: BlockDecoder,
+) -> usize {
+    let nb = cols / ACT_BLOCK;
+    debug_assert!(t0 + N <= x.n_tokens && x.cols == cols);
+    let ys: [*const i8; N] = std::array::from_fn(|k| x.qs.as_ptr().add((t0 + k) * cols));
+    let ds: [*const f32; N] = std::array::from_fn(|k| x.scales.as_ptr().add((t0 + k) * nb));
+    let ss: [*const i32; N] = std::array::from_fn(|k| x.sums.as_ptr().add((t0 + k) * nb));
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut corr = [0f32; N];
+    for b in 0..nb {
+        let (lo, hi, d) = decode(row, b);
+        for k in 0..N {
+            let y = ys[k].add(b * ACT_BLOCK);
+            let isum = _mm256_add_epi32(dot128(&lo, y), dot128(&hi, y.add(128)));
+            let scale = d * *ds[k].add(b);
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(scale), acc[k]);
+            corr[k] += scale * *ss[k].add(b) as f32;
         }
     }
+    for k in 0..N {
+        dst[k] = hsum(acc[k]) - corr[k];
+    }
+    N
 }
 
 #[inline(always)]
@@ -118,40 +135,24 @@ unsafe fn unpack2(bytes: *const u8) -> [__m256i; 4] {
 }
 
 #[inline(always)]
-unsafe fn tq2_row(row: &[u8], cols: usize, x: &QuantizedActivations, t0: usize, tile: usize, res: &mut [f32; TILE]) {
-    let mut acc = Acc::new();
-    for b in 0..cols / 256 {
-        let block = &row[b * 66..(b + 1) * 66];
-        let d = half::f16::from_le_bytes([block[64], block[65]]).to_f32();
-        let lo = unpack2(block.as_ptr());
-        let hi = unpack2(block.as_ptr().add(32));
-        for k in 0..tile {
-            let t = t0 + k;
-            let y = x.token(t)[b * ACT_BLOCK..].as_ptr();
-            let isum = _mm256_add_epi32(dot128(&lo, y), dot128(&hi, y.add(128)));
-            acc.add(k, isum, d * x.token_scales(t)[b], x.token_sums(t)[b]);
-        }
-    }
-    acc.finish(tile, res);
+unsafe fn f16_at(p: *const u8) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([*p, *p.add(1)]) as i32)))
 }
 
-#[inline(always)]
-unsafe fn i2s_row(row: &[u8], cols: usize, x: &QuantizedActivations, t0: usize, tile: usize, res: &mut [f32; TILE]) {
-    let mut acc = Acc::new();
-    // Two 128-weight I2_S blocks per 256-value activation block.
-    for b in 0..cols / 256 {
-        let [c0, c1, c2, c3] = unpack2(row[b * 64..b * 64 + 32].as_ptr());
-        let [d0, d1, d2, d3] = unpack2(row[b * 64 + 32..(b + 1) * 64].as_ptr());
-        // I2_S puts the first 32 weights of a block in the highest bits.
-        let (lo, hi) = ([c3, c2, c1, c0], [d3, d2, d1, d0]);
-        for k in 0..tile {
-            let t = t0 + k;
-            let y = x.token(t)[b * ACT_BLOCK..].as_ptr();
-            let isum = _mm256_add_epi32(dot128(&lo, y), dot128(&hi, y.add(128)));
-            acc.add(k, isum, x.token_scales(t)[b], x.token_sums(t)[b]);
-        }
-    }
-    acc.finish(tile, res);
+/// TQ2_0: 66-byte blocks, weights 0..128 in bytes 0..32, 128..256 in bytes 32..64.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tq2_block(row: *const u8, b: usize) -> ([__m256i; 4], [__m256i; 4], f32) {
+    let p = row.add(b * 66);
+    (unpack2(p), unpack2(p.add(32)), f16_at(p.add(64)))
+}
+
+/// I2_S: two 32-byte blocks per 256 weights; the first 32 weights sit in the highest bits.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn i2s_block(row: *const u8, b: usize) -> ([__m256i; 4], [__m256i; 4], f32) {
+    let p = row.add(b * 64);
+    let [c0, c1, c2, c3] = unpack2(p);
+    let [e0, e1, e2, e3] = unpack2(p.add(32));
+    ([c3, c2, c1, c0], [e3, e2, e1, e0], 1.0)
 }
 
 /// Base-3 digits of 32 bytes: digit = [q >= 86] + [q >= 171], then q *= 3 (mod 256).
@@ -164,43 +165,164 @@ unsafe fn next_trit(q: &mut __m256i) -> __m256i {
     digit
 }
 
-#[inline(always)]
-unsafe fn tq1_row(row: &[u8], cols: usize, x: &QuantizedActivations, t0: usize, tile: usize, res: &mut [f32; TILE]) {
-    let mut acc = Acc::new();
+/// TQ1_0: 54-byte blocks. Weights 0..160 are five digits of bytes 0..32; 160..240 five digits
+/// of bytes 32..48; 240..256 four digits of the `qh` bytes 48..52.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tq1_block(row: *const u8, b: usize) -> ([__m256i; 4], [__m256i; 4], f32) {
+    let p = row.add(b * 54);
+    let mut q = _mm256_loadu_si256(p as *const __m256i);
+    let first = [next_trit(&mut q), next_trit(&mut q), next_trit(&mut q), next_trit(&mut q)];
+    let fifth = next_trit(&mut q);
+    // Weights 160..256, decoded into a small buffer in weight order.
     let mut tail = [0u8; 96];
-    for b in 0..cols / 256 {
-        let block = &row[b * 54..(b + 1) * 54];
-        let d = half::f16::from_le_bytes([block[52], block[53]]).to_f32();
-        // Weights 0..160 from qs[0..32].
-        let mut q = _mm256_loadu_si256(block.as_ptr() as *const __m256i);
-        let first = [next_trit(&mut q), next_trit(&mut q), next_trit(&mut q), next_trit(&mut q)];
-        let fifth = next_trit(&mut q);
-        // Weights 160..256 from qs[32..48] and qh, decoded into a small buffer.
-        let mut q16 = _mm_loadu_si128(block.as_ptr().add(32) as *const __m128i);
-        for n in 0..5 {
-            let ge86 = _mm_cmpeq_epi8(_mm_max_epu8(q16, _mm_set1_epi8(86)), q16);
-            let ge171 = _mm_cmpeq_epi8(_mm_max_epu8(q16, _mm_set1_epi8(171u8 as i8)), q16);
-            let digit = _mm_sub_epi8(_mm_sub_epi8(_mm_setzero_si128(), ge86), ge171);
-            _mm_storeu_si128(tail.as_mut_ptr().add(16 * n) as *mut __m128i, digit);
-            q16 = _mm_add_epi8(q16, _mm_add_epi8(q16, q16));
-        }
-        for n in 0..4 {
-            for j in 0..4 {
-                tail[80 + 4 * n + j] = (super::formats::trit(block[48 + j], n) + 1) as u8;
-            }
-        }
-        let second = [
-            fifth,
-            _mm256_loadu_si256(tail.as_ptr() as *const __m256i),
-            _mm256_loadu_si256(tail.as_ptr().add(32) as *const __m256i),
-            _mm256_loadu_si256(tail.as_ptr().add(64) as *const __m256i),
-        ];
-        for k in 0..tile {
-            let t = t0 + k;
-            let y = x.token(t)[b * ACT_BLOCK..].as_ptr();
-            let isum = _mm256_add_epi32(dot128(&first, y), dot128(&second, y.add(128)));
-            acc.add(k, isum, d * x.token_scales(t)[b], x.token_sums(t)[b]);
+    let mut q16 = _mm_loadu_si128(p.add(32) as *const __m128i);
+    for n in 0..5 {
+        let ge86 = _mm_cmpeq_epi8(_mm_max_epu8(q16, _mm_set1_epi8(86)), q16);
+        let ge171 = _mm_cmpeq_epi8(_mm_max_epu8(q16, _mm_set1_epi8(171u8 as i8)), q16);
+        let digit = _mm_sub_epi8(_mm_sub_epi8(_mm_setzero_si128(), ge86), ge171);
+        _mm_storeu_si128(tail.as_mut_ptr().add(16 * n) as *mut __m128i, digit);
+        q16 = _mm_add_epi8(q16, _mm_add_epi8(q16, q16));
+    }
+    for n in 0..4 {
+        for j in 0..4 {
+            tail[80 + 4 * n + j] = (super::formats::trit(*p.add(48 + j), n) + 1) as u8;
         }
     }
-    acc.finish(tile, res);
+    let second = [
+        fifth,
+        _mm256_loadu_si256(tail.as_ptr() as *const __m256i),
+        _mm256_loadu_si256(tail.as_ptr().add(32) as *const __m256i),
+        _mm256_loadu_si256(tail.as_ptr().add(64) as *const __m256i),
+    ];
+    (first, second, f16_at(p.add(52)))
+}
+
+/// AVX-512 VNNI kernel: `vpdpbusd` multiplies 64 unsigned codes by 64 int8 activations and
+/// accumulates in 32 bits in one instruction. A 512-bit code vector holds weights
+/// `32l..32l+32` and `128+32l..128+32l+32` of a 256-weight block (that is how TQ2_0 and I2_S
+/// store them), so it reads the activations in the matching interleaved order
+/// ([`QuantizedActivations::interleaved`]).
+pub struct Avx512Vnni;
+
+impl Avx512Vnni {
+    pub fn detected() -> bool {
+        Avx2::detected()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+}
+
+impl TernaryKernel for Avx512Vnni {
+    fn name(&self) -> &'static str {
+        "avx512vnni"
+    }
+
+    fn gemm(&self, w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32]) {
+        assert!(Self::detected(), "AVX-512 VNNI kernel called on a CPU without it");
+        assert_eq!(out.len(), rows.len() * x.n_tokens);
+        assert_eq!(x.interleaved.len(), x.qs.len());
+        // SAFETY: as for the AVX2 kernel; the interleaved activations have the same length.
+        unsafe { gemm512(w, rows, x, out) }
+    }
+}
+
+type Decoder512 = unsafe fn(*const u8, usize) -> ([__m512i; 4], f32);
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn gemm512(w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32]) {
+    match w.format {
+        TernaryFormat::TQ2_0 => gemm512_with(w, rows, x, out, tq2_block512),
+        TernaryFormat::I2S => gemm512_with(w, rows, x, out, i2s_block512),
+        TernaryFormat::TQ1_0 => gemm512_with(w, rows, x, out, tq1_block512),
+    }
+}
+
+#[inline(always)]
+unsafe fn gemm512_with(w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32], decode: Decoder512) {
+    let n = x.n_tokens;
+    for (ri, r) in rows.enumerate() {
+        let row = w.row_bytes(r).as_ptr();
+        let mut t0 = 0;
+        while t0 < n {
+            let dst = &mut out[ri * n + t0..];
+            t0 += match n - t0 {
+                1 => row_tile512::<1>(row, w.cols, x, t0, dst, decode),
+                2 => row_tile512::<2>(row, w.cols, x, t0, dst, decode),
+                3 => row_tile512::<3>(row, w.cols, x, t0, dst, decode),
+                4 => row_tile512::<4>(row, w.cols, x, t0, dst, decode),
+                5 => row_tile512::<5>(row, w.cols, x, t0, dst, decode),
+                6 => row_tile512::<6>(row, w.cols, x, t0, dst, decode),
+                7 => row_tile512::<7>(row, w.cols, x, t0, dst, decode),
+                _ => row_tile512::<8>(row, w.cols, x, t0, dst, decode),
+            };
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn row_tile512<const N: usize>(
+    row: *const u8,
+    cols: usize,
+    x: &QuantizedActivations,
+    t0: usize,
+    dst: &mut [f32],
+    decode: Decoder512,
+) -> usize {
+    let nb = cols / ACT_BLOCK;
+    let ys: [*const i8; N] = std::array::from_fn(|k| x.interleaved.as_ptr().add((t0 + k) * cols));
+    let ds: [*const f32; N] = std::array::from_fn(|k| x.scales.as_ptr().add((t0 + k) * nb));
+    let ss: [*const i32; N] = std::array::from_fn(|k| x.sums.as_ptr().add((t0 + k) * nb));
+    let mut acc = [_mm512_setzero_ps(); N];
+    let mut corr = [0f32; N];
+    for b in 0..nb {
+        let (c, d) = decode(row, b);
+        for k in 0..N {
+            let y = ys[k].add(b * ACT_BLOCK) as *const __m512i;
+            let mut isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c[0], _mm512_loadu_si512(y));
+            isum = _mm512_dpbusd_epi32(isum, c[1], _mm512_loadu_si512(y.add(1)));
+            isum = _mm512_dpbusd_epi32(isum, c[2], _mm512_loadu_si512(y.add(2)));
+            isum = _mm512_dpbusd_epi32(isum, c[3], _mm512_loadu_si512(y.add(3)));
+            let scale = d * *ds[k].add(b);
+            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_set1_ps(scale), acc[k]);
+            corr[k] += scale * *ss[k].add(b) as f32;
+        }
+    }
+    for k in 0..N {
+        dst[k] = _mm512_reduce_add_ps(acc[k]) - corr[k];
+    }
+    N
+}
+
+/// Splits 64 packed bytes into four 2-bit code vectors, lowest bits first.
+#[inline(always)]
+unsafe fn unpack2_512(bytes: *const u8) -> [__m512i; 4] {
+    let b = _mm512_loadu_si512(bytes as *const __m512i);
+    let m = _mm512_set1_epi8(3);
+    [
+        _mm512_and_si512(b, m),
+        _mm512_and_si512(_mm512_srli_epi16(b, 2), m),
+        _mm512_and_si512(_mm512_srli_epi16(b, 4), m),
+        _mm512_and_si512(_mm512_srli_epi16(b, 6), m),
+    ]
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn tq2_block512(row: *const u8, b: usize) -> ([__m512i; 4], f32) {
+    let p = row.add(b * 66);
+    (unpack2_512(p), f16_at(p.add(64)))
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn i2s_block512(row: *const u8, b: usize) -> ([__m512i; 4], f32) {
+    let [c0, c1, c2, c3] = unpack2_512(row.add(b * 64));
+    ([c3, c2, c1, c0], 1.0)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn tq1_block512(row: *const u8, b: usize) -> ([__m512i; 4], f32) {
+    // Decode with the AVX2 routine, then pair weights 32l.. with 128+32l.. per vector.
+    let ([f0, f1, f2, f3], [s0, s1, s2, s3], d) = tq1_block(row, b);
+    let pair = |lo: __m256i, hi: __m256i| _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    ([pair(f0, s0), pair(f1, s1), pair(f2, s2), pair(f3, s3)], d)
 }

@@ -1,0 +1,93 @@
+"""Shard against llama.cpp on the same GGUF file, in one run, printed side by side.
+
+Measures, for each engine with the same thread count:
+  * decode tokens/s (greedy, one token per forward pass, after a context);
+  * the time of one forward pass of k = 1, 2, 4, 8 new tokens after that context, rolled back
+    each time: the cost of verifying k drafted tokens.
+llama.cpp runs through llama-cpp-python (`Llama.eval`); Shard through `shard-bench model`.
+
+Usage: python tools/bench/bench_vs_llamacpp.py MODEL.gguf --shard-bench PATH [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import time
+
+import numpy as np
+from llama_cpp import Llama
+
+
+def bench_llamacpp(model: str, threads: int, context: int, decode: int, reps: int) -> dict:
+    t0 = time.perf_counter()
+    llm = Llama(model, n_ctx=context + decode + 16, n_threads=threads, n_threads_batch=threads, n_batch=512,
+                logits_all=False, verbose=False, use_mmap=True)
+    load = time.perf_counter() - t0
+    n_vocab = llm.n_vocab()
+    prompt = [(i * 7919 + 13) % n_vocab for i in range(context)]
+    t = time.perf_counter()
+    llm.eval(prompt)
+    prompt_time = time.perf_counter() - t
+
+    forward_ms = {}
+    for k in (1, 2, 4, 8):
+        toks = [(i * 31 + 5) % n_vocab for i in range(k)]
+        times = []
+        for _ in range(reps + 1):
+            t = time.perf_counter()
+            llm.eval(toks)
+            times.append(time.perf_counter() - t)
+            llm._ctx.kv_cache_seq_rm(-1, context, -1)
+            llm.n_tokens = context
+        forward_ms[str(k)] = statistics.median(times[1:]) * 1e3
+
+    t = time.perf_counter()
+    for _ in range(decode):
+        nxt = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        llm.eval([nxt])
+    decode_time = time.perf_counter() - t
+    return {"engine": "llama.cpp", "threads": threads, "load_s": load, "prompt_tok_s": context / prompt_time,
+            "decode_tok_s": decode / decode_time, "forward_ms": forward_ms}
+
+
+def bench_shard(binary: str, model: str, threads: int, context: int, decode: int, reps: int) -> dict:
+    out = subprocess.run([binary, "--threads", str(threads), "--json", "model", model, "--context", str(context),
+                          "--decode", str(decode), "--reps", str(reps)], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("--shard-bench", required=True)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--context", type=int, default=64)
+    p.add_argument("--decode", type=int, default=32)
+    p.add_argument("--reps", type=int, default=5)
+    a = p.parse_args()
+    # Alternate the engines so that neither always runs on a warmer machine.
+    ours = bench_shard(a.shard_bench, a.model, a.threads, a.context, a.decode, a.reps)
+    ref = bench_llamacpp(a.model, a.threads, a.context, a.decode, a.reps)
+    print(f"model: {a.model}\nthreads: {a.threads}, context: {a.context} tokens, decode: {a.decode} tokens, "
+          f"median of {a.reps} for k-token passes; shard kernel: {ours.get('kernel')}\n")
+    print(f"| {'metric':<28} | {'llama.cpp':>12} | {'shard':>12} | {'shard / llama.cpp':>18} |")
+    print(f"|{'-' * 30}|{'-' * 14}|{'-' * 14}|{'-' * 20}|")
+    print(f"| {'decode tok/s (higher=better)':<28} | {ref['decode_tok_s']:>12.2f} | {ours['decode_tok_s']:>12.2f} | "
+          f"{ours['decode_tok_s'] / ref['decode_tok_s']:>17.2f}x |")
+    print(f"| {'prompt tok/s (higher=better)':<28} | {ref['prompt_tok_s']:>12.2f} | {ours['prompt_tok_s']:>12.2f} | "
+          f"{ours['prompt_tok_s'] / ref['prompt_tok_s']:>17.2f}x |")
+    for k in ("1", "2", "4", "8"):
+        r, o = ref["forward_ms"][k], ours["forward_ms"][k]
+        print(f"| {'forward k=' + k + ' ms (lower=better)':<28} | {r:>12.2f} | {o:>12.2f} | {r / o:>16.2f}x speed |")
+    for name, res in (("llama.cpp", ref), ("shard", ours)):
+        f = res["forward_ms"]
+        print(f"\n{name}: k=8 pass costs {f['8'] / f['1']:.2f}x a k=1 pass", end="")
+    print()
+
+
+if __name__ == "__main__":
+    main()
