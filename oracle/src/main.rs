@@ -16,7 +16,14 @@ use shard_oracle::queue::InferenceQueue;
 
 /// The Shard Oracle: serves a ternary BitNet b1.58 model over an OpenAI-compatible API.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(
+    version,
+    about,
+    long_about = None,
+    after_help = "Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions, POST /tokenize, \
+POST /detokenize, GET /health.\nLogging: SHARD_LOG=debug (or any tracing filter, e.g. shard_oracle=debug,tower_http=warn).\n\n\
+Example: shard-oracle --model models/shard-target-bitnet-tq2_0.gguf --port 8080 --threads 4"
+)]
 struct Args {
     /// BitNet b1.58 GGUF model (arch `bitnet` or `bitnet-b1.58`; TQ2_0, TQ1_0 or I2_S weights).
     #[arg(short, long, env = "SHARD_MODEL", default_value = "models/shard-target-bitnet-tq2_0.gguf")]

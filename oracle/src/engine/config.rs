@@ -1,9 +1,11 @@
-//! BitNet b1.58 hyperparameters, read from GGUF metadata.
+//! Model hyperparameters, read from GGUF metadata.
 //!
-//! Two dialects exist: llama.cpp's arch `bitnet` (SiLU-gated FFN) and microsoft/BitNet's
-//! `bitnet-b1.58` (squared-ReLU FFN, optional separate `output` tensor). Their graphs are
-//! otherwise the same, so one config covers both; `{arch}.hidden_act` overrides the default
-//! activation when a file states it.
+//! Two BitNet b1.58 dialects exist: llama.cpp's arch `bitnet` (SiLU-gated FFN) and
+//! microsoft/BitNet's `bitnet-b1.58` (squared-ReLU FFN, optional separate `output` tensor).
+//! Their graphs are otherwise the same, so one config covers both; `{arch}.hidden_act`
+//! overrides the default activation when a file states it. Plain `llama` files (float
+//! weights, no sub-norms, interleaved RoPE) use the same graph minus the BitNet parts, which
+//! lets the Oracle run the default draft model as well.
 
 use shard_shared::gguf::Gguf;
 
@@ -14,6 +16,15 @@ pub enum Activation {
     Silu,
     /// relu(gate)^2 * up
     ReluSquared,
+}
+
+/// How RoPE pairs a head's dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Dimension i with i + n_rot/2 (GPT-NeoX; llama.cpp's BitNet archs).
+    Neox,
+    /// Dimensions 2i and 2i+1 (llama.cpp's `llama` arch).
+    Interleaved,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -32,11 +43,14 @@ pub struct BitNetConfig {
     pub rms_eps: f32,
     pub n_ctx_train: usize,
     pub activation: Activation,
+    pub rope_style: RopeStyle,
+    /// BitNet's extra RMSNorms before `attn_output` and `ffn_down`.
+    pub sub_norms: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("architecture {0:?} is not a BitNet b1.58 model (expected bitnet or bitnet-b1.58)")]
+    #[error("architecture {0:?} is not supported (bitnet, bitnet-b1.58 and llama are)")]
     UnsupportedArch(String),
     #[error("GGUF metadata lacks {0}")]
     Missing(String),
@@ -45,7 +59,7 @@ pub enum ConfigError {
 }
 
 /// Architectures this engine runs.
-pub const SUPPORTED_ARCHS: &[&str] = &["bitnet", "bitnet-b1.58", "bitnet-25"];
+pub const SUPPORTED_ARCHS: &[&str] = &["bitnet", "bitnet-b1.58", "bitnet-25", "llama"];
 
 impl BitNetConfig {
     pub fn from_gguf(g: &Gguf<'_>) -> Result<Self, ConfigError> {
@@ -85,7 +99,7 @@ impl BitNetConfig {
             Some("silu") | Some("swish") => Activation::Silu,
             Some("relu2") | Some("relu_squared") | Some("relu²") | Some("relu_sqr") => Activation::ReluSquared,
             Some(other) => return Err(ConfigError::Invalid(format!("unknown hidden_act {other:?}"))),
-            None if arch == "bitnet" => Activation::Silu,
+            None if arch == "bitnet" || arch == "llama" => Activation::Silu,
             None => Activation::ReluSquared,
         };
         Ok(Self {
@@ -101,6 +115,8 @@ impl BitNetConfig {
             rms_eps: g.get_f64(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f32,
             n_ctx_train: g.get_u64(&key("context_length")).map_or(2048, |v| v as usize),
             activation,
+            rope_style: if arch == "llama" { RopeStyle::Interleaved } else { RopeStyle::Neox },
+            sub_norms: arch != "llama",
             arch,
         })
     }

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use shard_shared::gguf::{GgmlType, Gguf, TensorInfo};
 
-use super::config::{Activation, BitNetConfig, ConfigError};
+use super::config::{Activation, BitNetConfig, ConfigError, RopeStyle};
 use super::kernels::dense::{DenseMatrix, DenseType};
-use super::kernels::{MatrixError, QuantizedActivations, TernaryFormat, TernaryKernel, TernaryMatrix, WeightBytes, ACT_BLOCK};
+use super::kernels::{MatrixError, QuantizedActivations, TernaryFormat, TernaryKernel, TernaryMatrix, WeightBytes};
 use super::kv_cache::KvCache;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,12 +52,22 @@ impl Linear {
         }
     }
 
+    pub fn is_ternary(&self) -> bool {
+        matches!(self, Linear::Ternary(_))
+    }
+
     /// `out = W · x` for `n` tokens; `xq` is `x` quantized (used by ternary weights).
     fn forward(&self, kernel: &dyn TernaryKernel, x: &[f32], xq: &QuantizedActivations, n: usize, out: &mut [f32]) {
         match self {
             Linear::Ternary(t) => t.matmul(kernel, xq, out),
             Linear::Dense { m, scale } => {
-                m.matmul(x, n, out);
+                if m.dtype == DenseType::F16 {
+                    // llama.cpp multiplies F16 weights by F16-rounded activations.
+                    let x16: Vec<f32> = x.iter().map(|&v| round_f16(v)).collect();
+                    m.matmul(&x16, n, out);
+                } else {
+                    m.matmul(x, n, out);
+                }
                 if *scale != 1.0 {
                     out.iter_mut().for_each(|v| *v *= scale);
                 }
@@ -72,12 +82,12 @@ pub struct Layer {
     pub wq: Linear,
     pub wk: Linear,
     pub wv: Linear,
-    pub attn_sub_norm: Vec<f32>,
+    pub attn_sub_norm: Option<Vec<f32>>,
     pub wo: Linear,
     pub ffn_norm: Vec<f32>,
     pub ffn_gate: Linear,
     pub ffn_up: Linear,
-    pub ffn_sub_norm: Vec<f32>,
+    pub ffn_sub_norm: Option<Vec<f32>>,
     pub ffn_down: Linear,
 }
 
@@ -182,11 +192,6 @@ impl BitNetModel {
         let src = TensorSource { g, map };
         let c = &config;
         let (e, f, kv) = (c.n_embd, c.n_ff, c.kv_dim());
-        if e % ACT_BLOCK != 0 || f % ACT_BLOCK != 0 {
-            return Err(LoadError::Config(ConfigError::Invalid(format!(
-                "embedding ({e}) and feed-forward ({f}) sizes must be multiples of {ACT_BLOCK}"
-            ))));
-        }
         let embd_info = src.info("token_embd.weight")?;
         TensorSource::expect_dims(embd_info, &[e, c.n_vocab])?;
         let tok_embd = src.dense_matrix(embd_info, c.n_vocab, e)?;
@@ -208,12 +213,12 @@ impl BitNetModel {
                 wq: src.linear(&p("attn_q"), e, e)?,
                 wk: src.linear(&p("attn_k"), kv, e)?,
                 wv: src.linear(&p("attn_v"), kv, e)?,
-                attn_sub_norm: src.vector(&p("attn_sub_norm.weight"), e)?,
+                attn_sub_norm: if c.sub_norms { Some(src.vector(&p("attn_sub_norm.weight"), e)?) } else { None },
                 wo: src.linear(&p("attn_output"), e, e)?,
                 ffn_norm: src.vector(&p("ffn_norm.weight"), e)?,
                 ffn_gate: src.linear(&p("ffn_gate"), f, e)?,
                 ffn_up: src.linear(&p("ffn_up"), f, e)?,
-                ffn_sub_norm: src.vector(&p("ffn_sub_norm.weight"), f)?,
+                ffn_sub_norm: if c.sub_norms { Some(src.vector(&p("ffn_sub_norm.weight"), f)?) } else { None },
                 ffn_down: src.linear(&p("ffn_down"), e, f)?,
             };
             // Touch every page now, so the first request does not pay for page faults.
@@ -267,9 +272,16 @@ impl BitNetModel {
         let mut up = vec![0f32; n * f];
         let mut xq = QuantizedActivations::default();
 
+        let mut sub = vec![0f32; n * f];
+        // Activations are quantized only for layers whose weights are ternary.
+        let quantize = |xq: &mut QuantizedActivations, lins: &[&Linear], x: &[f32], cols: usize| {
+            if lins.iter().any(|l| l.is_ternary()) {
+                xq.requantize(x, n, cols);
+            }
+        };
         for (il, l) in self.layers.iter().enumerate() {
             rms_norm(&x, &l.attn_norm, c.rms_eps, &mut norm);
-            xq.requantize(&norm, n, e);
+            quantize(&mut xq, &[&l.wq, &l.wk, &l.wv], &norm, e);
             l.wq.forward(kernel, &norm, &xq, n, &mut q);
             l.wk.forward(kernel, &norm, &xq, n, &mut k);
             l.wv.forward(kernel, &norm, &xq, n, &mut v);
@@ -277,23 +289,34 @@ impl BitNetModel {
             self.rope(&mut k, c.n_head_kv, start);
             cache.store(il, start, &k, &v);
             self.attention(&q, cache, il, start, n, &mut attn);
-            rms_norm(&attn, &l.attn_sub_norm, c.rms_eps, &mut norm);
-            xq.requantize(&norm, n, e);
-            l.wo.forward(kernel, &norm, &xq, n, &mut proj);
+            let attn_in = match &l.attn_sub_norm {
+                Some(w) => {
+                    rms_norm(&attn, w, c.rms_eps, &mut norm);
+                    &norm
+                }
+                None => &attn,
+            };
+            quantize(&mut xq, &[&l.wo], attn_in, e);
+            l.wo.forward(kernel, attn_in, &xq, n, &mut proj);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
 
             rms_norm(&x, &l.ffn_norm, c.rms_eps, &mut norm);
-            xq.requantize(&norm, n, e);
+            quantize(&mut xq, &[&l.ffn_gate, &l.ffn_up], &norm, e);
             l.ffn_gate.forward(kernel, &norm, &xq, n, &mut gate);
             l.ffn_up.forward(kernel, &norm, &xq, n, &mut up);
             match c.activation {
                 Activation::Silu => gate.iter_mut().zip(&up).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u),
                 Activation::ReluSquared => gate.iter_mut().zip(&up).for_each(|(g, u)| *g = g.max(0.0).powi(2) * u),
             }
-            let mut sub = vec![0f32; n * f];
-            rms_norm(&gate, &l.ffn_sub_norm, c.rms_eps, &mut sub);
-            xq.requantize(&sub, n, f);
-            l.ffn_down.forward(kernel, &sub, &xq, n, &mut proj);
+            let down_in = match &l.ffn_sub_norm {
+                Some(w) => {
+                    rms_norm(&gate, w, c.rms_eps, &mut sub);
+                    &sub
+                }
+                None => &gate,
+            };
+            quantize(&mut xq, &[&l.ffn_down], down_in, f);
+            l.ffn_down.forward(kernel, down_in, &xq, n, &mut proj);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
         }
         cache.set_len(start + n);
@@ -316,7 +339,8 @@ impl BitNetModel {
         logits
     }
 
-    /// NeoX-style rotary embedding: dimension i rotates with i + n_rot/2.
+    /// Rotary position embedding, NeoX style (dimension i with i + n_rot/2) or interleaved
+    /// (2i with 2i+1), on the first `n_rot` dimensions of each head.
     fn rope(&self, x: &mut [f32], n_heads: usize, start: usize) {
         let c = &self.config;
         let half = c.n_rot / 2;
@@ -326,9 +350,13 @@ impl BitNetModel {
             for head in row.chunks_exact_mut(c.head_dim) {
                 for (i, &freq) in self.inv_freq.iter().enumerate() {
                     let (sin, cos) = (pos * freq).sin_cos();
-                    let (a, b) = (head[i], head[i + half]);
-                    head[i] = a * cos - b * sin;
-                    head[i + half] = a * sin + b * cos;
+                    let (ia, ib) = match c.rope_style {
+                        RopeStyle::Neox => (i, i + half),
+                        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                    };
+                    let (a, b) = (head[ia], head[ib]);
+                    head[ia] = a * cos - b * sin;
+                    head[ib] = a * sin + b * cos;
                 }
             }
         }
