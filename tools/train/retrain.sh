@@ -4,9 +4,9 @@
 #   fetch corpus -> train tokenizer -> train BitNet target (QAT) -> distil draft
 #   -> export GGUF -> evaluate with llama.cpp -> model card.
 #
-# Usage: tools/train/retrain.sh [--target-minutes M] [--draft-minutes M] [--preset gpu|cpu]
-# Uses a CUDA GPU when torch sees one (preset gpu, ~6 + 2.5 min on an H100); otherwise the
-# cpu preset, bounded by the minute budgets (defaults 50 + 20 minutes).
+# Usage: tools/train/retrain.sh [--target-minutes M] [--draft-minutes M] [--seqkd-minutes M] [--preset gpu|cpu]
+# Uses a CUDA GPU when torch sees one (preset gpu, ~6 + 2.5 + 1.5 min); otherwise the
+# cpu preset, bounded by the minute budgets (defaults 50 + 20 + 15 minutes).
 # Environment: SHARD_TRAIN_CACHE (default ~/.cache/shard-train) holds the downloads, the
 # tokenized corpus, checkpoints and a virtualenv built from requirements.txt
 # (llama-cpp-python compiles llama.cpp: about 10 minutes the first time).
@@ -19,7 +19,7 @@ venv="${SHARD_TRAIN_VENV:-$cache/venv}"
 train_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --target-minutes|--draft-minutes|--preset|--seed) train_args+=("$1" "$2"); shift 2 ;;
+    --target-minutes|--draft-minutes|--seqkd-minutes|--preset|--seed|--threads) train_args+=("$1" "$2"); shift 2 ;;
     -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac

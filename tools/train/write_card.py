@@ -136,6 +136,7 @@ def main() -> None:
             f.write(f"{sums[n]}  {n}\n")
 
     t, d = tr["target"], tr["draft"]
+    seqkd = d.get("seqkd", {})
     acc = ev["acceptance"]
     rows = []
     for name in ("target", "draft"):
@@ -170,7 +171,7 @@ speculative decoding has a draft whose guesses the target accepts. Model hubs ar
 where Shard is built, so the pair is trained here, from text fetched from package registries,
 by `tools/train/retrain.sh`. Users still point the Oracle at big real models (for example
 bitnet-b1.58-2B-4T); this pair is the embedded default and the pair every test and demo runs on.
-It is a toy: {(t['params'] + d['params']) / 1e6:.1f} M parameters in all, trained for {(t['seconds'] + d['seconds']) / 60:.0f} minutes on {device}. It writes text that is recognisably
+It is a toy: {(t['params'] + d['params']) / 1e6:.1f} M parameters in all, trained for {(t['seconds'] + d['seconds'] + seqkd.get('seconds', 0)) / 60:.0f} minutes on {device}. It writes text that is recognisably
 Brown-corpus prose or King James Bible verse, but it knows nothing and follows no instructions.
 
 ## Files
@@ -256,9 +257,14 @@ clipping at 1.0, random windows of the token stream.
   `x_q = clamp(round(x * 127 / max|x|), -128, 127)`; the product of the integers is scaled back,
   and gradients pass both quantizers straight through. The shipped ternary weights are exactly
   the ones the last forward pass used. {t['steps']} steps ({t['seconds'] / 60:.1f} min), best held-out at step {t['best_step']}.
-* **Draft**: distilled from the finished target: loss = KL(target ‖ draft) over the full
-  vocabulary at every position + 0.2 × cross-entropy on the text. {d['steps']} steps
-  ({d['seconds'] / 60:.1f} min), best at step {d['best_step']}.
+* **Draft**, in two stages, both from the finished target. First, distillation on corpus text:
+  loss = KL(target ‖ draft) over the full vocabulary at every position + 0.2 × cross-entropy on
+  the text; {d['steps']} steps ({d['seconds'] / 60:.1f} min), best at step {d['best_step']}. Second, sequence-level
+  distillation, because the acceptance rate is top-1 agreement *on the target's own greedy
+  text*, which loops and drifts in ways corpus text does not: the target writes greedy
+  continuations (64 tokens) of {seqkd.get('rollouts', 0)} prompts from the training stream, half of them document
+  openings, and the draft trains on them (KL to the target + cross-entropy on the target's
+  greedy tokens), alternating with corpus-distillation batches; {seqkd.get('steps', 0)} steps, {seqkd.get('seconds', 0) / 60:.1f} min in all.
 
 ## Evaluation
 
