@@ -6,7 +6,7 @@
 #
 # Usage: tools/train/retrain.sh [--target-minutes M] [--draft-minutes M] [--seqkd-minutes M] [--preset gpu|cpu]
 # Uses a CUDA GPU when torch sees one (preset gpu, ~6 + 2.5 + 1.5 min); otherwise the
-# cpu preset, bounded by the minute budgets (defaults 50 + 20 + 15 minutes).
+# cpu preset, bounded by the minute budgets (defaults 50 + 20 + 26 minutes).
 # Environment: SHARD_TRAIN_CACHE (default ~/.cache/shard-train) holds the downloads, the
 # tokenized corpus, checkpoints and a virtualenv built from requirements.txt
 # (llama-cpp-python compiles llama.cpp: about 10 minutes the first time).

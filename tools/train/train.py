@@ -236,7 +236,7 @@ def main() -> None:
     pr = PRESETS[preset_name]
     tm = a.target_minutes if a.target_minutes is not None else (6.0 if device.type == "cuda" else 50.0)
     dm = a.draft_minutes if a.draft_minutes is not None else (2.5 if device.type == "cuda" else 20.0)
-    sm = a.seqkd_minutes if a.seqkd_minutes is not None else (1.5 if device.type == "cuda" else 15.0)
+    sm = a.seqkd_minutes if a.seqkd_minutes is not None else (1.5 if device.type == "cuda" else 26.0)
     torch.manual_seed(a.seed)
     if device.type == "cpu":
         torch.set_num_threads(a.threads)
@@ -314,7 +314,11 @@ def main() -> None:
             log(f"draft after corpus distillation: held-out ppl {info['distil_heldout_ppl']:.3f}, "
                 f"torch acceptance {info['distil_torch_acceptance_k4']:.3f}")
         if sm > 0:
-            info["seqkd"] = seqkd_phase(target, draft, train, held, device, sm, pr["draft_lr"] * 0.5, log, a.seed)
+            r = seqkd_phase(target, draft, train, held, device, sm, pr["draft_lr"] * 0.5, log, a.seed)
+            prev = info.get("seqkd") if a.phase == "seqkd" else None
+            if prev:  # a further round on top of an earlier one: report the sums
+                r = {k: prev.get(k, 0) + r[k] for k in r} | {"rounds": prev.get("rounds", 1) + 1}
+            info["seqkd"] = r
         nll = heldout_nll(draft, held, device, fp32=True)
         info.update(config=dcfg.to_dict(), params=draft.n_params(), heldout_nll=nll, heldout_ppl=math.exp(nll))
         info["torch_acceptance_k4"] = greedy_acceptance(target, draft, held, device,

@@ -137,6 +137,8 @@ def main() -> None:
 
     t, d = tr["target"], tr["draft"]
     seqkd = d.get("seqkd", {})
+    seqkd_rounds = (f" ({seqkd['rounds']} rounds of rollouts and training, each round with its own prompts)"
+                    if seqkd.get("rounds", 1) > 1 else "")
     acc = ev["acceptance"]
     rows = []
     for name in ("target", "draft"):
@@ -154,7 +156,7 @@ def main() -> None:
               else f"the CPU ({tr.get('threads', 1)} thread{'s' if tr.get('threads', 1) > 1 else ''} of a two-core machine)")
     cpu_note = ("" if tr["device"] == "cuda" else
                 " (no GPU was available when this pair was trained; `retrain.sh` uses the larger `gpu` "
-                "preset, n_embd 512 and 8 layers, where torch sees CUDA)")
+                "preset, n_embd 512 and 8 layers, where torch sees CUDA; that preset has not been run yet)")
     mb = lambda n: f"{n / 1e6:.2f} MB"  # noqa: E731
     i2s_row = (f"| `{TARGET_I2S_NAME}` | the same target, ternary weights repacked as I2_S (microsoft/BitNet "
                f"x86 layout, GGML type 36) | {mb(sizes[TARGET_I2S_NAME])} | `{sums[TARGET_I2S_NAME]}` |\n"
@@ -264,7 +266,7 @@ clipping at 1.0, random windows of the token stream.
   text*, which loops and drifts in ways corpus text does not: the target writes greedy
   continuations (64 tokens) of {seqkd.get('rollouts', 0)} prompts from the training stream, half of them document
   openings, and the draft trains on them (KL to the target + cross-entropy on the target's
-  greedy tokens), alternating with corpus-distillation batches; {seqkd.get('steps', 0)} steps, {seqkd.get('seconds', 0) / 60:.1f} min in all.
+  greedy tokens), alternating with corpus-distillation batches; {seqkd.get('steps', 0)} steps, {seqkd.get('seconds', 0) / 60:.1f} min in all{seqkd_rounds}.
 
 ## Evaluation
 
@@ -306,7 +308,7 @@ continuations of three prompts (two completions, one chat), for the CI test.
 
 ```sh
 tools/train/retrain.sh            # GPU if torch sees one, else bounded CPU training
-tools/train/retrain.sh --preset cpu --target-minutes 50 --draft-minutes 20
+tools/train/retrain.sh --preset cpu --target-minutes 50 --draft-minutes 20 --seqkd-minutes 26
 ```
 
 It builds a virtualenv from `tools/train/requirements.txt` (PyTorch, tokenizers, gguf,
