@@ -12,7 +12,8 @@ use tracing_subscriber::EnvFilter;
 use shard_oracle::api::{self, AppState};
 use shard_oracle::engine::kernels::{self, KernelChoice};
 use shard_oracle::engine::{Engine, LoadOptions};
-use shard_oracle::queue::InferenceQueue;
+use shard_oracle::queue::{InferenceQueue, SpecConfig};
+use shard_oracle::spec::local::LocalDraft;
 
 /// The Shard Oracle: serves a ternary BitNet b1.58 model over an OpenAI-compatible API.
 #[derive(Debug, Parser)]
@@ -52,6 +53,15 @@ struct Args {
     /// Model id reported by the API (default: the file name).
     #[arg(long)]
     alias: Option<String>,
+
+    /// A small draft model with the same vocabulary, run in-process for speculative decoding
+    /// (like llama.cpp's -md). Float `llama` or BitNet GGUF.
+    #[arg(long = "draft-model", visible_alias = "md", env = "SHARD_DRAFT_MODEL")]
+    draft_model: Option<PathBuf>,
+
+    /// Most tokens to draft per verification (the draft length adapts below it).
+    #[arg(long, default_value_t = 8)]
+    draft_max: usize,
 
     /// Requests that may wait for the engine; more get 429 with Retry-After.
     #[arg(long, default_value_t = 64)]
@@ -108,8 +118,24 @@ async fn main() -> anyhow::Result<()> {
         activation = ?c.activation, "model loaded"
     );
 
+    let spec = match &args.draft_model {
+        None => None,
+        Some(path) => {
+            let opts = LoadOptions { kernel, n_ctx: engine.n_ctx, alias: None };
+            let draft =
+                Engine::load(path, &opts, |_, _| {}).with_context(|| format!("loading the draft model {}", path.display()))?;
+            let local = LocalDraft::new(draft, &engine)?;
+            tracing::info!(draft = local.model_id(), k_max = args.draft_max, "speculative decoding with an in-process draft");
+            Some(SpecConfig {
+                source: Arc::new(local) as Arc<dyn shard_oracle::spec::draft::DraftSource>,
+                k_max: args.draft_max.max(1),
+            })
+        }
+    };
+    let single_step = engine.time_single_step();
     let engine = Arc::new(engine);
-    let queue = InferenceQueue::start(engine.clone(), args.queue_capacity);
+    let queue = InferenceQueue::start(engine.clone(), args.queue_capacity, spec);
+    queue.stats.spec.single_step_micros.store(single_step.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
     let state = Arc::new(AppState { engine, queue, started: api::types::unix_now() });
     let app = api::router(state, args.max_body_bytes);
 

@@ -1,4 +1,4 @@
-//! `GET /v1/models`, `GET /v1/models/{id}` and `GET /health`.
+//! `GET /v1/models`, `GET /v1/models/{id}`, `GET /health` and `GET /metrics`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -50,4 +50,19 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
         "requests_completed": s.completed.load(Ordering::Relaxed),
         "tokens_generated": s.tokens_generated.load(Ordering::Relaxed),
     }))
+}
+
+/// Prometheus text exposition of the queue and speculative-decoding counters.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> impl axum::response::IntoResponse {
+    use std::fmt::Write;
+    let s = &state.queue.stats;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP shard_queue_depth Requests waiting or running.\n# TYPE shard_queue_depth gauge\nshard_queue_depth {}",
+        s.depth.load(Ordering::SeqCst)
+    );
+    let _ = writeln!(out, "# HELP shard_requests_completed_total Requests finished.\n# TYPE shard_requests_completed_total counter\nshard_requests_completed_total {}", s.completed.load(Ordering::Relaxed));
+    s.spec.render(&mut out);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

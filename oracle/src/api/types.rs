@@ -128,6 +128,19 @@ pub struct Usage {
     pub completion_tokens: usize,
     pub total_tokens: usize,
     pub prompt_tokens_details: PromptTokensDetails,
+    /// Shard's extra: how speculative decoding went (absent when no draft was tried).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speculative: Option<SpeculativeUsage>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SpeculativeUsage {
+    pub drafted_tokens: usize,
+    pub accepted_tokens: usize,
+    pub verifications: usize,
+    pub acceptance_rate: f64,
+    /// Generated tokens per forward pass of the target.
+    pub tokens_per_target_pass: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -141,6 +154,16 @@ impl Usage {
         self.completion_tokens += f.completion_tokens;
         self.total_tokens = self.prompt_tokens + self.completion_tokens;
         self.prompt_tokens_details.cached_tokens += f.cached_tokens;
+        if f.spec.verifications > 0 || self.speculative.is_some() {
+            let s = self.speculative.get_or_insert_with(Default::default);
+            s.drafted_tokens += f.spec.drafted;
+            s.accepted_tokens += f.spec.accepted;
+            s.verifications += f.spec.verifications;
+            s.acceptance_rate = if s.drafted_tokens > 0 { s.accepted_tokens as f64 / s.drafted_tokens as f64 } else { 0.0 };
+            // Track passes through the per-request ratio of the latest finish.
+            let passes = f.spec.target_passes.max(1) as f64;
+            s.tokens_per_target_pass = f.completion_tokens as f64 / passes;
+        }
     }
 }
 

@@ -78,4 +78,22 @@ impl Engine {
         progress(total, total);
         Ok(Self { model, tokenizer, chat_template, kernel: opts.kernel, model_id, n_ctx })
     }
+
+    /// Median time of a plain one-token decoding step after a short context, the baseline
+    /// the speculative speed-up is measured against.
+    pub fn time_single_step(&self) -> std::time::Duration {
+        let mut cache = self.model.new_cache(self.n_ctx.min(64));
+        let context: Vec<u32> = (0..16.min(self.n_ctx as u32 - 2)).map(|i| i % self.model.config.n_vocab as u32).collect();
+        self.model.forward(self.kernel, &context, &mut cache, model::Logits::Last);
+        let mut times: Vec<_> = (0..5)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                self.model.forward(self.kernel, &[1], &mut cache, model::Logits::Last);
+                cache.truncate(context.len());
+                t.elapsed()
+            })
+            .collect();
+        times.sort();
+        times[2]
+    }
 }

@@ -11,8 +11,10 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use crate::engine::generate::{generate, Event, Finish, GenerateError, GenerateParams, Session};
+use crate::engine::generate::{generate, Event, Finish, GenerateError, GenerateParams, Session, Speculation};
 use crate::engine::Engine;
+use crate::spec::draft::DraftSource;
+use crate::spec::metrics::SpecMetrics;
 
 /// What a queued request hears back.
 #[derive(Debug)]
@@ -54,6 +56,14 @@ pub struct QueueStats {
     pub tokens_generated: AtomicU64,
     /// Exponential moving average of a request's run time, in milliseconds.
     pub avg_job_ms: AtomicU64,
+    pub spec: SpecMetrics,
+}
+
+/// Speculative decoding settings for the worker.
+#[derive(Clone)]
+pub struct SpecConfig {
+    pub source: Arc<dyn DraftSource>,
+    pub k_max: usize,
 }
 
 #[derive(Clone)]
@@ -64,14 +74,15 @@ pub struct InferenceQueue {
 }
 
 impl InferenceQueue {
-    /// Starts the worker thread. `capacity` bounds waiting requests.
-    pub fn start(engine: Arc<Engine>, capacity: usize) -> Self {
+    /// Starts the worker thread. `capacity` bounds waiting requests; `spec` turns on
+    /// speculative decoding.
+    pub fn start(engine: Arc<Engine>, capacity: usize, spec: Option<SpecConfig>) -> Self {
         let (tx, rx) = mpsc::channel::<Job>(capacity.max(1));
         let stats = Arc::new(QueueStats::default());
         let worker_stats = stats.clone();
         std::thread::Builder::new()
             .name("shard-engine".into())
-            .spawn(move || worker(engine, rx, worker_stats))
+            .spawn(move || worker(engine, rx, worker_stats, spec))
             .expect("spawn engine worker");
         Self { tx, capacity, stats }
     }
@@ -97,9 +108,11 @@ impl InferenceQueue {
     }
 }
 
-fn worker(engine: Arc<Engine>, mut rx: mpsc::Receiver<Job>, stats: Arc<QueueStats>) {
+fn worker(engine: Arc<Engine>, mut rx: mpsc::Receiver<Job>, stats: Arc<QueueStats>, spec: Option<SpecConfig>) {
     let mut session = Session::new(&engine);
+    let mut sequence = 0u64;
     while let Some(job) = rx.blocking_recv() {
+        sequence += 1;
         if job.events.is_closed() {
             stats.depth.fetch_sub(1, Ordering::SeqCst);
             continue;
@@ -107,7 +120,10 @@ fn worker(engine: Arc<Engine>, mut rx: mpsc::Receiver<Job>, stats: Arc<QueueStat
         let started = Instant::now();
         let events = job.events.clone();
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            generate(&engine, &mut session, &job.prompt, &job.params, &mut |e| events.send(JobEvent::Event(e)).is_ok())
+            let speculation = spec.as_ref().map(|s| Speculation { source: s.source.as_ref(), k_max: s.k_max, sequence });
+            generate(&engine, &mut session, &job.prompt, &job.params, speculation, &mut |e| {
+                events.send(JobEvent::Event(e)).is_ok()
+            })
         }));
         let result = match run {
             Ok(r) => r.map_err(JobError::from),
@@ -124,6 +140,7 @@ fn worker(engine: Arc<Engine>, mut rx: mpsc::Receiver<Job>, stats: Arc<QueueStat
         };
         if let Ok(f) = &result {
             stats.tokens_generated.fetch_add(f.completion_tokens as u64, Ordering::Relaxed);
+            stats.spec.record(&f.spec, f.completion_tokens, f.decode_time.as_micros() as u64);
         }
         let ms = started.elapsed().as_millis() as u64;
         let old = stats.avg_job_ms.load(Ordering::Relaxed);
