@@ -41,6 +41,7 @@ echo "== export";    rm -rf "$cache/gguf"
 "$py" export_gguf.py --run "$cache/run" --tokenizer "$cache/tok/tokenizer.json" --out "$cache/gguf"
 echo "== evaluate with llama.cpp"
 "$py" eval_llamacpp.py --models "$cache/gguf" --data "$cache/tok" --corpus "$cache/corpus" \
-  --report "$cache/eval_report.json" --fixture "$root/tests/fixtures/default-pair.json"
-echo "== models/"
-"$py" write_card.py --cache "$cache" --models "$root/models"
+  --report "$cache/eval_report.json" --fixture "$cache/default-pair.json"
+echo "== check, then rewrite models/ and the fixture"
+"$py" write_card.py --cache "$cache" --models "$root/models" \
+  --fixture-out "$root/tests/fixtures/default-pair.json"

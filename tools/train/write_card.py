@@ -1,7 +1,9 @@
-"""Copies the exported pair into models/, writes models/SHA256SUMS and the model card
-models/README.md from train_report.json and eval_report.json.
+"""Checks the exported pair against the acceptance bounds (sizes, llama.cpp perplexity within
+2% of the training script's, acceptance >= 0.6, I2_S == TQ2_0), then copies it into models/,
+writes models/SHA256SUMS, the model card models/README.md (from train_report.json and
+eval_report.json) and the CI fixture. Nothing in the repository changes if a check fails.
 
-Usage: python write_card.py --cache CACHE --models models/
+Usage: python write_card.py --cache CACHE --models models/ [--fixture-out tests/fixtures/default-pair.json]
 """
 
 from __future__ import annotations
@@ -109,6 +111,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--cache", required=True)
     p.add_argument("--models", required=True)
+    p.add_argument("--fixture-out", default=None,
+                   help="where to copy CACHE/default-pair.json (tests/fixtures/default-pair.json)")
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="write the card even if a figure misses its acceptance bound")
     a = p.parse_args()
@@ -117,23 +121,15 @@ def main() -> None:
     src = os.path.join(a.cache, "gguf")
     n_i2s = check_i2s(os.path.join(src, TARGET_NAME), os.path.join(src, TARGET_I2S_NAME))
 
-    os.makedirs(a.models, exist_ok=True)
     names = [TARGET_NAME, TARGET_I2S_NAME, DRAFT_NAME]
     if sum(os.path.getsize(os.path.join(src, n)) for n in names) > LIMIT_TOTAL:
         # The I2_S copy is the same weights; ship it only while the folder stays under 30 MB.
         names.remove(TARGET_I2S_NAME)
-        if os.path.exists(os.path.join(a.models, TARGET_I2S_NAME)):
-            os.remove(os.path.join(a.models, TARGET_I2S_NAME))
-    for n in names:
-        shutil.copyfile(os.path.join(src, n), os.path.join(a.models, n))
-    sizes = {n: os.path.getsize(os.path.join(a.models, n)) for n in names}
-    sums = {n: sha256(os.path.join(a.models, n)) for n in names}
+    sizes = {n: os.path.getsize(os.path.join(src, n)) for n in names}
+    sums = {n: sha256(os.path.join(src, n)) for n in names}
     assert sums[TARGET_NAME] == ev["target"]["sha256"] and sums[DRAFT_NAME] == ev["draft"]["sha256"]
     total = sum(sizes.values())
     assert sizes[TARGET_NAME] <= LIMIT_TARGET and sizes[DRAFT_NAME] <= LIMIT_DRAFT and total <= LIMIT_TOTAL, sizes
-    with open(os.path.join(a.models, "SHA256SUMS"), "w") as f:
-        for n in names:
-            f.write(f"{sums[n]}  {n}\n")
 
     t, d = tr["target"], tr["draft"]
     seqkd = d.get("seqkd", {})
@@ -317,8 +313,21 @@ corpus, trains the tokenizer and both models, exports, evaluates with llama.cpp 
 this folder and the fixture. The run is seeded but time-bounded, so a rerun gives a similar,
 not byte-identical, pair. Training does not run in CI.
 """
+    # Every check has passed: only now is anything in the repository rewritten.
+    os.makedirs(a.models, exist_ok=True)
+    for n in (TARGET_NAME, TARGET_I2S_NAME, DRAFT_NAME):
+        if n not in names and os.path.exists(os.path.join(a.models, n)):
+            os.remove(os.path.join(a.models, n))
+    for n in names:
+        shutil.copyfile(os.path.join(src, n), os.path.join(a.models, n))
+        assert sha256(os.path.join(a.models, n)) == sums[n]
+    with open(os.path.join(a.models, "SHA256SUMS"), "w") as f:
+        for n in names:
+            f.write(f"{sums[n]}  {n}\n")
     with open(os.path.join(a.models, "README.md"), "w") as f:
         f.write(card)
+    if a.fixture_out:
+        shutil.copyfile(os.path.join(a.cache, "default-pair.json"), a.fixture_out)
     print(f"models/: {', '.join(f'{n} {mb(s)}' for n, s in sizes.items())}; total {mb(total)}")
 
 
