@@ -38,6 +38,14 @@ fn check(kind: &str, reference: &Value) {
     }
     let oracle = Oracle::start(&model, &["--threads", "2"]);
     let client = reqwest::blocking::Client::new();
+    for t in reference["tokenization"].as_array().unwrap() {
+        let text = t["text"].as_str().unwrap();
+        let ours = post(&client, &oracle.endpoint("/tokenize"), json!({"content": text}));
+        assert_eq!(ours["tokens"], t["tokens"], "{kind}: tokens of {text:?}");
+        // Detokenizing gives the text back (control tokens included).
+        let back = post(&client, &oracle.endpoint("/detokenize"), json!({"tokens": t["tokens"]}));
+        assert_eq!(back["content"].as_str().unwrap(), text, "{kind}: detokenized {text:?}");
+    }
     for case in reference["cases"].as_array().unwrap() {
         let prompt = case["prompt"].as_str().unwrap();
         let want_tokens: Vec<u64> = case["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();

@@ -25,6 +25,15 @@ PROMPTS = [
     "<|im_start|>user\nWhat is 12 + 30?<|im_end|>\n<|im_start|>assistant\n",
     "Numbers 1234567 and symbols: {\"key\": [1, 2.5]}  tabs\tand\nnewlines — café naïve 日本",
 ]
+# Strings whose tokenization (special tokens parsed, no BOS) is recorded too: whitespace runs,
+# digits, punctuation, contractions, accents, CJK, emoji, code, control-token text.
+TOKENIZE = [
+    "Hello world", " leading space", "trailing space ", "  two  spaces  ", "\t\ttabs\tand\nnew\n\nlines\r\n",
+    "It's we'll they're I'd you've", "UPPER lower MiXeD", "3.14159 2,718 1e-10 12345678901234567890",
+    "naïve café résumé Zürich", "日本語のテキスト", "emoji 🎉🚀 mixed", "fn main() { println!(\"{}\", x); }",
+    "<|im_start|>system\nhi<|im_end|>", "<|im_start|> not special when glued<|im_end|>x", "a" * 100,
+    "!!!???...", "x\u00a0y\u2009z", "Mr. O'Neil's dog-eat-dog world.",
+]
 TOP_N = 5
 GREEDY_TOKENS = 16
 
@@ -72,7 +81,8 @@ def reference(path: str) -> dict:
             "prompt": prompt, "tokens": [int(t) for t in tokens], "positions": positions,
             "greedy": greedy, "greedy_top": greedy_top,
         })
-    return {"file": os.path.basename(path), "sha256": sha256(path), "top_n": TOP_N, "cases": cases}
+    tokenization = [{"text": t, "tokens": [int(x) for x in llm.tokenize(t.encode(), add_bos=False, special=True)]} for t in TOKENIZE]
+    return {"file": os.path.basename(path), "sha256": sha256(path), "top_n": TOP_N, "cases": cases, "tokenization": tokenization}
 
 
 def main() -> None:
