@@ -114,3 +114,12 @@ pub fn sha256_file(path: &Path) -> String {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// POSTs JSON and returns the JSON answer, failing the test on a non-2xx status.
+pub fn post_json(client: &reqwest::blocking::Client, url: &str, body: serde_json::Value) -> serde_json::Value {
+    let resp = client.post(url).json(&body).send().unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = resp.status();
+    let v: serde_json::Value = resp.json().unwrap_or_else(|e| panic!("{url}: body is not JSON: {e}"));
+    assert!(status.is_success(), "{url} answered {status}: {v}");
+    v
+}

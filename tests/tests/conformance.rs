@@ -8,21 +8,13 @@
 //! it stores the same weights.
 
 use serde_json::{json, Value};
-use shard_tests::{repo_root, sha256_file, synthetic_model, Oracle};
+use shard_tests::{post_json, repo_root, sha256_file, synthetic_model, Oracle};
 
 const TOLERANCE: f64 = 0.1;
 
 fn fixture() -> Value {
     let path = repo_root().join("tests/fixtures/llamacpp-bitnet-tiny.json");
     serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("fixture JSON")
-}
-
-fn post(client: &reqwest::blocking::Client, url: &str, body: Value) -> Value {
-    let resp = client.post(url).json(&body).send().expect("request");
-    let status = resp.status();
-    let v: Value = resp.json().expect("JSON body");
-    assert!(status.is_success(), "{url} answered {status}: {v}");
-    v
 }
 
 /// Checks one model file against one reference model entry.
@@ -40,10 +32,10 @@ fn check(kind: &str, reference: &Value) {
     let client = reqwest::blocking::Client::new();
     for t in reference["tokenization"].as_array().unwrap() {
         let text = t["text"].as_str().unwrap();
-        let ours = post(&client, &oracle.endpoint("/tokenize"), json!({"content": text}));
+        let ours = post_json(&client, &oracle.endpoint("/tokenize"), json!({"content": text}));
         assert_eq!(ours["tokens"], t["tokens"], "{kind}: tokens of {text:?}");
         // Detokenizing gives the text back (control tokens included).
-        let back = post(&client, &oracle.endpoint("/detokenize"), json!({"tokens": t["tokens"]}));
+        let back = post_json(&client, &oracle.endpoint("/detokenize"), json!({"tokens": t["tokens"]}));
         assert_eq!(back["content"].as_str().unwrap(), text, "{kind}: detokenized {text:?}");
     }
     for case in reference["cases"].as_array().unwrap() {
@@ -51,11 +43,11 @@ fn check(kind: &str, reference: &Value) {
         let want_tokens: Vec<u64> = case["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();
 
         // Tokenization as llama.cpp does it (special tokens parsed, BOS per the vocabulary).
-        let tok = post(&client, &oracle.endpoint("/tokenize"), json!({"content": prompt, "add_special": true}));
+        let tok = post_json(&client, &oracle.endpoint("/tokenize"), json!({"content": prompt, "add_special": true}));
         let got_tokens: Vec<u64> = tok["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();
         assert_eq!(got_tokens, want_tokens, "{kind}: tokens of {prompt:?}");
 
-        let r = post(
+        let r = post_json(
             &client,
             &oracle.endpoint("/v1/completions"),
             json!({"prompt": prompt, "max_tokens": 16, "temperature": 0, "echo": true, "logprobs": 5}),
@@ -85,7 +77,7 @@ fn check(kind: &str, reference: &Value) {
         // with the same top logprobs, until the first step where llama.cpp's own top two are
         // within the tolerance of each other (a near-tie either side may break differently).
         let piece = |id: &Value| -> String {
-            post(&client, &oracle.endpoint("/detokenize"), json!({"tokens": [id]}))["content"].as_str().unwrap().to_string()
+            post_json(&client, &oracle.endpoint("/detokenize"), json!({"tokens": [id]}))["content"].as_str().unwrap().to_string()
         };
         let n_prompt = want_tokens.len();
         let ours: Vec<&str> = lp["tokens"].as_array().unwrap()[n_prompt..].iter().map(|t| t.as_str().unwrap()).collect();

@@ -3,19 +3,11 @@
 //! recorded (`tests/fixtures/default-pair.json`, written by tools/train/eval_llamacpp.py).
 
 use serde_json::{json, Value};
-use shard_tests::{repo_root, sha256_file, Oracle};
+use shard_tests::{post_json, repo_root, sha256_file, Oracle};
 
 fn fixture() -> Value {
     let path = repo_root().join("tests/fixtures/default-pair.json");
     serde_json::from_str(&std::fs::read_to_string(path).expect("default-pair fixture")).expect("fixture JSON")
-}
-
-fn post(client: &reqwest::blocking::Client, url: &str, body: Value) -> Value {
-    let resp = client.post(url).json(&body).send().expect("request");
-    let status = resp.status();
-    let v: Value = resp.json().expect("JSON body");
-    assert!(status.is_success(), "{url} answered {status}: {v}");
-    v
 }
 
 /// Loads one shipped file in `shard-oracle` and checks its greedy continuations.
@@ -31,14 +23,15 @@ fn check(which: &str) {
         let ids = &case["prompt_ids"];
         // The tokenizer agrees with llama.cpp on the prompt (chat cases render the template).
         let ours = if case["kind"] == "chat" {
-            let lp = post(
+            let lp = post_json(
                 &client,
                 &oracle.endpoint("/v1/chat/completions"),
                 json!({"messages": [{"role": "user", "content": case["prompt"]}], "max_tokens": 1, "temperature": 0}),
             );
             lp["usage"]["prompt_tokens"].clone()
         } else {
-            json!(post(&client, &oracle.endpoint("/tokenize"), json!({"content": case["prompt"], "add_special": true}))["tokens"]
+            json!(post_json(&client, &oracle.endpoint("/tokenize"), json!({"content": case["prompt"], "add_special": true}))
+                ["tokens"]
                 .as_array()
                 .unwrap()
                 .len())
@@ -50,20 +43,24 @@ fn check(which: &str) {
             case["prompt"]
         );
         if case["kind"] != "chat" {
-            let toks = post(&client, &oracle.endpoint("/tokenize"), json!({"content": case["prompt"], "add_special": true}));
+            let toks = post_json(&client, &oracle.endpoint("/tokenize"), json!({"content": case["prompt"], "add_special": true}));
             assert_eq!(&toks["tokens"], ids, "{which}: tokens of {}", case["prompt"]);
         }
         // Greedy decoding from the same token ids gives llama.cpp's tokens.
         let want = &case[which]["ids"];
         let want_text =
-            post(&client, &oracle.endpoint("/detokenize"), json!({"tokens": want}))["content"].as_str().unwrap().to_string();
-        let r = post(&client, &oracle.endpoint("/v1/completions"), json!({"prompt": ids, "max_tokens": n, "temperature": 0}));
+            post_json(&client, &oracle.endpoint("/detokenize"), json!({"tokens": want}))["content"].as_str().unwrap().to_string();
+        let r =
+            post_json(&client, &oracle.endpoint("/v1/completions"), json!({"prompt": ids, "max_tokens": n, "temperature": 0}));
         let got = r["choices"][0]["text"].as_str().unwrap();
         let eos = fx["eos_id"].as_u64().unwrap();
         // llama.cpp's recording runs through EOS; the Oracle stops there.
         let until_eos: Vec<Value> = want.as_array().unwrap().iter().take_while(|t| t.as_u64() != Some(eos)).cloned().collect();
         let want_text = if until_eos.len() < want.as_array().unwrap().len() {
-            post(&client, &oracle.endpoint("/detokenize"), json!({"tokens": until_eos}))["content"].as_str().unwrap().to_string()
+            post_json(&client, &oracle.endpoint("/detokenize"), json!({"tokens": until_eos}))["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
         } else {
             want_text
         };
@@ -88,7 +85,7 @@ fn chat_answers_in_the_corpus_voice() {
     let path = repo_root().join(fx["target"]["path"].as_str().unwrap());
     let oracle = Oracle::start(&path, &[]);
     let client = reqwest::blocking::Client::new();
-    let r = post(
+    let r = post_json(
         &client,
         &oracle.endpoint("/v1/chat/completions"),
         json!({"messages": [{"role": "user", "content": "Tell me about the land of Egypt."}], "max_tokens": 40, "temperature": 0}),

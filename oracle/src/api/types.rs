@@ -139,6 +139,8 @@ pub struct SpeculativeUsage {
     pub accepted_tokens: usize,
     pub verifications: usize,
     pub acceptance_rate: f64,
+    /// Forward passes of the target while decoding (verifications and plain steps).
+    pub target_passes: usize,
     /// Generated tokens per forward pass of the target.
     pub tokens_per_target_pass: f64,
 }
@@ -159,10 +161,10 @@ impl Usage {
             s.drafted_tokens += f.spec.drafted;
             s.accepted_tokens += f.spec.accepted;
             s.verifications += f.spec.verifications;
+            s.target_passes += f.spec.target_passes;
             s.acceptance_rate = if s.drafted_tokens > 0 { s.accepted_tokens as f64 / s.drafted_tokens as f64 } else { 0.0 };
-            // Track passes through the per-request ratio of the latest finish.
-            let passes = f.spec.target_passes.max(1) as f64;
-            s.tokens_per_target_pass = f.completion_tokens as f64 / passes;
+            s.tokens_per_target_pass =
+                if s.target_passes > 0 { self.completion_tokens as f64 / s.target_passes as f64 } else { 0.0 };
         }
     }
 }

@@ -38,12 +38,6 @@ pub struct LoadOptions {
     pub alias: Option<String>,
 }
 
-impl std::fmt::Debug for dyn TernaryKernel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(transparent)]

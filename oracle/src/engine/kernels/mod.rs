@@ -225,6 +225,12 @@ pub trait TernaryKernel: Send + Sync {
     fn gemm(&self, w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32]);
 }
 
+impl std::fmt::Debug for dyn TernaryKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Which kernel to use; `Auto` picks the fastest this CPU supports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum KernelChoice {
