@@ -31,11 +31,13 @@ if [ ! -f "$smol" ]; then
 fi
 export SHARD_SMOLLM2_GGUF=$smol
 
-gen_stamp="$SHARD_DATA_DIR/synth/.stamp-$(cat tools/synth/make_bitnet.py tools/ggufx.py | sha256sum | cut -c1-16)"
+gen_stamp="$SHARD_DATA_DIR/synth/.stamp-$(cat tools/synth/make_bitnet.py tools/ggufx.py "$0" | sha256sum | cut -c1-16)"
 if [ ! -f "$gen_stamp" ]; then
   log "writing the synthetic BitNet models to $SHARD_DATA_DIR/synth"
   rm -rf "$SHARD_DATA_DIR/synth"
   "$SHARD_PYTHON" tools/synth/make_bitnet.py --vocab-from "$smol" --out-dir "$SHARD_DATA_DIR/synth" >/dev/null
+  "$SHARD_PYTHON" tools/synth/make_bitnet.py --vocab-from "$smol" --out-dir "$SHARD_DATA_DIR/synth" \
+    --arch bitnet-b1.58 --seed 11 --types tq2_0,i2_s >/dev/null
   touch "$gen_stamp"
 fi
 log "setup done"

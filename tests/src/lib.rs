@@ -20,9 +20,14 @@ pub fn data_dir() -> PathBuf {
     std::env::var_os("SHARD_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("work-data"))
 }
 
-/// A generated synthetic model, e.g. `synthetic_model("tq2_0")`; panics with the fix if absent.
+/// A generated synthetic `bitnet` model, e.g. `synthetic_model("tq2_0")`.
 pub fn synthetic_model(kind: &str) -> PathBuf {
-    let p = data_dir().join("synth").join(format!("bitnet-tiny-{kind}.gguf"));
+    synthetic_model_named(&format!("bitnet-tiny-{kind}"))
+}
+
+/// A generated synthetic model by file stem; panics with the fix if absent.
+pub fn synthetic_model_named(stem: &str) -> PathBuf {
+    let p = data_dir().join("synth").join(format!("{stem}.gguf"));
     assert!(p.exists(), "{} is missing: run scripts/setup.sh (it generates the synthetic models)", p.display());
     p
 }

@@ -8,7 +8,7 @@
 //! it stores the same weights.
 
 use serde_json::{json, Value};
-use shard_tests::{post_json, repo_root, sha256_file, synthetic_model, Oracle};
+use shard_tests::{post_json, repo_root, sha256_file, synthetic_model, synthetic_model_named, Oracle};
 
 const TOLERANCE: f64 = 0.1;
 
@@ -128,4 +128,49 @@ fn tq1_0_matches_llama_cpp() {
 #[test]
 fn i2_s_matches_llama_cpp_on_the_same_weights() {
     check("i2_s", &fixture()["models"][0]);
+}
+
+/// microsoft/BitNet's `bitnet-b1.58` architecture (squared-ReLU gating, separate output
+/// layer), which llama.cpp cannot run: held to the NumPy reference
+/// (`tools/conformance/numpy_reference.py`, itself within 0.05 of llama.cpp on `bitnet` files).
+fn check_b158(kind: &str) {
+    let path = repo_root().join("tests/fixtures/numpy-bitnet-b1.58-tiny.json");
+    let reference: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("JSON");
+    let model = synthetic_model_named(&format!("bitnet-b1.58-tiny-{kind}"));
+    if kind == "tq2_0" {
+        assert_eq!(sha256_file(&model), reference["sha256"].as_str().unwrap(), "regenerate the NumPy fixture");
+    }
+    let oracle = Oracle::start(&model, &["--threads", "2"]);
+    let client = reqwest::blocking::Client::new();
+    let models: Value = client.get(oracle.endpoint("/v1/models")).send().unwrap().json().unwrap();
+    assert_eq!(models["data"][0]["meta"]["architecture"], "bitnet-b1.58");
+    for case in reference["cases"].as_array().unwrap() {
+        let r = post_json(
+            &client,
+            &oracle.endpoint("/v1/completions"),
+            json!({"prompt": case["tokens"], "max_tokens": 0, "echo": true, "logprobs": 5}),
+        );
+        let lp = &r["choices"][0]["logprobs"];
+        let mut worst: f64 = 0.0;
+        for (i, pos) in case["positions"].as_array().unwrap().iter().enumerate().skip(1) {
+            worst = worst.max((lp["token_logprobs"][i].as_f64().unwrap() - pos["token_logprob"].as_f64().unwrap()).abs());
+            let mut ours: Vec<f64> = lp["top_logprobs"][i].as_object().unwrap().values().map(|v| v.as_f64().unwrap()).collect();
+            ours.sort_by(|a, b| b.total_cmp(a));
+            for (a, b) in ours.iter().zip(pos["top"].as_array().unwrap()) {
+                worst = worst.max((a - b[1].as_f64().unwrap()).abs());
+            }
+        }
+        eprintln!("bitnet-b1.58 {kind}: max |Δ logprob| = {worst:.4}");
+        assert!(worst <= TOLERANCE, "bitnet-b1.58 {kind}: logprobs differ from the reference by {worst:.4}");
+    }
+}
+
+#[test]
+fn bitnet_b158_tq2_0_matches_numpy_reference() {
+    check_b158("tq2_0");
+}
+
+#[test]
+fn bitnet_b158_i2_s_matches_numpy_reference() {
+    check_b158("i2_s");
 }

@@ -79,6 +79,9 @@ def main() -> None:
     emb_std = LOGIT_STD / np.sqrt(E)
     dense.append(("token_embd.weight", (rng.standard_normal((n_vocab, E)) * emb_std).astype(np.float16), GGMLQuantizationType.F16))
     dense.append(("output_norm.weight", (1.0 + 0.1 * rng.standard_normal(E)).astype(np.float32), GGMLQuantizationType.F32))
+    if a.arch != "bitnet":
+        # microsoft/BitNet files may carry a separate output layer; exercise that path.
+        dense.append(("output.weight", (rng.standard_normal((n_vocab, E)) * emb_std).astype(np.float16), GGMLQuantizationType.F16))
 
     def tern(rows: int, cols: int) -> tuple[np.ndarray, float]:
         w = rng.choice(np.array([-1, 0, 1], dtype=np.int8), size=(rows, cols), p=[0.35, 0.3, 0.35])
@@ -126,7 +129,7 @@ def main() -> None:
                 qt = {"tq2_0": GGMLQuantizationType.TQ2_0, "tq1_0": GGMLQuantizationType.TQ1_0}[ty]
                 data = quantize((w.astype(np.float32) * np.float32(s)), qt).tobytes()
                 tensors.append(RawTensor(name, shape, int(qt), data))
-        path = os.path.join(a.out_dir, f"bitnet-{a.preset}-{ty}.gguf")
+        path = os.path.join(a.out_dir, f"{a.arch}-{a.preset}-{ty}.gguf")
         write_gguf(path, kvs_common, tensors)
         print(path)
 
