@@ -38,6 +38,10 @@ if [ ! -f "$gen_stamp" ]; then
   "$SHARD_PYTHON" tools/synth/make_bitnet.py --vocab-from "$smol" --out-dir "$SHARD_DATA_DIR/synth" >/dev/null
   "$SHARD_PYTHON" tools/synth/make_bitnet.py --vocab-from "$smol" --out-dir "$SHARD_DATA_DIR/synth" \
     --arch bitnet-b1.58 --seed 11 --types tq2_0,i2_s >/dev/null
+  for seed in 21 22; do  # a target and a draft over a 24-token vocabulary
+    "$SHARD_PYTHON" tools/synth/make_bitnet.py --small-vocab 24 --preset small --seed $seed --types tq2_0 \
+      --name "smallvocab-$seed" --out-dir "$SHARD_DATA_DIR/synth" >/dev/null
+  done
   touch "$gen_stamp"
 fi
 log "setup done"

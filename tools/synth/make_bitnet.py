@@ -29,6 +29,8 @@ from ggufx import GGML_TYPE_I2_S, RawTensor, kv_records, pack_i2s, write_gguf  #
 LOGIT_STD = float(os.environ.get("SYNTH_LOGIT_STD", "1.0"))
 
 PRESETS = {
+    # A few layers over a toy vocabulary, for statistical tests that enumerate outcomes.
+    "small": dict(layers=2, embd=256, ff=512, heads=4, kv_heads=2, ctx=256),
     # Small enough for CI; GQA, several layers and per-tensor scales all exercised.
     "tiny": dict(layers=4, embd=256, ff=768, heads=4, kv_heads=2, ctx=1024),
     # bitnet-b1.58-2B-4T's shapes, for the benchmark.
@@ -51,9 +53,42 @@ def kv_f32(key: str, value: float) -> bytes:
     return struct.pack("<Q", len(k)) + k + struct.pack("<If", 6, value)
 
 
+def kv_strings(key: str, values: list) -> bytes:
+    k = key.encode()
+    out = struct.pack("<Q", len(k)) + k + struct.pack("<IIQ", 9, 8, len(values))
+    for v in values:
+        b = v.encode()
+        out += struct.pack("<Q", len(b)) + b
+    return out
+
+
+def kv_i32s(key: str, values: list) -> bytes:
+    k = key.encode()
+    return struct.pack("<Q", len(k)) + k + struct.pack("<IIQ", 9, 5, len(values)) + struct.pack(f"<{len(values)}i", *values)
+
+
+def small_vocab_records(n: int) -> list:
+    """A gpt2-style vocabulary of n single printable characters and no merges; token 0 is an
+    end-of-text control token, so every id is reachable and decodes to one character."""
+    chars = [chr(c) for c in range(ord("a"), ord("a") + n - 1)]
+    return [
+        kv_string("tokenizer.ggml.model", "gpt2"),
+        kv_string("tokenizer.ggml.pre", "gpt-2"),
+        kv_strings("tokenizer.ggml.tokens", ["<|endoftext|>"] + chars),
+        kv_i32s("tokenizer.ggml.token_type", [3] + [1] * len(chars)),
+        kv_strings("tokenizer.ggml.merges", []),
+        kv_u32("tokenizer.ggml.bos_token_id", 0),
+        kv_u32("tokenizer.ggml.eos_token_id", 0),
+    ]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--vocab-from", required=True, help="GGUF whose tokenizer.* keys are copied")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--vocab-from", help="GGUF whose tokenizer.* keys are copied")
+    src.add_argument("--small-vocab", type=int, metavar="N",
+                     help="instead, a toy vocabulary of N single-character tokens (for statistical tests)")
+    p.add_argument("--name", help="file name stem (default: ARCH-PRESET)")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     p.add_argument("--seed", type=int, default=7)
@@ -64,8 +99,13 @@ def main() -> None:
     types = a.types.split(",")
     os.makedirs(a.out_dir, exist_ok=True)
 
-    vocab_reader = GGUFReader(a.vocab_from)
-    n_vocab = len(vocab_reader.fields["tokenizer.ggml.tokens"].data)
+    if a.vocab_from:
+        vocab_reader = GGUFReader(a.vocab_from)
+        n_vocab = len(vocab_reader.fields["tokenizer.ggml.tokens"].data)
+        tokenizer_kvs = kv_records(vocab_reader, skip_prefixes=("general.", "llama."))
+    else:
+        n_vocab = a.small_vocab
+        tokenizer_kvs = small_vocab_records(n_vocab)
     rng = np.random.default_rng(a.seed)
     E, F, L = cfg["embd"], cfg["ff"], cfg["layers"]
     head_dim = E // cfg["heads"]
@@ -103,7 +143,7 @@ def main() -> None:
                 dense.append((b + name + ".scale", np.array([1.0 + 0.25 * il], dtype=np.float32), GGMLQuantizationType.F32))
 
     arch = a.arch
-    kvs_common = kv_records(vocab_reader, skip_prefixes=("general.", "llama.")) + [
+    kvs_common = tokenizer_kvs + [
         kv_string("general.architecture", arch),
         kv_string("general.name", f"shard-synthetic-{a.preset}"),
         kv_u32(f"{arch}.context_length", cfg["ctx"]),
@@ -129,7 +169,7 @@ def main() -> None:
                 qt = {"tq2_0": GGMLQuantizationType.TQ2_0, "tq1_0": GGMLQuantizationType.TQ1_0}[ty]
                 data = quantize((w.astype(np.float32) * np.float32(s)), qt).tobytes()
                 tensors.append(RawTensor(name, shape, int(qt), data))
-        path = os.path.join(a.out_dir, f"{a.arch}-{a.preset}-{ty}.gguf")
+        path = os.path.join(a.out_dir, f"{a.name or a.arch + '-' + a.preset}-{ty}.gguf")
         write_gguf(path, kvs_common, tensors)
         print(path)
 
