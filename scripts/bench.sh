@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks, printed as tables:
 #   1. Shard's ternary kernels against the scalar reference (bitnet-b1.58-2B-4T's shapes);
-#   2. Shard against llama.cpp (llama-cpp-python) on one synthetic GGUF with 2B-4T's shapes
+#   2. speculative decoding with the in-process draft against plain decoding (default pair);
+#   3. Shard against llama.cpp (llama-cpp-python) on one synthetic GGUF with 2B-4T's shapes
 #      (30 layers, 2560 embd, 6912 ff, 20 heads, 5 KV heads; SmolLM2's 49k vocabulary).
 # The first run builds llama-cpp-python and writes the ~0.8 GB model (cached afterwards).
 set -euo pipefail
@@ -18,5 +19,7 @@ fi
 cargo build --locked --release -p shard-oracle
 log "kernels: SIMD against the scalar reference"
 "$CARGO_TARGET_DIR/release/shard-bench" --threads "$threads" kernels
+log "speculative decoding on the default pair: in-process draft against plain decoding"
+"$CARGO_TARGET_DIR/release/shard-bench" --threads "$threads" spec models/shard-target-bitnet-tq2_0.gguf models/shard-draft-llama-f16.gguf
 log "engine: shard against llama.cpp on $model"
 "$SHARD_PYTHON" tools/bench/bench_vs_llamacpp.py "$model" --shard-bench "$CARGO_TARGET_DIR/release/shard-bench" --threads "$threads"

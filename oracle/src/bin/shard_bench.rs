@@ -50,6 +50,17 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         reps: usize,
     },
+    /// Speculative decoding with an in-process draft against plain decoding, greedy.
+    Spec {
+        target: PathBuf,
+        draft: PathBuf,
+        /// Tokens generated per prompt.
+        #[arg(long, default_value_t = 96)]
+        tokens: usize,
+        /// Longest draft.
+        #[arg(long, default_value_t = 8)]
+        k_max: usize,
+    },
     /// Every kernel against the scalar reference.
     Kernels {
         /// Tokens per product (1 = decoding; more = batched verification).
@@ -74,6 +85,7 @@ fn main() -> anyhow::Result<()> {
             bench_model(model, kernel, context, decode, reps, threads, args.json)
         }
         Cmd::Kernels { tokens, reps } => bench_kernels(&tokens, reps, threads, args.json),
+        Cmd::Spec { target, draft, tokens, k_max } => bench_spec(&target, &draft, tokens, k_max, threads, args.json),
     }
 }
 
@@ -150,6 +162,135 @@ fn bench_model(
                 d.as_secs_f64() / k_times[0].1.as_secs_f64()
             );
         }
+    }
+    Ok(())
+}
+
+/// Prompts in the default pair's voice (Brown corpus and King James Bible openings).
+const SPEC_PROMPTS: [&str; 6] = [
+    "In the beginning God created the heaven and the earth.",
+    "The jury said that the city",
+    "And the LORD spake unto Moses, saying,",
+    "The President told reporters that",
+    "<|user|>Tell me about the king of Israel.<|end|><|assistant|>",
+    "It was a cold morning in the valley when",
+];
+
+fn bench_spec(
+    target: &std::path::Path,
+    draft: &std::path::Path,
+    tokens: usize,
+    k_max: usize,
+    threads: usize,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    use shard_oracle::engine::generate::{generate, Event, GenerateParams, Session, Speculation};
+    use shard_oracle::spec::local::LocalDraft;
+    use shard_shared::sampling::SamplingParams;
+    let kernel = kernels::select(KernelChoice::Auto).map_err(anyhow::Error::msg)?;
+    let opts = LoadOptions { kernel, n_ctx: 0, alias: None };
+    let t_engine = Engine::load(target, &opts, |_, _| {})?;
+    let d_engine = Engine::load(draft, &opts, |_, _| {})?;
+    let local = LocalDraft::new(d_engine, &t_engine)?;
+    let params = GenerateParams {
+        max_tokens: tokens,
+        sampling: SamplingParams::greedy(),
+        seed: 1,
+        stop: vec![],
+        logprobs: None,
+        prompt_logprobs: None,
+    };
+    let run = |spec: Option<Speculation<'_>>| -> anyhow::Result<(Vec<Vec<u32>>, Duration, usize, shard_oracle::spec::metrics::SpecStats)> {
+        let mut all = vec![];
+        let mut total = Duration::ZERO;
+        let mut n = 0;
+        let mut stats = shard_oracle::spec::metrics::SpecStats::default();
+        for (i, p) in SPEC_PROMPTS.iter().enumerate() {
+            let prompt = t_engine.tokenizer.encode_prompt(p)?;
+            // A fresh session per prompt, so no run reuses another's cache.
+            let mut session = Session::new(&t_engine);
+            let mut out = vec![];
+            let spec = spec.map(|s| Speculation { sequence: i as u64, ..s });
+            let f = generate(&t_engine, &mut session, &prompt, &params, spec, &mut |e| {
+                if let Event::Token { id, .. } = e {
+                    out.push(id);
+                }
+                true
+            })?;
+            total += f.decode_time;
+            n += f.completion_tokens;
+            stats.drafted += f.spec.drafted;
+            stats.accepted += f.spec.accepted;
+            stats.verifications += f.spec.verifications;
+            stats.target_passes += f.spec.target_passes;
+            all.push(out);
+        }
+        Ok((all, total, n, stats))
+    };
+    let (plain_out, plain_t, plain_n, _) = run(None)?;
+    let spec = Speculation { source: &local, k_max, sequence: 0 };
+    let (spec_out, spec_t, spec_n, stats) = run(Some(spec))?;
+    let identical = plain_out == spec_out;
+    let plain_tps = plain_n as f64 / plain_t.as_secs_f64();
+    let spec_tps = spec_n as f64 / spec_t.as_secs_f64();
+
+    // What one verification costs against one decoding step, on the target alone.
+    let mut cache = t_engine.model.new_cache(t_engine.n_ctx);
+    let ctx = t_engine.tokenizer.encode_prompt(SPEC_PROMPTS[0])?;
+    t_engine.model.forward(kernel, &ctx, &mut cache, Logits::Last);
+    let mut pass = |k: usize| {
+        let toks = vec![5u32; k];
+        let mut v: Vec<Duration> = (0..15)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(t_engine.model.forward(kernel, &toks, &mut cache, Logits::All));
+                cache.truncate(ctx.len());
+                t.elapsed()
+            })
+            .collect();
+        v.sort();
+        v[7]
+    };
+    let step = pass(1);
+    let verify: Vec<(usize, Duration)> = [2usize, 4, 8].iter().map(|&k| (k, pass(k + 1))).collect();
+    let acceptance = stats.acceptance_rate().unwrap_or(0.0);
+    if as_json {
+        println!(
+            "{}",
+            json!({"plain_tok_s": plain_tps, "spec_tok_s": spec_tps, "speedup": spec_tps / plain_tps, "identical": identical,
+                   "acceptance": acceptance, "tokens_per_target_pass": spec_n as f64 / stats.target_passes.max(1) as f64,
+                   "step_ms": step.as_secs_f64() * 1e3,
+                   "verify_ms": verify.iter().map(|(k, d)| (k.to_string(), json!(d.as_secs_f64() * 1e3))).collect::<serde_json::Map<_, _>>()})
+        );
+        return Ok(());
+    }
+    println!(
+        "target {}, draft {}, greedy, {} prompts x {tokens} tokens, k_max {k_max}, {threads} threads",
+        target.display(),
+        draft.display(),
+        SPEC_PROMPTS.len()
+    );
+    println!("| {:<34} | {:>10} | {:>12} | {:>8} |", "", "plain", "speculative", "ratio");
+    println!("|{:-<36}|{:-<12}|{:-<14}|{:-<10}|", "", "", "", "");
+    println!("| {:<34} | {:>10.1} | {:>12.1} | {:>7.2}x |", "decode tok/s", plain_tps, spec_tps, spec_tps / plain_tps);
+    println!("| {:<34} | {:>10} | {:>12} | {:>8} |", "greedy output identical", "", if identical { "yes" } else { "NO" }, "");
+    println!("| {:<34} | {:>10} | {:>12.3} | {:>8} |", "draft acceptance rate", "", acceptance, "");
+    println!(
+        "| {:<34} | {:>10.2} | {:>12.2} | {:>8} |",
+        "tokens per target forward pass",
+        1.0,
+        spec_n as f64 / stats.target_passes.max(1) as f64,
+        ""
+    );
+    println!("| {:<34} | {:>10.3} | {:>12} | {:>8} |", "target: one decoding step (ms)", step.as_secs_f64() * 1e3, "", "");
+    for (k, d) in &verify {
+        println!(
+            "| {:<34} | {:>10} | {:>12.3} | {:>7.2}x |",
+            format!("target: verify k={k} (k+1 tokens, ms)"),
+            "",
+            d.as_secs_f64() * 1e3,
+            d.as_secs_f64() / step.as_secs_f64()
+        );
     }
     Ok(())
 }

@@ -372,7 +372,7 @@ impl BitNetModel {
         let group = c.n_head / c.n_head_kv;
         let scale = 1.0 / (hd as f32).sqrt();
         let (keys, values) = (cache.keys(layer), cache.values(layer));
-        out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
+        let head = |(i, o): (usize, &mut [f32])| {
             let (t, h) = (i / c.n_head, i % c.n_head);
             let qh: Vec<f32> = q[t * c.n_embd + h * hd..t * c.n_embd + (h + 1) * hd].iter().map(|&v| round_f16(v)).collect();
             let kvh = h / group;
@@ -389,9 +389,15 @@ impl BitNetModel {
             for (p, s) in scores.iter().enumerate() {
                 let w = round_f16(s / total);
                 let vp = &values[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-                o.iter_mut().zip(vp).for_each(|(a, b)| *a += w * b.to_f32());
+                super::kernels::dense::axpy_f16(w, bytemuck::cast_slice(vp), o);
             }
-        });
+        };
+        // Parallel over (token, head) only when there is enough work to share.
+        if n * c.n_head * (start + n) * hd >= 1 << 16 {
+            out.par_chunks_mut(hd).enumerate().for_each(head);
+        } else {
+            out.chunks_mut(hd).enumerate().for_each(head);
+        }
         debug_assert_eq!(out.len(), n * c.n_embd);
     }
 }

@@ -67,18 +67,20 @@ impl DenseMatrix {
     pub fn matmul(&self, x: &[f32], n_tokens: usize, out: &mut [f32]) {
         assert_eq!(x.len(), n_tokens * self.cols);
         assert_eq!(out.len(), n_tokens * self.rows);
-        const ROWS_PER_TASK: usize = 64;
+        let rows_per_task = super::rows_per_task(self.rows, self.cols * n_tokens);
         let mut by_row = vec![0f32; self.rows * n_tokens];
         let f16_simd = f16_simd_available();
-        by_row.par_chunks_mut(ROWS_PER_TASK * n_tokens).enumerate().for_each(|(i, chunk)| {
+        let task = |i: usize, chunk: &mut [f32]| {
             let mut row = vec![0f32; self.cols];
             for (k, dst) in chunk.chunks_mut(n_tokens).enumerate() {
-                let r = i * ROWS_PER_TASK + k;
+                let r = i * rows_per_task + k;
                 if self.dtype == DenseType::F16 && f16_simd {
                     let bytes = &self.data[r * self.cols * 2..(r + 1) * self.cols * 2];
-                    for (t, d) in dst.iter_mut().enumerate() {
-                        *d = dot_f16(bytes, &x[t * self.cols..(t + 1) * self.cols]);
-                    }
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: the CPU has AVX2, FMA and F16C; `dst` has one slot per token.
+                    unsafe {
+                        f16_row_avx2(bytes, x, self.cols, dst)
+                    };
                 } else {
                     self.row_into(r, &mut row);
                     for (t, d) in dst.iter_mut().enumerate() {
@@ -86,7 +88,12 @@ impl DenseMatrix {
                     }
                 }
             }
-        });
+        };
+        if rows_per_task >= self.rows {
+            task(0, &mut by_row);
+        } else {
+            by_row.par_chunks_mut(rows_per_task * n_tokens).enumerate().for_each(|(i, chunk)| task(i, chunk));
+        }
         for r in 0..self.rows {
             for t in 0..n_tokens {
                 out[t * self.rows + r] = by_row[r * n_tokens + t];
@@ -124,6 +131,83 @@ fn f16_simd_available() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
+    }
+}
+
+/// One F16 weight row against every token: the row is converted once per tile of up to eight
+/// tokens, whose sums stay in registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_row_avx2(w: &[u8], x: &[f32], cols: usize, dst: &mut [f32]) {
+    let n = dst.len();
+    let mut t0 = 0;
+    while t0 < n {
+        t0 += match n - t0 {
+            1 => f16_row_tile::<1>(w, x, cols, t0, dst),
+            2 => f16_row_tile::<2>(w, x, cols, t0, dst),
+            3 => f16_row_tile::<3>(w, x, cols, t0, dst),
+            4 => f16_row_tile::<4>(w, x, cols, t0, dst),
+            5..=7 => f16_row_tile::<5>(w, x, cols, t0, dst),
+            _ => f16_row_tile::<8>(w, x, cols, t0, dst),
+        };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn f16_row_tile<const N: usize>(w: &[u8], x: &[f32], cols: usize, t0: usize, dst: &mut [f32]) -> usize {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut i = 0;
+    while i + 8 <= cols {
+        let wv = _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(2 * i) as *const __m128i));
+        for k in 0..N {
+            acc[k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x.as_ptr().add((t0 + k) * cols + i)), acc[k]);
+        }
+        i += 8;
+    }
+    for k in 0..N {
+        let v = acc[k];
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let mut sum = _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+        for j in i..cols {
+            sum += f16::from_le_bytes([w[2 * j], w[2 * j + 1]]).to_f32() * x[(t0 + k) * cols + j];
+        }
+        dst[t0 + k] = sum;
+    }
+    N
+}
+
+/// `out += alpha * v` for little-endian f16 `v` (AVX2 + F16C where available).
+pub fn axpy_f16(alpha: f32, v: &[u8], out: &mut [f32]) {
+    assert_eq!(v.len(), out.len() * 2);
+    #[cfg(target_arch = "x86_64")]
+    if f16_simd_available() {
+        // SAFETY: the CPU has AVX2, FMA and F16C; lengths checked above.
+        unsafe { axpy_f16_avx2(alpha, v, out) };
+        return;
+    }
+    for (o, c) in out.iter_mut().zip(v.chunks_exact(2)) {
+        *o += alpha * f16::from_le_bytes([c[0], c[1]]).to_f32();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn axpy_f16_avx2(alpha: f32, v: &[u8], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let a = _mm256_set1_ps(alpha);
+    let n = out.len();
+    let mut i = 0;
+    while i + 8 <= n {
+        let vv = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(2 * i) as *const __m128i));
+        let o = _mm256_loadu_ps(out.as_ptr().add(i));
+        _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_fmadd_ps(a, vv, o));
+        i += 8;
+    }
+    for j in i..n {
+        out[j] += alpha * f16::from_le_bytes([v[2 * j], v[2 * j + 1]]).to_f32();
     }
 }
 

@@ -201,19 +201,34 @@ impl TernaryMatrix {
         assert_eq!(x.cols, self.cols, "activation length does not match the matrix");
         let n = x.n_tokens;
         assert_eq!(out.len(), n * self.rows);
-        const ROWS_PER_TASK: usize = 16;
+        let rows_per_task = rows_per_task(self.rows, self.cols * n);
         let mut by_row = vec![0f32; self.rows * n];
-        by_row.par_chunks_mut(ROWS_PER_TASK * n).enumerate().for_each(|(i, chunk)| {
-            let start = i * ROWS_PER_TASK;
-            let rows = start..start + chunk.len() / n;
-            kernel.gemm(self, rows, x, chunk);
-        });
+        if rows_per_task >= self.rows {
+            kernel.gemm(self, 0..self.rows, x, &mut by_row);
+        } else {
+            by_row.par_chunks_mut(rows_per_task * n).enumerate().for_each(|(i, chunk)| {
+                let start = i * rows_per_task;
+                kernel.gemm(self, start..start + chunk.len() / n, x, chunk);
+            });
+        }
         for r in 0..self.rows {
             for t in 0..n {
                 out[t * self.rows + r] = by_row[r * n + t] * self.scale;
             }
         }
     }
+}
+
+/// Multiply-adds below which a task is not worth handing to another thread.
+const MIN_TASK_WORK: usize = 1 << 19;
+
+/// How many rows each parallel task takes, for rows of `work_per_row` multiply-adds: enough
+/// that a task outweighs the cost of scheduling it, and at least four tasks per thread when
+/// the matrix is big (so uneven progress balances out). All rows means "run on this thread".
+pub fn rows_per_task(rows: usize, work_per_row: usize) -> usize {
+    let max_tasks = rayon::current_num_threads() * 4;
+    let tasks = (rows * work_per_row / MIN_TASK_WORK).clamp(1, max_tasks);
+    rows.div_ceil(tasks).max(1)
 }
 
 /// A ternary GEMM implementation.
