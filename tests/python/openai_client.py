@@ -1,6 +1,6 @@
 """The official `openai` Python client, unchanged, against a running shard-oracle.
 
-Usage: python tests/python/openai_client.py BASE_URL
+Usage: python tests/python/openai_client.py BASE_URL [--expect-speculative]
 Exits non-zero on the first failed check. Run by tests/tests/openai_client.rs.
 """
 
@@ -10,7 +10,7 @@ import openai
 from openai import OpenAI
 
 
-def main(base_url: str) -> None:
+def main(base_url: str, expect_speculative: bool) -> None:
     client = OpenAI(base_url=base_url.rstrip("/") + "/v1", api_key="not-needed", max_retries=0, timeout=120)
 
     models = client.models.list()
@@ -66,6 +66,11 @@ def main(base_url: str) -> None:
     assert len(c.logprobs.tokens) == comp.usage.prompt_tokens + comp.usage.completion_tokens
     assert all(len(t) == 3 for t in c.logprobs.top_logprobs[1:]), c.logprobs.top_logprobs
     print("completion:", repr(c.text))
+    if expect_speculative:
+        # Shard's usage extra, reached through the client's pass-through of unknown fields.
+        spec = (comp.usage.model_extra or {}).get("speculative")
+        assert spec and spec["verifications"] > 0 and spec["drafted_tokens"] >= spec["accepted_tokens"], comp.usage
+        print("speculative:", spec)
 
     # Completions, streamed.
     text = "".join(ch.choices[0].text for ch in client.completions.create(model=model, prompt="In the beginning", max_tokens=8, temperature=0, stream=True) if ch.choices)
@@ -86,4 +91,4 @@ def main(base_url: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], "--expect-speculative" in sys.argv[2:])
