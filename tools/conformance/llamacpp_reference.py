@@ -6,8 +6,12 @@ is committed; this script regenerates it. It drives llama.cpp through `Llama.eva
 `Llama.scores` (row i holds the distribution that predicts token i + 1), not through
 llama-cpp-python's server, whose echo logprobs are shifted by one position.
 
+With `--self-noise`, each model is evaluated a second time one token at a time (n_batch 1),
+and the largest change in a top-5 logprob against the batched pass is recorded: how far
+llama.cpp's output moves under rounding-order changes alone.
+
 Usage:
-  python tools/conformance/llamacpp_reference.py MODEL.gguf [MODEL2.gguf ...] --out FIXTURE.json
+  python tools/conformance/llamacpp_reference.py MODEL.gguf [MODEL2.gguf ...] --out FIXTURE.json [--self-noise]
 """
 
 from __future__ import annotations
@@ -51,7 +55,28 @@ def log_softmax(rows: np.ndarray) -> np.ndarray:
     return rows - m - np.log(np.exp(rows - m).sum(axis=1, keepdims=True))
 
 
-def reference(path: str) -> dict:
+def top_distance(lp: np.ndarray, case: dict) -> float:
+    """Largest |Δ| between `lp`'s rows and a recorded case (token logprob and top-5, by rank)."""
+    worst = 0.0
+    for i, pos in enumerate(case["positions"][1:], 1):
+        row = lp[i - 1]
+        top = np.sort(row)[::-1][:TOP_N]
+        worst = max(worst, abs(row[case["tokens"][i]] - pos["token_logprob"]), *(abs(a - b[1]) for a, b in zip(top, pos["top"])))
+    return float(worst)
+
+
+def self_noise(path: str, cases: list) -> float:
+    """How far llama.cpp's own top-5 logprobs move when the prompt is evaluated token by token."""
+    llm = Llama(path, logits_all=True, verbose=False, n_ctx=512, n_batch=1, n_ubatch=1, n_threads=os.cpu_count() or 2, seed=1)
+    worst = 0.0
+    for case in cases:
+        llm.reset()
+        llm.eval(case["tokens"])
+        worst = max(worst, top_distance(log_softmax(np.array(llm.scores[: len(case["tokens"])], dtype=np.float64)), case))
+    return worst
+
+
+def reference(path: str, noise: bool = False) -> dict:
     llm = Llama(path, logits_all=True, verbose=False, n_ctx=512, n_threads=os.cpu_count() or 2, seed=1)
     cases = []
     for prompt in PROMPTS:
@@ -82,15 +107,19 @@ def reference(path: str) -> dict:
             "greedy": greedy, "greedy_top": greedy_top,
         })
     tokenization = [{"text": t, "tokens": [int(x) for x in llm.tokenize(t.encode(), add_bos=False, special=True)]} for t in TOKENIZE]
-    return {"file": os.path.basename(path), "sha256": sha256(path), "top_n": TOP_N, "cases": cases, "tokenization": tokenization}
+    out = {"file": os.path.basename(path), "sha256": sha256(path), "top_n": TOP_N, "cases": cases, "tokenization": tokenization}
+    if noise:
+        out["self_noise_n_batch_1"] = self_noise(path, cases)
+    return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+")
     p.add_argument("--out", required=True)
+    p.add_argument("--self-noise", action="store_true", help="also record llama.cpp's batched vs token-by-token distance")
     a = p.parse_args()
-    out = {"generator": "llama-cpp-python " + __import__("llama_cpp").__version__, "models": [reference(m) for m in a.models]}
+    out = {"generator": "llama-cpp-python " + __import__("llama_cpp").__version__, "models": [reference(m, a.self_noise) for m in a.models]}
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1)
         f.write("\n")
