@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod engine;
+pub mod p2p;
 pub mod queue;
 pub mod spec;
 

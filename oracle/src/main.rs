@@ -9,11 +9,15 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use tracing_subscriber::EnvFilter;
 
-use shard_oracle::api::{self, AppState};
+use sha2::{Digest, Sha256};
+use shard_oracle::api::{self, AppState, P2pState};
 use shard_oracle::engine::kernels::{self, KernelChoice};
 use shard_oracle::engine::{Engine, LoadOptions};
+use shard_oracle::p2p::node::{self, NodeConfig};
+use shard_oracle::p2p::scheduler::{SchedulerConfig, ScoutDrafts};
 use shard_oracle::queue::{InferenceQueue, SpecConfig};
 use shard_oracle::spec::local::LocalDraft;
+use shard_shared::wire::ModelRef;
 
 /// The Shard Oracle: serves a ternary BitNet b1.58 model over an OpenAI-compatible API.
 #[derive(Debug, Parser)]
@@ -22,7 +26,7 @@ use shard_oracle::spec::local::LocalDraft;
     about,
     long_about = None,
     after_help = "Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions, POST /tokenize, \
-POST /detokenize, GET /health.\nLogging: SHARD_LOG=debug (or any tracing filter, e.g. shard_oracle=debug,tower_http=warn).\n\n\
+POST /detokenize, GET /health, GET /metrics, GET /api/swarm, GET /api/p2p/addrs.\nLogging: SHARD_LOG=debug (or any tracing filter, e.g. shard_oracle=debug,tower_http=warn).\n\n\
 Example: shard-oracle --model models/shard-target-bitnet-tq2_0.gguf --port 8080 --threads 4"
 )]
 struct Args {
@@ -74,11 +78,45 @@ struct Args {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+
+    /// Where the Oracle keeps its state: the libp2p key (its peer id) and webrtc certificate.
+    #[arg(long, env = "SHARD_STATE_DIR", default_value = "shard-state")]
+    state_dir: PathBuf,
+
+    /// Run without the libp2p node (no Scouts).
+    #[arg(long)]
+    no_p2p: bool,
+
+    /// Address the libp2p transports bind (default: --host).
+    #[arg(long)]
+    p2p_ip: Option<std::net::IpAddr>,
+
+    /// TCP port for native Scouts (0 picks a free one).
+    #[arg(long, default_value_t = 9090)]
+    p2p_tcp_port: u16,
+
+    /// WebSocket port, the browsers' fallback transport.
+    #[arg(long, default_value_t = 9091)]
+    p2p_ws_port: u16,
+
+    /// UDP port for webrtc-direct, the browsers' transport.
+    #[arg(long, default_value_t = 9092)]
+    p2p_webrtc_port: u16,
+
+    /// The draft model Scouts must hold (its sha256 is checked in their hello).
+    #[arg(long, env = "SHARD_SCOUT_MODEL", default_value = "models/shard-draft-llama-f16.gguf")]
+    scout_model: PathBuf,
+
+    /// Tokens to ask each Scout job for.
+    #[arg(long, default_value_t = 16)]
+    scout_k: usize,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // WebRTC's DTLS needs a process-wide rustls crypto provider before the first handshake.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let filter = EnvFilter::try_from_env("SHARD_LOG").unwrap_or_else(|_| EnvFilter::new("info,tower_http=info"));
     if args.log_json {
         tracing_subscriber::fmt().with_env_filter(filter).json().init();
@@ -118,8 +156,26 @@ async fn main() -> anyhow::Result<()> {
         activation = ?c.activation, "model loaded"
     );
 
+    // The Scouts' draft source, when the node runs and no in-process draft is chosen.
+    let scouts = if args.no_p2p {
+        None
+    } else {
+        let bytes = std::fs::read(&args.scout_model)
+            .with_context(|| format!("reading the Scout model {}", args.scout_model.display()))?;
+        let model = ModelRef {
+            id: args.scout_model.file_stem().map_or("draft".into(), |s| s.to_string_lossy().into_owned()),
+            sha256: Sha256::digest(&bytes).into(),
+        };
+        let config =
+            SchedulerConfig { job_k: args.scout_k.clamp(1, shard_shared::wire::MAX_DRAFT_TOKENS), ..SchedulerConfig::default() };
+        let (scouts, outbox) = ScoutDrafts::new(model, engine.model.config.n_vocab, config);
+        Some((Arc::new(scouts), outbox))
+    };
     let spec = match &args.draft_model {
-        None => None,
+        None => scouts.as_ref().map(|(s, _)| SpecConfig {
+            source: s.clone() as Arc<dyn shard_oracle::spec::draft::DraftSource>,
+            k_max: args.draft_max.max(1),
+        }),
         Some(path) => {
             let opts = LoadOptions { kernel, n_ctx: engine.n_ctx, alias: None };
             let draft =
@@ -136,7 +192,25 @@ async fn main() -> anyhow::Result<()> {
     let engine = Arc::new(engine);
     let queue = InferenceQueue::start(engine.clone(), args.queue_capacity, spec);
     queue.stats.spec.single_step_micros.store(single_step.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
-    let state = Arc::new(AppState { engine, queue, started: api::types::unix_now() });
+    let p2p = match scouts {
+        None => None,
+        Some((scouts, outbox)) => {
+            let config = NodeConfig {
+                listen_ip: args.p2p_ip.unwrap_or(args.host.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into())),
+                tcp_port: Some(args.p2p_tcp_port),
+                ws_port: Some(args.p2p_ws_port),
+                webrtc_port: Some(args.p2p_webrtc_port),
+                max_requests_per_sec: 2000,
+            };
+            let key = args.state_dir.join("oracle.key");
+            let node = node::start(config, &key, scouts.clone(), outbox, queue.stats.clone(), queue.capacity)
+                .await
+                .context("starting the libp2p node")?;
+            tracing::info!(peer_id = %node.info.lock().map(|i| i.peer_id.clone()).unwrap_or_default(), "p2p node up");
+            Some(P2pState { node, scouts })
+        }
+    };
+    let state = Arc::new(AppState { engine, queue, started: api::types::unix_now(), p2p });
     let app = api::router(state, args.max_body_bytes);
 
     let addr: SocketAddr = format!("{}:{}", args.host, args.port).parse().context("parsing --host/--port")?;

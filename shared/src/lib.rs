@@ -7,3 +7,6 @@ pub mod dequant;
 pub mod gguf;
 pub mod sampling;
 pub mod tokenizer;
+pub mod wire;
+#[cfg(feature = "p2p")]
+pub mod wire_codec;

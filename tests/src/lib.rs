@@ -54,6 +54,16 @@ pub fn binary(name: &str) -> PathBuf {
     p
 }
 
+/// A new empty directory under the system temp dir, unique to this process and call.
+pub fn fresh_dir(prefix: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("shard-{prefix}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
 /// A running `shard-oracle`, killed on drop.
 pub struct Oracle {
     child: Child,
@@ -64,10 +74,21 @@ pub struct Oracle {
 impl Oracle {
     /// Starts the Oracle on `model` with extra arguments and waits until it listens.
     pub fn start(model: &Path, args: &[&str]) -> Self {
+        // Free ports for the p2p transports and a private state dir, unless the test picks them.
+        let mut defaults: Vec<String> = vec![];
+        for flag in ["--p2p-tcp-port", "--p2p-ws-port", "--p2p-webrtc-port"] {
+            if !args.contains(&flag) {
+                defaults.extend([flag.to_string(), "0".to_string()]);
+            }
+        }
+        if !args.contains(&"--state-dir") {
+            defaults.extend(["--state-dir".to_string(), fresh_dir("oracle-state").display().to_string()]);
+        }
         let mut child = Command::new(binary("shard-oracle"))
             .arg("--model")
             .arg(model)
             .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(&defaults)
             .args(args)
             .env("SHARD_LOG", "warn")
             .stdout(Stdio::piped())

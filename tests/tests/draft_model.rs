@@ -14,6 +14,7 @@
 //!    must be within 0.1 at every position, and greedy drafting must follow llama.cpp's greedy
 //!    path until the first near-tie.
 
+use futures::executor::block_on;
 use serde_json::Value;
 use shard_scout::{cpu_device, DraftCache, DraftModel, Drafter};
 use shard_shared::sampling::{log_softmax, SamplingParams};
@@ -91,7 +92,7 @@ fn smollm2_q4_1_matches_llama_cpp_on_ndarray() {
 
         // Greedy drafting through the draft loop (cache reuse, one token at a time) follows
         // llama.cpp's greedy path until llama.cpp's own top two are within the tolerance.
-        let proposal = drafter.propose(&tokens, 16, &SamplingParams::greedy(), 0);
+        let proposal = block_on(drafter.propose(&tokens, 16, &SamplingParams::greedy(), 0)).unwrap();
         assert!(proposal.q.is_none(), "a greedy draft sends no q");
         let greedy = ids(&case["greedy"]);
         let mut matched = 0;
@@ -134,8 +135,8 @@ fn sampled_drafts_carry_q_and_are_reproducible() {
     let mut drafter = Drafter::new(DraftModel::from_gguf(&bytes, &cpu_device()).unwrap());
     let params = SamplingParams { temperature: 0.8, top_k: 40, ..SamplingParams::default() };
     let context = [1u32, 200, 300, 400];
-    let a = drafter.propose(&context, 6, &params, 7);
-    let b = drafter.propose(&context, 6, &params, 7);
+    let a = block_on(drafter.propose(&context, 6, &params, 7)).unwrap();
+    let b = block_on(drafter.propose(&context, 6, &params, 7)).unwrap();
     assert_eq!(a, b, "same seed, same draft");
     let q = a.q.as_ref().expect("sampled drafts carry q");
     assert_eq!(q.len(), 6);
@@ -154,4 +155,22 @@ fn bad_draft_files_are_rejected() {
     let target = std::fs::read(repo_root().join("models/shard-target-bitnet-tq2_0.gguf")).unwrap();
     let err = DraftModel::from_gguf(&target, &cpu_device()).err().expect("bitnet file rejected");
     assert!(err.to_string().contains("llama"), "{err}");
+}
+
+/// A hostile job (tokens outside the vocabulary, an empty or overlong context) gets an error,
+/// and the drafter keeps working.
+#[test]
+fn bad_contexts_are_errors_not_panics() {
+    let bytes = std::fs::read(repo_root().join("models/shard-draft-llama-f16.gguf")).unwrap();
+    let mut drafter = Drafter::new(DraftModel::from_gguf(&bytes, &cpu_device()).unwrap());
+    let (n_vocab, n_ctx) = (drafter.model.config.n_vocab as u32, drafter.model.config.n_ctx);
+    let greedy = SamplingParams::greedy();
+    assert!(block_on(drafter.propose(&[], 4, &greedy, 0)).is_err());
+    assert!(block_on(drafter.propose(&[1, n_vocab], 4, &greedy, 0)).is_err());
+    assert!(block_on(drafter.propose(&vec![1; n_ctx + 1], 4, &greedy, 0)).is_err());
+    // Near the end of the context, k shrinks to fit.
+    let near_end = block_on(drafter.propose(&vec![1; n_ctx - 2], 8, &greedy, 0)).unwrap();
+    assert_eq!(near_end.tokens.len(), 2);
+    let ok = block_on(drafter.propose(&[1, 2, 3], 4, &greedy, 0)).unwrap();
+    assert_eq!(ok.tokens.len(), 4);
 }

@@ -37,6 +37,10 @@ impl ApiError {
         }
     }
 
+    pub fn not_found_message(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found_error", message)
+    }
+
     pub fn context_exceeded(message: impl Into<String>) -> Self {
         Self { code: Some("context_length_exceeded"), param: Some("messages".into()), ..Self::invalid(message) }
     }

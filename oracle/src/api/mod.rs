@@ -7,6 +7,7 @@ pub mod completions;
 pub mod error;
 pub mod json;
 pub mod models;
+pub mod swarm;
 pub mod tokenize;
 pub mod types;
 
@@ -29,6 +30,13 @@ pub struct AppState {
     pub queue: InferenceQueue,
     /// Unix time the server started, reported as the model's `created`.
     pub started: u64,
+    /// The libp2p node and its Scouts, unless the Oracle runs without them.
+    pub p2p: Option<P2pState>,
+}
+
+pub struct P2pState {
+    pub node: crate::p2p::node::Node,
+    pub scouts: Arc<crate::p2p::scheduler::ScoutDrafts>,
 }
 
 impl AppState {
@@ -73,6 +81,8 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/detokenize", post(tokenize::detokenize))
         .route("/health", get(models::health))
         .route("/metrics", get(models::metrics))
+        .route("/api/swarm", get(swarm::swarm))
+        .route("/api/p2p/addrs", get(swarm::addrs))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))

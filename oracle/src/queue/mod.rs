@@ -125,6 +125,9 @@ fn worker(engine: Arc<Engine>, mut rx: mpsc::Receiver<Job>, stats: Arc<QueueStat
                 events.send(JobEvent::Event(e)).is_ok()
             })
         }));
+        if let Some(s) = &spec {
+            s.source.finished(sequence);
+        }
         let result = match run {
             Ok(r) => r.map_err(JobError::from),
             Err(panic) => {

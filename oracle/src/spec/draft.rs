@@ -38,4 +38,7 @@ pub trait DraftSource: Send + Sync {
 
     /// How the last draft for `sequence` fared.
     fn feedback(&self, _sequence: u64, _proposed: usize, _accepted: usize) {}
+
+    /// `sequence` is done: per-sequence state can go.
+    fn finished(&self, _sequence: u64) {}
 }

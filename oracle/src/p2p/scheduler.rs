@@ -1,0 +1,488 @@
+//! Draft jobs for Scouts, behind the Oracle's [`DraftSource`] trait.
+//!
+//! The decoding loop never waits here. Each call to [`ScoutDrafts::draft`]:
+//! 1. uses the newest draft a Scout returned for the sequence, if it still fits: the draft
+//!    was made for a prefix of today's context, and the tokens decoded since agree with its
+//!    start (so a draft that arrives a few tokens late still helps);
+//! 2. sends the Scout assigned to the sequence a job for today's context, unless one is in
+//!    flight, as a delta against that Scout's last job for the sequence where it can.
+//!
+//! A Scout that drops, stalls past the job timeout or refuses loses the sequence to another.
+//! Whatever a Scout answers, the verifier decides what is kept, so a wrong draft costs only
+//! its verification.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use shard_shared::wire::{Context, DraftJob, DraftOutcome, DraftReply, ModelRef, Refusal, WireSampling, MAX_DRAFT_TOKENS};
+
+use crate::spec::draft::{Draft, DraftRequest, DraftSource};
+
+/// A job for the node task to send.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub peer: PeerId,
+    pub job: DraftJob,
+}
+
+/// Tuning for the scheduler.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Tokens to ask a Scout for: more than the verifier takes at once, so a late draft still
+    /// covers the tokens decoded while it travelled.
+    pub job_k: usize,
+    /// A job unanswered for this long is given up, and the sequence moves to another Scout.
+    pub job_timeout: Duration,
+    /// Strikes (timeouts, invalid answers) after which a Scout gets no more work.
+    pub max_strikes: u32,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self { job_k: 16, job_timeout: Duration::from_secs(2), max_strikes: 8 }
+    }
+}
+
+/// Per-Scout figures, as `/api/swarm` shows them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ScoutStats {
+    pub jobs_sent: u64,
+    pub jobs_answered: u64,
+    pub jobs_refused: u64,
+    pub jobs_timed_out: u64,
+    /// Answers that broke the rules (tokens outside the vocabulary, too many tokens).
+    pub invalid_answers: u64,
+    pub tokens_drafted: u64,
+    /// Drafted tokens handed to the verifier, and how many it accepted.
+    pub tokens_proposed: u64,
+    pub tokens_accepted: u64,
+    /// Moving average of the job round trip, in milliseconds.
+    pub latency_ms: f64,
+    /// Wire bytes of the jobs sent, and what they would have been without deltas.
+    pub job_bytes: u64,
+    pub job_bytes_without_deltas: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScoutView {
+    pub peer_id: String,
+    pub role: &'static str,
+    pub transport: String,
+    pub backend: String,
+    pub agent: String,
+    pub connected_secs: u64,
+    pub sequences: usize,
+    pub acceptance_rate: f64,
+    pub strikes: u32,
+    #[serde(flatten)]
+    pub stats: ScoutStats,
+}
+
+struct Scout {
+    transport: String,
+    backend: String,
+    agent: String,
+    since: Instant,
+    strikes: u32,
+    stats: ScoutStats,
+    /// The last job's id and context per sequence: the base for the next delta.
+    last: HashMap<u64, (u64, Vec<u32>)>,
+}
+
+struct InFlight {
+    job_id: u64,
+    peer: PeerId,
+    sent: Instant,
+}
+
+struct Ready {
+    peer: PeerId,
+    context: Vec<u32>,
+    tokens: Vec<u32>,
+}
+
+#[derive(Default)]
+struct Sequence {
+    scout: Option<PeerId>,
+    in_flight: Option<InFlight>,
+    ready: Option<Ready>,
+    /// Who made the draft last handed to the verifier, for the feedback.
+    proposed_by: Option<PeerId>,
+}
+
+#[derive(Default)]
+struct State {
+    scouts: HashMap<PeerId, Scout>,
+    sequences: HashMap<u64, Sequence>,
+    next_job: u64,
+    /// Answers for jobs no longer wanted (late, or for a sequence that ended).
+    stale_answers: u64,
+}
+
+/// The Scouts' draft source.
+pub struct ScoutDrafts {
+    state: Mutex<State>,
+    outbox: mpsc::UnboundedSender<Outgoing>,
+    model: ModelRef,
+    n_vocab: usize,
+    config: SchedulerConfig,
+}
+
+impl ScoutDrafts {
+    pub fn new(model: ModelRef, n_vocab: usize, config: SchedulerConfig) -> (Self, mpsc::UnboundedReceiver<Outgoing>) {
+        let (outbox, rx) = mpsc::unbounded_channel();
+        (Self { state: Mutex::new(State::default()), outbox, model, n_vocab, config }, rx)
+    }
+
+    pub fn model(&self) -> &ModelRef {
+        &self.model
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A Scout introduced itself with the right model.
+    pub fn add_scout(&self, peer: PeerId, transport: String, backend: String, agent: String) {
+        let mut s = self.lock();
+        s.scouts.entry(peer).or_insert_with(|| Scout {
+            transport,
+            backend,
+            agent,
+            since: Instant::now(),
+            strikes: 0,
+            stats: ScoutStats::default(),
+            last: HashMap::new(),
+        });
+    }
+
+    /// A Scout left: its sequences go to others at their next step.
+    pub fn remove_scout(&self, peer: &PeerId) {
+        let mut s = self.lock();
+        s.scouts.remove(peer);
+        for seq in s.sequences.values_mut() {
+            if seq.scout.as_ref() == Some(peer) {
+                seq.scout = None;
+            }
+            if seq.in_flight.as_ref().is_some_and(|f| &f.peer == peer) {
+                seq.in_flight = None;
+            }
+        }
+    }
+
+    pub fn is_scout(&self, peer: &PeerId) -> bool {
+        self.lock().scouts.contains_key(peer)
+    }
+
+    /// Counts a protocol violation against a peer; true when it should be dropped.
+    pub fn strike(&self, peer: &PeerId) -> bool {
+        let mut s = self.lock();
+        match s.scouts.get_mut(peer) {
+            Some(scout) => {
+                scout.strikes += 1;
+                scout.strikes >= self.config.max_strikes
+            }
+            None => true,
+        }
+    }
+
+    /// A Scout answered a job.
+    pub fn on_reply(&self, peer: PeerId, reply: DraftReply) {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        let Some(scout) = s.scouts.get_mut(&peer) else { return };
+        // Find the sequence waiting on this job from this peer.
+        let Some((&seq_id, seq)) = s
+            .sequences
+            .iter_mut()
+            .find(|(_, q)| q.in_flight.as_ref().is_some_and(|f| f.job_id == reply.job_id && f.peer == peer))
+        else {
+            s.stale_answers += 1;
+            return;
+        };
+        let flight = seq.in_flight.take().expect("matched above");
+        let ms = flight.sent.elapsed().as_secs_f64() * 1e3;
+        let st = &mut scout.stats;
+        st.jobs_answered += 1;
+        st.latency_ms = if st.jobs_answered == 1 { ms } else { st.latency_ms * 0.9 + ms * 0.1 };
+        match reply.outcome {
+            DraftOutcome::Drafted { tokens, .. } => {
+                if tokens.len() > MAX_DRAFT_TOKENS || tokens.iter().any(|&t| t as usize >= self.n_vocab) {
+                    st.invalid_answers += 1;
+                    scout.strikes += 1;
+                    return;
+                }
+                st.tokens_drafted += tokens.len() as u64;
+                let context = scout.last.get(&seq_id).filter(|(job, _)| *job == reply.job_id).map(|(_, c)| c.clone());
+                if let Some(context) = context {
+                    seq.ready = Some(Ready { peer, context, tokens });
+                }
+            }
+            DraftOutcome::Refused(why) => {
+                st.jobs_refused += 1;
+                if why == Refusal::UnknownBase {
+                    scout.last.remove(&seq_id);
+                } else {
+                    // Busy, wrong model or a context it cannot take: try another Scout.
+                    seq.scout = None;
+                }
+            }
+        }
+    }
+
+    /// A job was lost (timeout, closed stream, a malformed answer).
+    pub fn on_failure(&self, peer: PeerId, job_id: u64) {
+        let mut s = self.lock();
+        if let Some(scout) = s.scouts.get_mut(&peer) {
+            scout.stats.jobs_timed_out += 1;
+            scout.strikes += 1;
+            scout.last.retain(|_, (job, _)| *job != job_id);
+        }
+        for seq in s.sequences.values_mut() {
+            if seq.in_flight.as_ref().is_some_and(|f| f.job_id == job_id && f.peer == peer) {
+                seq.in_flight = None;
+                seq.scout = None;
+            }
+        }
+    }
+
+    /// The Scouts as `/api/swarm` shows them.
+    pub fn snapshot(&self) -> (Vec<ScoutView>, u64) {
+        let s = self.lock();
+        let mut views: Vec<ScoutView> = s
+            .scouts
+            .iter()
+            .map(|(peer, sc)| ScoutView {
+                peer_id: peer.to_string(),
+                role: "scout",
+                transport: sc.transport.clone(),
+                backend: sc.backend.clone(),
+                agent: sc.agent.clone(),
+                connected_secs: sc.since.elapsed().as_secs(),
+                sequences: s.sequences.values().filter(|q| q.scout.as_ref() == Some(peer)).count(),
+                acceptance_rate: if sc.stats.tokens_proposed == 0 {
+                    0.0
+                } else {
+                    sc.stats.tokens_accepted as f64 / sc.stats.tokens_proposed as f64
+                },
+                strikes: sc.strikes,
+                stats: sc.stats.clone(),
+            })
+            .collect();
+        views.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        (views, s.stale_answers)
+    }
+
+    /// Sends the sequence's Scout a job for `context`, unless one is in flight.
+    fn dispatch(&self, s: &mut State, sequence: u64, context: &[u32], sampling: &WireSampling, seed: u64) {
+        let now = Instant::now();
+        let timeout = self.config.job_timeout;
+        let max_strikes = self.config.max_strikes;
+        let State { scouts, sequences, next_job, .. } = s;
+        let seq = sequences.entry(sequence).or_default();
+        if let Some(f) = &seq.in_flight {
+            if now.duration_since(f.sent) < timeout {
+                return;
+            }
+            // Stalled: give the sequence to someone else.
+            if let Some(sc) = scouts.get_mut(&f.peer) {
+                sc.stats.jobs_timed_out += 1;
+                sc.strikes += 1;
+            }
+            seq.in_flight = None;
+            seq.scout = None;
+        }
+        let eligible = |p: &PeerId, sc: &Scout| sc.strikes < max_strikes && scouts_ok(p);
+        let keep = seq.scout.filter(|p| scouts.get(p).is_some_and(|sc| eligible(p, sc)));
+        let peer = match keep {
+            Some(p) => p,
+            None => {
+                // The least busy Scout with a clean record.
+                let mut load: HashMap<PeerId, usize> = HashMap::new();
+                for q in sequences.values() {
+                    if let Some(p) = q.scout {
+                        *load.entry(p).or_default() += 1;
+                    }
+                }
+                let best = scouts
+                    .iter()
+                    .filter(|(p, sc)| eligible(p, sc))
+                    .min_by(|(pa, a), (pb, b)| {
+                        let la = load.get(pa).copied().unwrap_or(0);
+                        let lb = load.get(pb).copied().unwrap_or(0);
+                        la.cmp(&lb).then(a.strikes.cmp(&b.strikes)).then(a.stats.latency_ms.total_cmp(&b.stats.latency_ms))
+                    })
+                    .map(|(p, _)| *p);
+                let Some(p) = best else { return };
+                p
+            }
+        };
+        let seq = sequences.get_mut(&sequence).expect("inserted above");
+        seq.scout = Some(peer);
+        let scout = scouts.get_mut(&peer).expect("eligible scouts exist");
+        *next_job += 1;
+        let job_id = *next_job;
+        let wire_context = match scout.last.get(&sequence) {
+            Some((base_job, base)) => {
+                let keep = base.iter().zip(context).take_while(|(a, b)| a == b).count();
+                if keep > 0 {
+                    Context::Delta { base_job: *base_job, keep: keep as u32, append: context[keep..].to_vec() }
+                } else {
+                    Context::Full(context.to_vec())
+                }
+            }
+            None => Context::Full(context.to_vec()),
+        };
+        let job = DraftJob {
+            job_id,
+            sequence,
+            context: wire_context,
+            k: self.config.job_k.clamp(1, MAX_DRAFT_TOKENS) as u8,
+            sampling: sampling.clone(),
+            seed,
+            model: self.model.clone(),
+        };
+        let bytes = shard_shared::wire::encode(&job).len() as u64;
+        let full_bytes = if matches!(job.context, Context::Full(_)) {
+            bytes
+        } else {
+            shard_shared::wire::encode(&DraftJob { context: Context::Full(context.to_vec()), ..job.clone() }).len() as u64
+        };
+        if self.outbox.send(Outgoing { peer, job }).is_err() {
+            return; // the node is gone; decode alone
+        }
+        scout.last.insert(sequence, (job_id, context.to_vec()));
+        scout.stats.jobs_sent += 1;
+        scout.stats.job_bytes += bytes;
+        scout.stats.job_bytes_without_deltas += full_bytes;
+        seq.in_flight = Some(InFlight { job_id, peer, sent: now });
+    }
+}
+
+/// Room for a future reputation check (banned peers get no work).
+fn scouts_ok(_peer: &PeerId) -> bool {
+    true
+}
+
+impl DraftSource for ScoutDrafts {
+    fn name(&self) -> &str {
+        "scouts"
+    }
+
+    fn trusted(&self) -> bool {
+        false
+    }
+
+    fn draft(&self, req: &DraftRequest<'_>) -> Option<Draft> {
+        let mut s = self.lock();
+        if s.scouts.is_empty() || req.context.is_empty() {
+            return None;
+        }
+        let seq = s.sequences.entry(req.sequence).or_default();
+        // 1. A draft at hand that still continues this context.
+        let usable = seq.ready.as_ref().and_then(|r| {
+            let rest = req.context.strip_prefix(r.context.as_slice())?;
+            let after = r.tokens.strip_prefix(rest)?;
+            (!after.is_empty()).then(|| (r.peer, after[..after.len().min(req.k)].to_vec()))
+        });
+        match &usable {
+            Some((peer, _)) => seq.proposed_by = Some(*peer),
+            // Overtaken or contradicted by what was decoded: drop it.
+            None => seq.ready = None,
+        }
+        let draft = usable.map(|(peer, tokens)| {
+            if let Some(sc) = s.scouts.get_mut(&peer) {
+                sc.stats.tokens_proposed += tokens.len() as u64;
+            }
+            Draft { tokens, q: None }
+        });
+        // 2. Ask for the next one.
+        self.dispatch(&mut s, req.sequence, req.context, &WireSampling::from(req.sampling), req.seed);
+        draft
+    }
+
+    fn feedback(&self, sequence: u64, _proposed: usize, accepted: usize) {
+        let mut s = self.lock();
+        let Some(peer) = s.sequences.get(&sequence).and_then(|q| q.proposed_by) else { return };
+        if let Some(sc) = s.scouts.get_mut(&peer) {
+            sc.stats.tokens_accepted += accepted as u64;
+        }
+    }
+
+    fn finished(&self, sequence: u64) {
+        let mut s = self.lock();
+        s.sequences.remove(&sequence);
+        for sc in s.scouts.values_mut() {
+            sc.last.remove(&sequence);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shard_shared::sampling::SamplingParams;
+
+    fn setup() -> (ScoutDrafts, mpsc::UnboundedReceiver<Outgoing>, PeerId) {
+        let (s, rx) = ScoutDrafts::new(ModelRef { id: "d".into(), sha256: [0; 32] }, 100, SchedulerConfig::default());
+        let peer = PeerId::random();
+        s.add_scout(peer, "tcp".into(), "cpu".into(), "test".into());
+        (s, rx, peer)
+    }
+
+    fn ask<'a>(context: &'a [u32], params: &'a SamplingParams) -> DraftRequest<'a> {
+        DraftRequest { sequence: 1, context, k: 4, sampling: params, seed: 0 }
+    }
+
+    #[test]
+    fn never_waits_then_uses_late_drafts_and_sends_deltas() {
+        let (s, mut rx, peer) = setup();
+        let p = SamplingParams::greedy();
+        // No draft yet: None at once, and a full job goes out.
+        assert!(s.draft(&ask(&[1, 2, 3], &p)).is_none());
+        let job = rx.try_recv().unwrap().job;
+        assert_eq!(job.context, Context::Full(vec![1, 2, 3]));
+        // While it is in flight, no second job.
+        assert!(s.draft(&ask(&[1, 2, 3, 7], &p)).is_none());
+        assert!(rx.try_recv().is_err());
+        // The answer arrives late: the Oracle already decoded 7 itself, which the draft agrees with.
+        s.on_reply(
+            peer,
+            DraftReply { job_id: job.job_id, outcome: DraftOutcome::Drafted { tokens: vec![7, 8, 9], probs: None } },
+        );
+        let d = s.draft(&ask(&[1, 2, 3, 7], &p)).unwrap();
+        assert_eq!(d.tokens, vec![8, 9]);
+        s.feedback(1, 2, 2);
+        // The next job is a delta against the last one.
+        let job2 = rx.try_recv().unwrap().job;
+        assert_eq!(job2.context, Context::Delta { base_job: job.job_id, keep: 3, append: vec![7] });
+        // A draft that disagrees with what was decoded is dropped, not used.
+        s.on_reply(peer, DraftReply { job_id: job2.job_id, outcome: DraftOutcome::Drafted { tokens: vec![5, 5], probs: None } });
+        assert!(s.draft(&ask(&[1, 2, 3, 7, 8], &p)).is_none());
+        let (views, _) = s.snapshot();
+        assert_eq!((views[0].stats.tokens_proposed, views[0].stats.tokens_accepted), (2, 2));
+    }
+
+    #[test]
+    fn hostile_answers_are_ignored_and_counted() {
+        let (s, mut rx, peer) = setup();
+        let p = SamplingParams::greedy();
+        s.draft(&ask(&[1], &p));
+        let job = rx.try_recv().unwrap().job;
+        // Out-of-vocabulary tokens: invalid, nothing kept.
+        s.on_reply(peer, DraftReply { job_id: job.job_id, outcome: DraftOutcome::Drafted { tokens: vec![1000], probs: None } });
+        assert!(s.draft(&ask(&[1], &p)).is_none());
+        // An answer to a job never sent: stale.
+        s.on_reply(peer, DraftReply { job_id: 999, outcome: DraftOutcome::Drafted { tokens: vec![1], probs: None } });
+        let (views, stale) = s.snapshot();
+        assert_eq!((views[0].stats.invalid_answers, stale), (1, 1));
+        // A Scout that leaves loses its sequences; with none left, the Oracle decodes alone.
+        s.remove_scout(&peer);
+        assert!(s.draft(&ask(&[1, 2], &p)).is_none());
+    }
+}
