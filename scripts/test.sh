@@ -8,8 +8,8 @@ cd "$SHARD_ROOT"
 
 log "cargo fmt --check"
 cargo fmt --all --check
-log "building the Oracle"
-cargo build --locked -p shard-oracle
+log "building the Oracle and the native Scout"
+cargo build --locked -p shard-oracle -p shard-scout
 log "building the browser crates for wasm32"
 cargo build --locked --target wasm32-unknown-unknown -p shard-shared -p shard-scout -p shard-web-ui
 log "running the tests"

@@ -160,16 +160,20 @@ async fn main() -> anyhow::Result<()> {
     let scouts = if args.no_p2p {
         None
     } else {
-        let bytes = std::fs::read(&args.scout_model)
-            .with_context(|| format!("reading the Scout model {}", args.scout_model.display()))?;
-        let model = ModelRef {
-            id: args.scout_model.file_stem().map_or("draft".into(), |s| s.to_string_lossy().into_owned()),
-            sha256: Sha256::digest(&bytes).into(),
-        };
-        let config =
-            SchedulerConfig { job_k: args.scout_k.clamp(1, shard_shared::wire::MAX_DRAFT_TOKENS), ..SchedulerConfig::default() };
-        let (scouts, outbox) = ScoutDrafts::new(model, engine.model.config.n_vocab, config);
-        Some((Arc::new(scouts), outbox))
+        match scout_model(&args.scout_model, &engine) {
+            Ok(model) => {
+                let config = SchedulerConfig {
+                    job_k: args.scout_k.clamp(1, shard_shared::wire::MAX_DRAFT_TOKENS),
+                    ..SchedulerConfig::default()
+                };
+                let (scouts, outbox) = ScoutDrafts::new(model, engine.model.config.n_vocab, config);
+                Some((Arc::new(scouts), outbox))
+            }
+            Err(e) => {
+                tracing::warn!("no Scouts: {e:#} (pass --scout-model, or --no-p2p to silence this)");
+                None
+            }
+        }
     };
     let spec = match &args.draft_model {
         None => scouts.as_ref().map(|(s, _)| SpecConfig {
@@ -221,6 +225,23 @@ async fn main() -> anyhow::Result<()> {
     println!("shard-oracle listening on http://{local}");
     axum::serve(listener, app).with_graceful_shutdown(shutdown()).await?;
     Ok(())
+}
+
+/// The draft model Scouts must hold: it must exist and share the target's vocabulary.
+fn scout_model(path: &std::path::Path, engine: &Engine) -> anyhow::Result<ModelRef> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading the Scout model {}", path.display()))?;
+    let g = shard_shared::gguf::Gguf::parse(&bytes).with_context(|| format!("parsing {}", path.display()))?;
+    let tokens = g.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map_or(0, |a| a.len());
+    anyhow::ensure!(
+        tokens == engine.model.config.n_vocab,
+        "{} has {tokens} tokens, the target {}",
+        path.display(),
+        engine.model.config.n_vocab
+    );
+    Ok(ModelRef {
+        id: path.file_stem().map_or("draft".into(), |s| s.to_string_lossy().into_owned()),
+        sha256: Sha256::digest(&bytes).into(),
+    })
 }
 
 async fn shutdown() {

@@ -2,16 +2,20 @@
 //!
 //! * [`backend`]: where the model runs: burn's wgpu backend (WebGPU, Vulkan...) or the CPU.
 //! * [`model`]: the draft model, a llama-architecture transformer on burn.
+//! * [`job`]: answering a draft job (context deltas, checks, drafting).
+//! * [`client`]: the libp2p client that dials the Oracle and serves its jobs.
 //! * [`Drafter`]: the draft loop: keeps a KV cache in step with a sequence's context and
 //!   proposes the next k tokens.
 
 pub mod backend;
+pub mod client;
+pub mod job;
 pub mod model;
 
 use shard_shared::gguf::{Gguf, GgufError};
 use shard_shared::sampling::{Sampler, SamplingParams};
 
-pub use backend::{cpu_device, Backend, BackendKind};
+pub use backend::{cpu_device, flex_device, Backend, BackendKind};
 /// The burn device type the draft model runs on.
 pub use burn_tensor::Device;
 pub use model::{DraftCache, DraftConfig, DraftModel, ModelError};

@@ -132,7 +132,7 @@ pub struct DraftModel {
     pub config: DraftConfig,
     device: Device,
     embedding: Tensor<2>,
-    /// `[n_embd, n_vocab]`: the output layer, or the embedding transposed when tied.
+    /// `[n_vocab, n_embd]`: the output layer, or the embedding itself when tied.
     output: Tensor<2>,
     norm: Tensor<2>,
     layers: Vec<Layer>,
@@ -143,8 +143,8 @@ impl DraftModel {
     pub fn from_gguf(bytes: &[u8], device: &Device) -> Result<Self, ModelError> {
         let g = Gguf::parse(bytes)?;
         let c = DraftConfig::from_gguf(&g)?;
-        // A `rows x cols` matrix (GGUF dims `[cols, rows]`), or a vector as one row.
-        let load = |name: &str, rows: usize, cols: usize| -> Result<Tensor<2>, ModelError> {
+        // A `rows x cols` matrix (GGUF dims `[cols, rows]`), or a vector as one row, as f32.
+        let values = |name: &str, rows: usize, cols: usize| -> Result<Vec<f32>, ModelError> {
             let t = g.tensor(name).ok_or_else(|| ModelError::Missing(name.to_string()))?;
             let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
             if dims != [cols, rows] && !(rows == 1 && dims == [cols]) {
@@ -153,18 +153,31 @@ impl DraftModel {
                     reason: format!("dims {dims:?}, expected [{cols}, {rows}]"),
                 });
             }
-            let values = dequant::to_f32(t.ty, g.tensor_data(t), rows * cols)
-                .map_err(|e| ModelError::Tensor { name: name.into(), reason: e.to_string() })?;
-            Ok(Tensor::<2>::from_data(TensorData::new(values, [rows, cols]), device))
+            dequant::to_f32(t.ty, g.tensor_data(t), rows * cols)
+                .map_err(|e| ModelError::Tensor { name: name.into(), reason: e.to_string() })
         };
-        // Tensor<2> weights are stored `[out, in]`; keep them as `[in, out]` for `x · W`.
-        let linear =
-            |name: &str, out: usize, inp: usize| -> Result<Tensor<2>, ModelError> { Ok(load(name, out, inp)?.transpose()) };
+        let load = |name: &str, rows: usize, cols: usize| -> Result<Tensor<2>, ModelError> {
+            Ok(Tensor::<2>::from_data(TensorData::new(values(name, rows, cols)?, [rows, cols]), device))
+        };
+        // Linear weights are stored `[out, in]`. They are transposed once here, into contiguous
+        // `[in, out]` for `x · W`: a transposed view would be copied on every matmul.
+        let linear = |name: &str, out: usize, inp: usize| -> Result<Tensor<2>, ModelError> {
+            let w = values(name, out, inp)?;
+            let mut t = vec![0f32; w.len()];
+            for (o, row) in w.chunks_exact(inp).enumerate() {
+                for (i, &v) in row.iter().enumerate() {
+                    t[i * out + o] = v;
+                }
+            }
+            Ok(Tensor::<2>::from_data(TensorData::new(t, [inp, out]), device))
+        };
         let (e, kv, f) = (c.n_embd, c.n_head_kv * c.head_dim, c.n_ff);
         let embedding = load("token_embd.weight", c.n_vocab, e)?;
+        // Kept `[n_vocab, n_embd]` (tied: the embedding itself, not a second copy); logits are
+        // `(W · hᵀ)ᵀ`, which copies the small `h` rather than the large `W`.
         let output = match g.tensor("output.weight") {
-            Some(_) => linear("output.weight", c.n_vocab, e)?,
-            None => embedding.clone().transpose(),
+            Some(_) => load("output.weight", c.n_vocab, e)?,
+            None => embedding.clone(),
         };
         let mut layers = Vec::with_capacity(c.n_layer);
         for il in 0..c.n_layer {
@@ -237,7 +250,7 @@ impl DraftModel {
             x = x + gated.matmul(l.w_down.clone());
         }
         cache.len = total;
-        self.rms_norm(x, &self.norm).matmul(self.output.clone())
+        self.output.clone().matmul(self.rms_norm(x, &self.norm).transpose()).transpose()
     }
 
     fn rms_norm(&self, x: Tensor<2>, w: &Tensor<2>) -> Tensor<2> {

@@ -81,6 +81,9 @@ impl Oracle {
                 defaults.extend([flag.to_string(), "0".to_string()]);
             }
         }
+        if !args.contains(&"--scout-model") {
+            defaults.extend(["--scout-model".to_string(), default_pair().1.display().to_string()]);
+        }
         if !args.contains(&"--state-dir") {
             defaults.extend(["--state-dir".to_string(), fresh_dir("oracle-state").display().to_string()]);
         }
@@ -151,6 +154,72 @@ pub fn sha256_file(path: &Path) -> String {
 /// POSTs JSON and returns the JSON answer, failing the test on a non-2xx status.
 pub fn post_json(client: &reqwest::blocking::Client, url: &str, body: serde_json::Value) -> serde_json::Value {
     let resp = client.post(url).json(&body).send().unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = resp.status();
+    let v: serde_json::Value = resp.json().unwrap_or_else(|e| panic!("{url}: body is not JSON: {e}"));
+    assert!(status.is_success(), "{url} answered {status}: {v}");
+    v
+}
+
+/// The shipped default pair: (target, draft).
+pub fn default_pair() -> (PathBuf, PathBuf) {
+    let m = repo_root().join("models");
+    (m.join("shard-target-bitnet-tq2_0.gguf"), m.join("shard-draft-llama-f16.gguf"))
+}
+
+/// A running native `shard-scout`, killed on drop.
+pub struct Scout {
+    child: Child,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Scout {
+    /// Starts a Scout that dials `oracle` (multiaddrs ending in `/p2p/<id>`) with the default draft.
+    pub fn start(oracle: &[String]) -> Self {
+        let mut cmd = Command::new(binary("shard-scout"));
+        cmd.args(["--model", default_pair().1.to_str().unwrap()]);
+        for a in oracle {
+            cmd.args(["--oracle", a]);
+        }
+        let mut child = cmd
+            .env("SHARD_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn shard-scout");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        for pipe in
+            [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())]
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        Scout { child, log }
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Scout {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// GETs JSON, failing the test on a non-2xx status.
+pub fn get_json(client: &reqwest::blocking::Client, url: &str) -> serde_json::Value {
+    let resp = client.get(url).send().unwrap_or_else(|e| panic!("GET {url}: {e}"));
     let status = resp.status();
     let v: serde_json::Value = resp.json().unwrap_or_else(|e| panic!("{url}: body is not JSON: {e}"));
     assert!(status.is_success(), "{url} answered {status}: {v}");

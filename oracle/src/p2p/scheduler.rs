@@ -302,7 +302,7 @@ impl ScoutDrafts {
         let peer = match keep {
             Some(p) => p,
             None => {
-                // The least busy Scout with a clean record.
+                // The least busy Scout with a clean record; among equals, the one with the least work so far.
                 let mut load: HashMap<PeerId, usize> = HashMap::new();
                 for q in sequences.values() {
                     if let Some(p) = q.scout {
@@ -315,7 +315,7 @@ impl ScoutDrafts {
                     .min_by(|(pa, a), (pb, b)| {
                         let la = load.get(pa).copied().unwrap_or(0);
                         let lb = load.get(pb).copied().unwrap_or(0);
-                        la.cmp(&lb).then(a.strikes.cmp(&b.strikes)).then(a.stats.latency_ms.total_cmp(&b.stats.latency_ms))
+                        la.cmp(&lb).then(a.strikes.cmp(&b.strikes)).then(a.stats.jobs_sent.cmp(&b.stats.jobs_sent))
                     })
                     .map(|(p, _)| *p);
                 let Some(p) = best else { return };
