@@ -17,7 +17,7 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{gossipsub, identify, identity, ping, Multiaddr, PeerId, StreamProtocol, Swarm};
 
 use shard_shared::wire::{self, DraftJob, DraftReply, Hello, LoadAnnouncement, Welcome};
-use shard_shared::wire_codec::FrameCodec;
+use shard_shared::wire_codec::{Checked, FrameCodec};
 
 use crate::job::{JobRunner, JobStats};
 
@@ -140,10 +140,11 @@ async fn new_swarm(agent: &str) -> Result<Swarm<ScoutBehaviour>, ClientError> {
         })
         .map_err(|e| err(&e))?
         .with_other_transport(|key| {
-            Ok::<_, noise::Error>(
+            let noise = noise::Config::new(key).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
                 libp2p_websocket_websys::Transport::default()
                     .upgrade(Version::V1)
-                    .authenticate(noise::Config::new(key)?)
+                    .authenticate(noise)
                     .multiplex(yamux::Config::default())
                     .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn))),
             )
@@ -238,7 +239,7 @@ pub async fn run(
                     if !connected {
                         connected = true;
                         on_event(ScoutEvent::Connected { addr: endpoint.get_remote_address().clone() });
-                        swarm.behaviour_mut().hello.send_request(&oracle, hello.clone());
+                        swarm.behaviour_mut().hello.send_request(&oracle, Checked::Valid(hello.clone()));
                     }
                 }
                 SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } if peer_id == oracle => {
@@ -266,8 +267,9 @@ pub async fn run(
                     peer, message: request_response::Message::Request { request, channel, .. }, ..
                 })) => {
                     // Only the Oracle hands out work; a bounded queue keeps a flood harmless.
-                    if peer == oracle && waiting.len() < 64 {
-                        waiting.push_back((request, channel));
+                    match request {
+                        Checked::Valid(job) if peer == oracle && waiting.len() < 64 => waiting.push_back((job, channel)),
+                        _ => {}
                     }
                 }
                 SwarmEvent::Behaviour(ScoutBehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. })) => {

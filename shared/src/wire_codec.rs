@@ -1,7 +1,11 @@
 //! The wire frames on a libp2p stream, for `request_response`: a 4-byte little-endian length,
 //! then a [`crate::wire`] frame. The length is checked against the bound before anything is
-//! read or allocated, and a frame that fails to decode fails the stream with `InvalidData`,
-//! which the node turns into a penalty for the peer.
+//! read or allocated.
+//!
+//! A bad response fails the stream with `InvalidData`, which reaches the requester as an
+//! outbound failure. A bad *request* is delivered as [`Checked::Refused`] instead of an error,
+//! because libp2p's request-response drops inbound read errors without telling the behaviour,
+//! and the node must see them to drop the sender.
 
 use std::io;
 use std::marker::PhantomData;
@@ -14,6 +18,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::wire::{self, Bounded, MAX_FRAME_BYTES};
+
+/// A request as read off a stream: the message, or why its bytes were refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Checked<T> {
+    Valid(T),
+    Refused(wire::WireError),
+}
 
 /// A request-response codec for one pair of wire message types.
 pub struct FrameCodec<Req, Resp>(PhantomData<fn() -> (Req, Resp)>);
@@ -71,19 +82,37 @@ where
     Resp: Serialize + DeserializeOwned + Bounded + Send + 'static,
 {
     type Protocol = StreamProtocol;
-    type Request = Req;
+    type Request = Checked<Req>;
     type Response = Resp;
 
-    async fn read_request<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Req> {
-        read_frame(io).await
+    async fn read_request<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Checked<Req>> {
+        match read_frame(io).await {
+            Ok(req) => Ok(Checked::Valid(req)),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                let why = e
+                    .into_inner()
+                    .and_then(|inner| inner.downcast::<wire::WireError>().ok())
+                    .map_or_else(|| wire::WireError::Malformed("unreadable frame".into()), |b| *b);
+                Ok(Checked::Refused(why))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp> {
         read_frame(io).await
     }
 
-    async fn write_request<T: AsyncWrite + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T, req: Req) -> io::Result<()> {
-        write_frame(io, &req).await
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: Checked<Req>,
+    ) -> io::Result<()> {
+        match req {
+            Checked::Valid(req) => write_frame(io, &req).await,
+            Checked::Refused(why) => Err(io::Error::new(io::ErrorKind::InvalidInput, why)),
+        }
     }
 
     async fn write_response<T: AsyncWrite + Unpin + Send>(

@@ -108,11 +108,13 @@ impl Oracle {
         });
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let log3 = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(url) = line.strip_prefix("shard-oracle listening on ") {
                     let _ = tx.send(url.trim().to_string());
                 }
+                log3.lock().unwrap().push(line); // tracing writes its log lines to stdout
             }
         });
         let deadline = Instant::now() + Duration::from_secs(120);

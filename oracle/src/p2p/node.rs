@@ -24,7 +24,7 @@ use libp2p::{
 use tokio::sync::mpsc;
 
 use shard_shared::wire::{self, DraftJob, DraftReply, Hello, LoadAnnouncement, Topology, Welcome};
-use shard_shared::wire_codec::FrameCodec;
+use shard_shared::wire_codec::{Checked, FrameCodec};
 
 use super::scheduler::{Outgoing, ScoutDrafts};
 use crate::queue::QueueStats;
@@ -258,7 +258,7 @@ impl EventLoop {
                 Some(out) = self.outbox.recv() => {
                     if self.swarm.is_connected(&out.peer) {
                         let job_id = out.job.job_id;
-                        let id = self.swarm.behaviour_mut().draft.send_request(&out.peer, out.job);
+                        let id = self.swarm.behaviour_mut().draft.send_request(&out.peer, Checked::Valid(out.job));
                         self.pending.insert(id, (out.peer, job_id));
                     } else {
                         self.scouts.on_failure(out.peer, out.job.job_id);
@@ -355,6 +355,10 @@ impl EventLoop {
                     if !self.within_rate(peer) {
                         return;
                     }
+                    let request = match request {
+                        Checked::Valid(r) => r,
+                        Checked::Refused(why) => return self.drop_peer(peer, &format!("bad hello: {why}")),
+                    };
                     let welcome = if &request.model == self.scouts.model() {
                         let transport = self
                             .info
@@ -403,7 +407,7 @@ impl EventLoop {
         }
     }
 
-    fn on_draft_event(&mut self, event: request_response::Event<DraftJob, DraftReply>) {
+    fn on_draft_event(&mut self, event: request_response::Event<Checked<DraftJob>, DraftReply>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Response { request_id, response } => {

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs the burn draft model on burn's wgpu backend natively (Vulkan) and compares its logits
+# with the ndarray backend and with llama.cpp. Without a GPU, Mesa's lavapipe (a CPU Vulkan
+# driver, Debian's mesa-vulkan-drivers) provides the adapter; this script installs it.
+set -euo pipefail
+source "$(dirname "$0")/env.sh"
+cd "$SHARD_ROOT"
+"$SHARD_ROOT/scripts/setup.sh"
+if ! ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1; then
+  log "installing a Vulkan driver (mesa-vulkan-drivers: lavapipe)"
+  sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -q && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q mesa-vulkan-drivers libvulkan1
+fi
+cargo test --locked -p shard-tests --features wgpu --test draft_model_wgpu -- --nocapture --test-threads 1
