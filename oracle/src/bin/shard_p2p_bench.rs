@@ -90,6 +90,12 @@ async fn round_trips(webrtc: bool, n: usize, prompt: usize) -> anyhow::Result<(D
             break address.with(Protocol::P2p(*oracle.local_peer_id()));
         }
     };
+    if webrtc {
+        // The native WebRTC transport dials from the UDP socket of one of its listeners.
+        scout.listen_on("/ip4/127.0.0.1/udp/0/webrtc-direct".parse()?)?;
+        while !matches!(scout.select_next_some().await, SwarmEvent::NewListenAddr { .. }) {}
+    }
+    tracing::debug!(%addr, "dialling");
     scout.dial(addr)?;
     // The Scout answers every job at once, from its own task.
     tokio::spawn(async move {
@@ -111,6 +117,7 @@ async fn round_trips(webrtc: bool, n: usize, prompt: usize) -> anyhow::Result<(D
             break peer_id;
         }
     };
+    tracing::debug!(%peer, "connected");
     let context: Vec<u32> = (0..prompt as u32).collect();
     let mut times = Vec::with_capacity(n);
     for i in 0..n + 20 {
@@ -157,6 +164,7 @@ fn bytes_per_job(n: usize, prompt: usize, step: usize) -> (f64, f64) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_env("SHARD_LOG")).init();
     let args = Args::parse();
     let (tcp50, tcp90) = round_trips(false, args.jobs, args.prompt).await?;
     let (rtc50, rtc90) = round_trips(true, args.jobs, args.prompt).await?;
