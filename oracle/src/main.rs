@@ -26,7 +26,7 @@ use shard_shared::wire::ModelRef;
     about,
     long_about = None,
     after_help = "Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions, POST /tokenize, \
-POST /detokenize, GET /health, GET /metrics, GET /api/swarm, GET /api/p2p/addrs.\nLogging: SHARD_LOG=debug (or any tracing filter, e.g. shard_oracle=debug,tower_http=warn).\n\n\
+POST /detokenize, GET /health, GET /metrics, GET /api/swarm, GET /api/p2p/addrs, GET /api/scout, GET /api/queue[/{ticket}], GET /models/{file}; the web app at /.\nLogging: SHARD_LOG=debug (or any tracing filter, e.g. shard_oracle=debug,tower_http=warn).\n\n\
 Example: shard-oracle --model models/shard-target-bitnet-tq2_0.gguf --port 8080 --threads 4"
 )]
 struct Args {
@@ -107,6 +107,10 @@ struct Args {
     #[arg(long, env = "SHARD_SCOUT_MODEL", default_value = "models/shard-draft-llama-f16.gguf")]
     scout_model: PathBuf,
 
+    /// The web app to serve at `/` (trunk's output; `scripts/run.sh` builds it).
+    #[arg(long, env = "SHARD_WEB_DIR", default_value = "dist")]
+    web_dir: PathBuf,
+
     /// Tokens to ask each Scout job for.
     #[arg(long, default_value_t = 16)]
     scout_k: usize,
@@ -161,13 +165,13 @@ async fn main() -> anyhow::Result<()> {
         None
     } else {
         match scout_model(&args.scout_model, &engine) {
-            Ok(model) => {
+            Ok((model, file)) => {
                 let config = SchedulerConfig {
                     job_k: args.scout_k.clamp(1, shard_shared::wire::MAX_DRAFT_TOKENS),
                     ..SchedulerConfig::default()
                 };
                 let (scouts, outbox) = ScoutDrafts::new(model, engine.model.config.n_vocab, config);
-                Some((Arc::new(scouts), outbox))
+                Some((Arc::new(scouts), outbox, file))
             }
             Err(e) => {
                 tracing::warn!("no Scouts: {e:#} (pass --scout-model, or --no-p2p to silence this)");
@@ -176,7 +180,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let spec = match &args.draft_model {
-        None => scouts.as_ref().map(|(s, _)| SpecConfig {
+        None => scouts.as_ref().map(|(s, _, _)| SpecConfig {
             source: s.clone() as Arc<dyn shard_oracle::spec::draft::DraftSource>,
             k_max: args.draft_max.max(1),
         }),
@@ -198,7 +202,7 @@ async fn main() -> anyhow::Result<()> {
     queue.stats.spec.single_step_micros.store(single_step.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
     let p2p = match scouts {
         None => None,
-        Some((scouts, outbox)) => {
+        Some((scouts, outbox, scout_model)) => {
             let config = NodeConfig {
                 listen_ip: args.p2p_ip.unwrap_or(args.host.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into())),
                 tcp_port: Some(args.p2p_tcp_port),
@@ -211,10 +215,17 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("starting the libp2p node")?;
             tracing::info!(peer_id = %node.info.lock().map(|i| i.peer_id.clone()).unwrap_or_default(), "p2p node up");
-            Some(P2pState { node, scouts })
+            Some(P2pState { node, scouts, scout_model })
         }
     };
-    let state = Arc::new(AppState { engine, queue, started: api::types::unix_now(), p2p });
+    let web_dir = if args.web_dir.join("index.html").is_file() {
+        tracing::info!(dir = %args.web_dir.display(), "serving the web app");
+        Some(args.web_dir.clone())
+    } else {
+        tracing::warn!(dir = %args.web_dir.display(), "no web app to serve (build it with `trunk build --release`, or run scripts/run.sh)");
+        None
+    };
+    let state = Arc::new(AppState { engine, queue, started: api::types::unix_now(), p2p, web_dir });
     let app = api::router(state, args.max_body_bytes);
 
     let addr: SocketAddr = format!("{}:{}", args.host, args.port).parse().context("parsing --host/--port")?;
@@ -228,7 +239,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// The draft model Scouts must hold: it must exist and share the target's vocabulary.
-fn scout_model(path: &std::path::Path, engine: &Engine) -> anyhow::Result<ModelRef> {
+fn scout_model(path: &std::path::Path, engine: &Engine) -> anyhow::Result<(ModelRef, api::web::HashedFile)> {
     let bytes = std::fs::read(path).with_context(|| format!("reading the Scout model {}", path.display()))?;
     let g = shard_shared::gguf::Gguf::parse(&bytes).with_context(|| format!("parsing {}", path.display()))?;
     let tokens = g.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map_or(0, |a| a.len());
@@ -238,10 +249,9 @@ fn scout_model(path: &std::path::Path, engine: &Engine) -> anyhow::Result<ModelR
         path.display(),
         engine.model.config.n_vocab
     );
-    Ok(ModelRef {
-        id: path.file_stem().map_or("draft".into(), |s| s.to_string_lossy().into_owned()),
-        sha256: Sha256::digest(&bytes).into(),
-    })
+    let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+    let file = api::web::HashedFile { path: path.to_path_buf(), sha256: api::swarm::hex(&sha256), bytes: bytes.len() as u64 };
+    Ok((ModelRef { id: path.file_stem().map_or("draft".into(), |s| s.to_string_lossy().into_owned()), sha256 }, file))
 }
 
 async fn shutdown() {

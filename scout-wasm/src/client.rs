@@ -43,6 +43,10 @@ impl ScoutConfig {
 /// What the client tells its host (the CLI's log, the browser's dashboard).
 #[derive(Debug, Clone)]
 pub enum ScoutEvent {
+    /// The swarm is up with this peer id (how the Oracle's `/api/swarm` names this Scout).
+    Started {
+        peer_id: PeerId,
+    },
     Dialling {
         addr: Multiaddr,
     },
@@ -188,6 +192,7 @@ pub async fn run(
     }
     let oracle = peer_of(&config.oracle[0]).ok_or_else(|| ClientError::NoPeerId(config.oracle[0].to_string()))?;
     let mut swarm = new_swarm(&config.agent).await?;
+    on_event(ScoutEvent::Started { peer_id: *swarm.local_peer_id() });
     for topic in [wire::LOAD_TOPIC, wire::TOPOLOGY_TOPIC] {
         let _ = swarm.behaviour_mut().gossipsub.subscribe(&gossipsub::IdentTopic::new(topic));
     }

@@ -1,4 +1,27 @@
-//! The Shard web app. The Leptos views arrive with the web-app issue; until then this crate
-//! only fixes the workspace shape and proves that the shared core links into it.
+//! The Shard web app: one Leptos page where people chat as Leeches, turn on Scout mode, and
+//! watch the network. Trunk builds it from `www/index.html`; the Oracle serves it at `/`.
+//!
+//! * [`sse`], [`history`], [`oracle_api`], [`format`]: plain logic, unit-tested natively.
+//! * `app`: the frame, tabs and the shared swarm poll.
+//! * `chat`: the Leech view (streamed answers, history, queue position).
+//! * `scout`: Scout mode (WebGPU or CPU, model download and cache, the libp2p client).
+//! * `network`: peers and load.
+//! * `http`, `model_store`: fetch, streams, the Cache API.
 
-pub use shard_scout::inspect_draft_model;
+pub mod format;
+pub mod history;
+pub mod oracle_api;
+pub mod sse;
+
+#[cfg(target_arch = "wasm32")]
+pub mod app;
+#[cfg(target_arch = "wasm32")]
+mod chat;
+#[cfg(target_arch = "wasm32")]
+mod http;
+#[cfg(target_arch = "wasm32")]
+mod model_store;
+#[cfg(target_arch = "wasm32")]
+mod network;
+#[cfg(target_arch = "wasm32")]
+mod scout;

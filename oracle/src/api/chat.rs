@@ -15,9 +15,9 @@ use shard_shared::chat::ChatMessage;
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::types::{choices_per_prompt, max_tokens, new_id, unix_now, SamplingFields, StreamOptions, Usage};
-use super::{collect, job_error, logprob_count, AppState};
+use super::{collect, job_error, logprob_count, queue_comment, with_ticket, AppState};
 use crate::engine::generate::{Event, TokenLogprob};
-use crate::queue::JobEvent;
+use crate::queue::{JobEvent, Update};
 
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
@@ -131,6 +131,7 @@ pub async fn handler(State(state): State<Arc<AppState>>, ApiJson(req): ApiJson<C
         }
         let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
         let mut rx = state.submit(prompt, params)?;
+        let ticket = rx.ticket;
         let chunk = move |delta: Value, logprobs: Value, finish: Value| {
             json!({
                 "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -140,9 +141,14 @@ pub async fn handler(State(state): State<Arc<AppState>>, ApiJson(req): ApiJson<C
         };
         let body = async_stream::stream! {
             yield Ok::<_, Infallible>(SseEvent::default().data(chunk(json!({"role": "assistant", "content": ""}), Value::Null, Value::Null).to_string()));
-            while let Some(ev) = rx.recv().await {
+            yield Ok(queue_comment(&rx.status()));
+            while let Some(update) = rx.next_update().await {
+                let ev = match update {
+                    Update::Queued(status) => { yield Ok(queue_comment(&status)); continue; }
+                    Update::Job(ev) => ev,
+                };
                 match ev {
-                    JobEvent::Queued { .. } | JobEvent::Event(Event::Prompt(_)) => {}
+                    JobEvent::Event(Event::Prompt(_)) => {}
                     JobEvent::Event(Event::Token { text, logprob, .. }) => {
                         let lp = match &logprob { Some(l) => json!({"content": [logprob_entry(&state, l)]}), None => Value::Null };
                         yield Ok(SseEvent::default().data(chunk(json!({"content": text}), lp, Value::Null).to_string()));
@@ -170,7 +176,7 @@ pub async fn handler(State(state): State<Arc<AppState>>, ApiJson(req): ApiJson<C
             }
             yield Ok(SseEvent::default().data("[DONE]"));
         };
-        return Ok(Sse::new(body).keep_alive(KeepAlive::default()).into_response());
+        return Ok(with_ticket(Sse::new(body).keep_alive(KeepAlive::default()).into_response(), ticket));
     }
 
     let mut choices = vec![];

@@ -13,9 +13,9 @@ use serde_json::{json, Map, Value};
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::types::{choices_per_prompt, max_tokens, new_id, unix_now, SamplingFields, StreamOptions, Usage};
-use super::{collect, job_error, logprob_count, AppState};
+use super::{collect, job_error, logprob_count, queue_comment, with_ticket, AppState};
 use crate::engine::generate::{Event, GenerateParams, TokenLogprob};
-use crate::queue::JobEvent;
+use crate::queue::{JobEvent, Update};
 
 #[derive(Debug, Deserialize)]
 pub struct CompletionRequest {
@@ -197,6 +197,7 @@ async fn stream(
     let mut runs = runs.into_iter();
     let (i0, p0, params0) = runs.next().expect("at least one prompt");
     let first_rx = state.submit(p0.tokens.clone(), params0.clone())?;
+    let ticket = first_rx.ticket;
     let chunk = move |index: usize, text: String, logprobs: Value, finish: Value| {
         json!({
             "id": id, "object": "text_completion", "created": created, "model": model,
@@ -223,9 +224,13 @@ async fn stream(
             if echo && !want_lp {
                 yield Ok(SseEvent::default().data(chunk(index, prompt.text.clone(), Value::Null, Value::Null).to_string()));
             }
-            while let Some(ev) = rx.recv().await {
+            yield Ok(queue_comment(&rx.status()));
+            while let Some(update) = rx.next_update().await {
+                let ev = match update {
+                    Update::Queued(status) => { yield Ok(queue_comment(&status)); continue; }
+                    Update::Job(ev) => ev,
+                };
                 match ev {
-                    JobEvent::Queued { .. } => {}
                     JobEvent::Event(Event::Prompt(lps)) => {
                         let mut lp = LegacyLogprobs::default();
                         for (i, &tok) in prompt.tokens.iter().enumerate() {
@@ -261,5 +266,5 @@ async fn stream(
         }
         yield Ok(SseEvent::default().data("[DONE]"));
     };
-    Ok(Sse::new(body).keep_alive(KeepAlive::default()).into_response())
+    Ok(with_ticket(Sse::new(body).keep_alive(KeepAlive::default()).into_response(), ticket))
 }

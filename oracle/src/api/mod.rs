@@ -7,21 +7,22 @@ pub mod completions;
 pub mod error;
 pub mod json;
 pub mod models;
+pub mod queue;
 pub mod swarm;
 pub mod tokenize;
 pub mod types;
+pub mod web;
 
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{get, post};
 use axum::Router;
-use tokio::sync::mpsc;
 use tower_http::trace::TraceLayer;
 
 use crate::engine::generate::{Event, Finish, GenerateError, GenerateParams, TokenLogprob};
 use crate::engine::Engine;
-use crate::queue::{InferenceQueue, JobError, JobEvent};
+use crate::queue::{InferenceQueue, JobError, JobEvent, QueueStatus, Submission};
 use error::ApiError;
 
 /// What every handler shares.
@@ -32,11 +33,15 @@ pub struct AppState {
     pub started: u64,
     /// The libp2p node and its Scouts, unless the Oracle runs without them.
     pub p2p: Option<P2pState>,
+    /// The web app (trunk's output), served at `/` when present.
+    pub web_dir: Option<std::path::PathBuf>,
 }
 
 pub struct P2pState {
     pub node: crate::p2p::node::Node,
     pub scouts: Arc<crate::p2p::scheduler::ScoutDrafts>,
+    /// The draft model file Scouts download (`GET /models/{name}`).
+    pub scout_model: web::HashedFile,
 }
 
 impl AppState {
@@ -59,7 +64,7 @@ impl AppState {
     }
 
     /// Enqueues a generation, turning a full queue into 429.
-    pub fn submit(&self, prompt: Vec<u32>, params: GenerateParams) -> Result<mpsc::UnboundedReceiver<JobEvent>, ApiError> {
+    pub fn submit(&self, prompt: Vec<u32>, params: GenerateParams) -> Result<Submission, ApiError> {
         if prompt.len() >= self.engine.n_ctx {
             return Err(job_error(JobError::Generate(GenerateError::ContextExceeded {
                 prompt: prompt.len(),
@@ -83,11 +88,41 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/metrics", get(models::metrics))
         .route("/api/swarm", get(swarm::swarm))
         .route("/api/p2p/addrs", get(swarm::addrs))
-        .fallback(error::not_found)
+        .route("/api/scout", get(swarm::scout))
+        .route("/api/queue", get(queue::overview))
+        .route("/api/queue/{ticket}", get(queue::ticket))
+        .route("/models/{file}", get(model_file))
+        .fallback(app_or_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// `GET /models/{file}`: the Scouts' draft model, by its file name.
+async fn model_file(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(file): axum::extract::Path<String>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match state.p2p.as_ref().map(|p| &p.scout_model) {
+        Some(m) if m.path.file_name().is_some_and(|n| n.to_string_lossy() == file) => web::serve_hashed(m, req).await,
+        _ => ApiError::not_found_message(format!("no model file {file:?} is served here")).into_response(),
+    }
+}
+
+/// The web app for GET and HEAD requests outside the API, else OpenAI's JSON 404.
+async fn app_or_not_found(State(state): State<Arc<AppState>>, req: axum::extract::Request) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let uri = req.uri().clone();
+    let is_read = matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    if let (true, Some(dir)) = (is_read, &state.web_dir) {
+        if let Some(resp) = web::serve_app(dir, req).await {
+            return resp;
+        }
+    }
+    error::not_found(uri).await.into_response()
 }
 
 pub fn job_error(e: JobError) -> ApiError {
@@ -110,11 +145,10 @@ pub struct Collected {
 }
 
 /// Waits for a job and gathers everything it produced.
-pub async fn collect(mut rx: mpsc::UnboundedReceiver<JobEvent>) -> Result<Collected, ApiError> {
+pub async fn collect(mut rx: Submission) -> Result<Collected, ApiError> {
     let mut out = Collected::default();
     while let Some(ev) = rx.recv().await {
         match ev {
-            JobEvent::Queued { .. } => {}
             JobEvent::Event(Event::Prompt(lp)) => out.prompt_logprobs = Some(lp),
             JobEvent::Event(Event::Token { id, text, logprob }) => {
                 out.text.push_str(&text);
@@ -129,6 +163,18 @@ pub async fn collect(mut rx: mpsc::UnboundedReceiver<JobEvent>) -> Result<Collec
         }
     }
     Err(ApiError::internal("the engine stopped before finishing the request"))
+}
+
+/// A queue update inside an SSE stream, as a comment line (`: queue {...}`): Shard's web app
+/// reads it to show the place in line, and OpenAI clients skip comments by the SSE rules.
+pub fn queue_comment(status: &QueueStatus) -> axum::response::sse::Event {
+    axum::response::sse::Event::default().comment(format!("queue {}", serde_json::to_string(status).unwrap_or_default()))
+}
+
+/// Names a streamed response's queue ticket (`x-shard-queue-ticket`), for `GET /api/queue/{ticket}`.
+pub fn with_ticket(mut response: axum::response::Response, ticket: u64) -> axum::response::Response {
+    response.headers_mut().insert("x-shard-queue-ticket", axum::http::HeaderValue::from(ticket));
+    response
 }
 
 /// Validates a `logprobs`/`top_logprobs` count.

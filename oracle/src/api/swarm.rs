@@ -62,6 +62,25 @@ pub async fn addrs(State(state): State<Arc<AppState>>) -> Result<Json<Value>, Ap
     })))
 }
 
+/// Everything a browser Scout needs: the draft model (URL, size, sha256 to check the download
+/// against) and the addresses to dial, webrtc-direct first.
+pub async fn scout(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let p2p =
+        state.p2p.as_ref().ok_or_else(|| ApiError::not_found_message("this Oracle runs without its p2p node (--no-p2p)"))?;
+    let m = &p2p.scout_model;
+    let name = m.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let Json(addrs) = addrs(State(state.clone())).await?;
+    Ok(Json(json!({
+        "model": {
+            "id": p2p.scouts.model().id,
+            "url": format!("/models/{name}"),
+            "sha256": m.sha256,
+            "bytes": m.bytes,
+        },
+        "addrs": addrs,
+    })))
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

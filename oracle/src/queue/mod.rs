@@ -4,25 +4,27 @@
 //! wait in a bounded queue. A full queue refuses new work at once (the API answers 429 with
 //! `Retry-After`), so load never turns into unbounded memory or latency. A request whose
 //! client left while it waited is dropped without running.
+//!
+//! Every accepted request holds a ticket. The worker takes tickets in order, so a request's
+//! place in line is its ticket minus the number of requests finished: a [`Submission`] turns
+//! that into live [`QueueStatus`] updates (the web app's "position 3, about 12 s"), and
+//! `GET /api/queue/{ticket}` answers the same for anyone who holds the ticket number.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
 
 use crate::engine::generate::{generate, Event, Finish, GenerateError, GenerateParams, Session, Speculation};
 use crate::engine::Engine;
 use crate::spec::draft::DraftSource;
 use crate::spec::metrics::SpecMetrics;
 
-/// What a queued request hears back.
+/// What a queued request hears back from the worker.
 #[derive(Debug)]
 pub enum JobEvent {
-    /// How many requests are ahead (sent while waiting, when it changes).
-    Queued {
-        position: usize,
-    },
     Event(Event),
     Finished(Result<Finish, JobError>),
 }
@@ -36,6 +38,7 @@ pub enum JobError {
 }
 
 struct Job {
+    ticket: u64,
     prompt: Vec<u32>,
     params: GenerateParams,
     events: mpsc::UnboundedSender<JobEvent>,
@@ -56,6 +59,8 @@ pub struct QueueStats {
     pub tokens_generated: AtomicU64,
     /// Exponential moving average of a request's run time, in milliseconds.
     pub avg_job_ms: AtomicU64,
+    /// When the running request started (ms since the queue started), for wait estimates.
+    pub running_since_ms: AtomicU64,
     pub spec: SpecMetrics,
 }
 
@@ -71,6 +76,83 @@ pub struct InferenceQueue {
     tx: mpsc::Sender<Job>,
     pub capacity: usize,
     pub stats: Arc<QueueStats>,
+    /// The next ticket to hand out; held while enqueueing so tickets keep the channel's order.
+    next_ticket: Arc<Mutex<u64>>,
+    /// How many tickets are done (run, failed or skipped): the ticket being served.
+    finished: watch::Receiver<u64>,
+    epoch: Instant,
+}
+
+/// Where a request stands in the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct QueueStatus {
+    pub ticket: u64,
+    /// Requests ahead of this one, the running one included; 0 once it runs.
+    pub ahead: u64,
+    pub state: TicketState,
+    /// A rough wait until it starts: the requests ahead times the average run time.
+    pub est_wait_ms: u64,
+    /// The priority tier it waits in. Every request is a Leech until tiers are proven by keys.
+    pub tier: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TicketState {
+    Waiting,
+    Running,
+    Done,
+}
+
+/// An accepted request: its ticket, its events and live queue updates while it waits.
+pub struct Submission {
+    pub ticket: u64,
+    rx: mpsc::UnboundedReceiver<JobEvent>,
+    finished: watch::Receiver<u64>,
+    queue: InferenceQueue,
+    waiting: bool,
+}
+
+/// The next thing a request hears.
+#[derive(Debug)]
+pub enum Update {
+    /// Still waiting (sent when the place in line changes, and once a second for the estimate).
+    Queued(QueueStatus),
+    Job(JobEvent),
+}
+
+impl Submission {
+    /// The next event or, while the request waits, a queue update. `None` when the worker is gone.
+    pub async fn next_update(&mut self) -> Option<Update> {
+        if !self.waiting {
+            return self.rx.recv().await.map(Update::Job);
+        }
+        let tick = tokio::time::sleep(Duration::from_secs(1));
+        tokio::select! {
+            biased;
+            ev = self.rx.recv() => {
+                self.waiting = false;
+                ev.map(Update::Job)
+            }
+            changed = self.finished.changed() => {
+                // The worker is gone: nothing more will change while waiting.
+                self.waiting &= changed.is_ok();
+                Some(Update::Queued(self.queue.status(self.ticket)))
+            }
+            _ = tick => Some(Update::Queued(self.queue.status(self.ticket))),
+        }
+    }
+
+    /// Where this request stands now.
+    pub fn status(&self) -> QueueStatus {
+        self.queue.status(self.ticket)
+    }
+
+    /// The next job event, skipping queue updates (for answers that are not streamed).
+    pub async fn recv(&mut self) -> Option<JobEvent> {
+        self.waiting = false;
+        self.rx.recv().await
+    }
 }
 
 impl InferenceQueue {
@@ -79,21 +161,29 @@ impl InferenceQueue {
     pub fn start(engine: Arc<Engine>, capacity: usize, spec: Option<SpecConfig>) -> Self {
         let (tx, rx) = mpsc::channel::<Job>(capacity.max(1));
         let stats = Arc::new(QueueStats::default());
+        let (finished_tx, finished) = watch::channel(0u64);
+        let epoch = Instant::now();
         let worker_stats = stats.clone();
         std::thread::Builder::new()
             .name("shard-engine".into())
-            .spawn(move || worker(engine, rx, worker_stats, spec))
+            .spawn(move || worker(engine, rx, worker_stats, spec, finished_tx, epoch))
             .expect("spawn engine worker");
-        Self { tx, capacity, stats }
+        Self { tx, capacity, stats, next_ticket: Arc::new(Mutex::new(0)), finished, epoch }
     }
 
-    /// Enqueues a generation; events arrive on the returned receiver.
-    pub fn submit(&self, prompt: Vec<u32>, params: GenerateParams) -> Result<mpsc::UnboundedReceiver<JobEvent>, QueueFull> {
+    /// Enqueues a generation; its events and queue updates come through the [`Submission`].
+    pub fn submit(&self, prompt: Vec<u32>, params: GenerateParams) -> Result<Submission, QueueFull> {
         let (events, rx) = mpsc::unbounded_channel();
+        let mut next = self.next_ticket.lock().unwrap_or_else(|e| e.into_inner());
+        let ticket = *next;
         let ahead = self.stats.depth.fetch_add(1, Ordering::SeqCst);
-        let _ = events.send(JobEvent::Queued { position: ahead });
-        match self.tx.try_send(Job { prompt, params, events }) {
-            Ok(()) => Ok(rx),
+        match self.tx.try_send(Job { ticket, prompt, params, events }) {
+            Ok(()) => {
+                *next += 1;
+                drop(next);
+                let finished = self.finished.clone();
+                Ok(Submission { ticket, rx, finished, queue: self.clone(), waiting: true })
+            }
             Err(_) => {
                 self.stats.depth.fetch_sub(1, Ordering::SeqCst);
                 let avg_ms = self.stats.avg_job_ms.load(Ordering::Relaxed).max(500);
@@ -103,21 +193,57 @@ impl InferenceQueue {
         }
     }
 
+    /// Where `ticket` stands: waiting (with the requests ahead), running or done.
+    pub fn status(&self, ticket: u64) -> QueueStatus {
+        let finished = *self.finished.borrow();
+        let (ahead, state) = match ticket.checked_sub(finished) {
+            None => (0, TicketState::Done),
+            Some(0) => (0, TicketState::Running),
+            Some(n) => (n, TicketState::Waiting),
+        };
+        let est_wait_ms = if ahead == 0 {
+            0
+        } else {
+            // The running request's remaining time, then a full average for each one after it.
+            let avg = self.stats.avg_job_ms.load(Ordering::Relaxed).max(1);
+            let now = self.epoch.elapsed().as_millis() as u64;
+            let ran = now.saturating_sub(self.stats.running_since_ms.load(Ordering::Relaxed));
+            avg.saturating_sub(ran).max(avg / 10) + (ahead - 1) * avg
+        };
+        QueueStatus { ticket, ahead, state, est_wait_ms, tier: "leech" }
+    }
+
+    /// Tickets handed out so far, and how many of them are done.
+    pub fn tickets(&self) -> (u64, u64) {
+        (*self.next_ticket.lock().unwrap_or_else(|e| e.into_inner()), *self.finished.borrow())
+    }
+
     pub fn depth(&self) -> usize {
         self.stats.depth.load(Ordering::SeqCst)
     }
 }
 
-fn worker(engine: Arc<Engine>, mut rx: mpsc::Receiver<Job>, stats: Arc<QueueStats>, spec: Option<SpecConfig>) {
+fn worker(
+    engine: Arc<Engine>,
+    mut rx: mpsc::Receiver<Job>,
+    stats: Arc<QueueStats>,
+    spec: Option<SpecConfig>,
+    finished: watch::Sender<u64>,
+    epoch: Instant,
+) {
     let mut session = Session::new(&engine);
     let mut sequence = 0u64;
     while let Some(job) = rx.blocking_recv() {
         sequence += 1;
+        // Tickets are taken in order: this one is served, every earlier one is done.
+        finished.send_replace(job.ticket);
         if job.events.is_closed() {
             stats.depth.fetch_sub(1, Ordering::SeqCst);
+            finished.send_replace(job.ticket + 1);
             continue;
         }
         let started = Instant::now();
+        stats.running_since_ms.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         let events = job.events.clone();
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let speculation = spec.as_ref().map(|s| Speculation { source: s.source.as_ref(), k_max: s.k_max, sequence });
@@ -151,5 +277,6 @@ fn worker(engine: Arc<Engine>, mut rx: mpsc::Receiver<Job>, stats: Arc<QueueStat
         stats.completed.fetch_add(1, Ordering::Relaxed);
         stats.depth.fetch_sub(1, Ordering::SeqCst);
         let _ = job.events.send(JobEvent::Finished(result));
+        finished.send_replace(job.ticket + 1);
     }
 }

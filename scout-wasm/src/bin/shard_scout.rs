@@ -67,6 +67,7 @@ mod native {
             config,
             runner,
             |event| match event {
+                ScoutEvent::Started { peer_id } => tracing::info!(%peer_id, "scout started"),
                 ScoutEvent::Dialling { addr } => tracing::info!(%addr, "dialling the Oracle"),
                 ScoutEvent::Connected { addr } => tracing::info!(%addr, "connected"),
                 ScoutEvent::Welcomed => tracing::info!("the Oracle accepted this Scout"),

@@ -1,0 +1,278 @@
+// End-to-end scenarios for the Shard web app in Debian's headless Chromium (playwright-core).
+//
+//   node e2e.mjs <scenario>     scenarios: leech, queue, scout-webgpu, scout-cpu, scout-websocket
+//
+// Environment: SHARD_URL (a running Oracle that serves the app), SHARD_SCREENSHOTS (where to
+// save screenshots), CHROMIUM (default /usr/bin/chromium). tests/tests/browser.rs starts the
+// Oracle and runs each scenario. The last line printed is a JSON object of measurements; any
+// failed check throws, and the exit code is 1.
+import { chromium } from 'playwright-core';
+import { mkdtempSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const base = process.env.SHARD_URL ?? 'http://127.0.0.1:8080';
+const shots = process.env.SHARD_SCREENSHOTS ?? join(tmpdir(), 'shard-screenshots');
+mkdirSync(shots, { recursive: true });
+const scenario = process.argv[2];
+const results = { scenario };
+
+function check(cond, what) {
+  if (!cond) throw new Error(`check failed: ${what}`);
+}
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+async function json(path, init) {
+  const r = await fetch(base + path, init);
+  check(r.ok, `${path} answered ${r.status}`);
+  return r.json();
+}
+// Polls `fn` until it returns something truthy.
+async function until(what, fn, timeoutMs = 60_000, everyMs = 200) {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(everyMs);
+  }
+}
+
+async function launch({ webgpu }) {
+  const args = [
+    '--headless=new', '--no-sandbox', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync', '--disable-quic',
+  ];
+  if (webgpu) args.push('--enable-unsafe-webgpu', '--enable-features=Vulkan', '--use-webgpu-adapter=swiftshader');
+  // A fresh profile per run: nothing cached from an earlier test.
+  const profile = mkdtempSync(join(tmpdir(), 'shard-chromium-'));
+  return chromium.launchPersistentContext(profile, {
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    headless: false, // --headless=new is in args
+    args,
+    viewport: { width: 1100, height: 850 },
+  });
+}
+
+async function openApp(context, query = '') {
+  const page = await context.newPage();
+  page.on('console', (m) => { if (m.type() === 'error') console.error(`[page] ${m.text()}`); });
+  page.on('pageerror', (e) => console.error(`[page error] ${e.message}`));
+  await page.goto(`${base}/${query}`);
+  await page.waitForSelector('[data-testid=app-ready]', { timeout: 120_000 });
+  return page;
+}
+
+async function sendChat(page, text) {
+  await page.click('[data-testid=tab-chat]');
+  await page.fill('[data-testid=chat-input]', text);
+  await page.click('[data-testid=chat-send]');
+}
+
+async function waitAnswerDone(page, timeoutMs = 120_000) {
+  await page.waitForSelector('[data-testid=chat-send]', { timeout: timeoutMs });
+  return page.locator('[data-testid=msg-assistant] .text').last().innerText();
+}
+
+async function swarmScout(page) {
+  const me = await page.evaluate(() => window.__shardPeerId ?? null);
+  const swarm = await json('/api/swarm');
+  return { swarm, me: swarm.scouts.find((s) => s.agent.includes('browser') && (!me || s.peer_id === me)) };
+}
+
+// ---- Leech: a streamed answer, history kept across a reload, first paint measured.
+async function leech() {
+  const context = await launch({ webgpu: false });
+  const page = await openApp(context);
+  const paint = await page.evaluate(() => {
+    const fcp = performance.getEntriesByName('first-contentful-paint')[0];
+    const nav = performance.getEntriesByType('navigation')[0];
+    return { first_contentful_paint_ms: fcp?.startTime ?? null, dom_content_loaded_ms: nav?.domContentLoadedEventEnd ?? null };
+  });
+  results.paint = paint;
+  results.app_ready_ms = await page.evaluate(() => performance.now());
+  await sendChat(page, 'In the beginning');
+  // Streamed: the answer grows over several updates while the Stop button is shown.
+  const lengths = new Set();
+  await until('a streamed answer', async () => {
+    const stop = await page.$('[data-testid=chat-stop]');
+    const text = await page.locator('[data-testid=msg-assistant] .text').last().innerText().catch(() => '');
+    if (stop && text.length > 0) lengths.add(text.length);
+    return lengths.size >= 3 || (!stop && lengths.size > 0);
+  }, 120_000, 15);
+  results.stream_updates_seen = lengths.size;
+  check(lengths.size >= 2, `the answer arrived in ${lengths.size} piece(s), not streamed`);
+  const answer = await waitAnswerDone(page);
+  check(answer.trim().length > 0, 'an empty answer');
+  await page.screenshot({ path: join(shots, 'leech-chat.png'), fullPage: true });
+  await page.reload();
+  await page.waitForSelector('[data-testid=app-ready]');
+  const after = await page.locator('[data-testid=msg-assistant] .text').last().innerText();
+  const question = await page.locator('[data-testid=msg-user] .text').last().innerText();
+  check(after === answer && question === 'In the beginning', 'the conversation did not survive a reload');
+  results.answer = answer;
+  // Phone width: the composer and the send button stay on screen.
+  await page.setViewportSize({ width: 390, height: 800 });
+  const box = await page.locator('[data-testid=chat-send]').boundingBox();
+  check(box && box.x + box.width <= 390, 'the send button is off screen at phone width');
+  await page.screenshot({ path: join(shots, 'leech-phone.png'), fullPage: true });
+  await context.close();
+}
+
+// ---- Queue: with the Oracle busy, the place in line is shown and counts down.
+async function queue() {
+  const context = await launch({ webgpu: false });
+  const page = await openApp(context);
+  // Fill the Oracle with long requests (their end-of-text token banned) so ours must wait.
+  const eos = (await json('/tokenize', { method: 'POST', headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ content: '<|end|><|endoftext|>', add_special: false, parse_special: true }) })).tokens;
+  const bias = Object.fromEntries(eos.map((t) => [String(t), -100]));
+  const busy = [];
+  for (let i = 0; i < 4; i++) {
+    busy.push(fetch(base + '/v1/completions', { method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ prompt: `Busy ${i}`, max_tokens: 400, temperature: 0, logit_bias: bias }) }));
+  }
+  await until('the queue to fill', async () => (await json('/api/queue')).depth >= 4);
+  await sendChat(page, 'And it came to pass');
+  const seen = [];
+  await until('the answer to start', async () => {
+    const el = await page.$('[data-testid=queue-status]');
+    if (el) {
+      const ahead = Number(await el.getAttribute('data-ahead'));
+      const wait = Number(await el.getAttribute('data-wait-ms'));
+      if (!seen.length || seen[seen.length - 1].ahead !== ahead || seen[seen.length - 1].wait !== wait) seen.push({ ahead, wait });
+      if (seen.length === 1) await page.screenshot({ path: join(shots, 'leech-queue.png'), fullPage: true });
+    }
+    const text = await page.locator('[data-testid=msg-assistant] .text').last().innerText().catch(() => '');
+    return text.length > 0;
+  }, 180_000, 100);
+  results.queue_updates = seen;
+  check(seen.length >= 2, `the queue status changed ${seen.length} time(s)`);
+  check(seen[0].ahead >= 2, `the first position shown was ${seen[0].ahead}`);
+  check(seen[seen.length - 1].ahead < seen[0].ahead, 'the position did not count down');
+  check(seen.some((s, i) => i > 0 && s.wait < seen[i - 1].wait), 'the estimated wait never went down');
+  await waitAnswerDone(page, 180_000);
+  await Promise.all(busy);
+  await context.close();
+}
+
+// ---- Scout: the model downloads with progress, drafts over libp2p are accepted while a
+// second tab chats, and a reload takes the model from the cache.
+async function scout({ webgpu, transport }) {
+  const context = await launch({ webgpu });
+  const query = transport ? `?view=scout&transport=${transport}` : '?view=scout';
+  const page = await openApp(context, query);
+  // Record every progress value the page shows.
+  await page.evaluate(() => {
+    window.__progress = [];
+    new MutationObserver(() => {
+      const p = document.querySelector('[data-testid=model-progress]');
+      if (p) window.__progress.push(Number(p.getAttribute('value')));
+    }).observe(document.body, { subtree: true, childList: true, attributes: true });
+  });
+  const modelRequests = [];
+  page.on('request', (r) => { if (r.url().includes('/models/')) modelRequests.push(r.url()); });
+  await page.click('[data-testid=scout-start]');
+  const want = transport === 'websocket' ? 'connected over WebSocket' : 'connected over webrtc-direct';
+  await until(`the Scout to connect (${want})`, async () =>
+    (await page.locator('[data-testid=scout-connection]').innerText()).startsWith(want), 180_000);
+  const backend = await page.locator('[data-testid=scout-backend]').innerText();
+  results.backend = backend;
+  const fallback = await page.$('[data-testid=cpu-fallback]');
+  if (webgpu) {
+    check(backend === 'WebGPU', `backend is ${backend}, not WebGPU`);
+    check(!fallback, 'a CPU fallback notice with WebGPU present');
+  } else {
+    check(backend.startsWith('CPU'), `backend is ${backend}, not the CPU`);
+    check(fallback && (await fallback.innerText()).includes('WebGPU is not available'), 'no CPU fallback notice');
+    results.fallback_notice = await fallback.innerText();
+  }
+  const progress = await page.evaluate(() => window.__progress);
+  const total = (await json('/api/scout')).model.bytes;
+  results.progress_values = progress.length;
+  check(progress.length >= 2 && progress[progress.length - 1] === total, `download progress not shown: ${JSON.stringify(progress.slice(-5))}`);
+  check(modelRequests.length === 1, `model requests: ${modelRequests.length}`);
+  check((await page.locator('[data-testid=model-source]').innerText()).startsWith('downloaded'), 'model source');
+  const peer = await until('the peer id', async () => {
+    const swarm = await json('/api/swarm');
+    const mine = swarm.scouts.filter((s) => s.agent.includes('browser'));
+    return mine.length === 1 ? mine[0] : null;
+  });
+  results.transport = peer.transport;
+  check(peer.transport === (transport === 'websocket' ? 'websocket' : 'webrtc-direct'), `transport ${peer.transport}`);
+  check(peer.backend === (webgpu ? 'gpu (webgpu)' : 'cpu (wasm ndarray)'), `scout backend ${peer.backend}`);
+
+  // A second tab chats while the Scout drafts.
+  const leechPage = await openApp(context);
+  const accepted = [];
+  const start = Date.now();
+  for (let round = 0; round < 6; round++) {
+    await sendChat(leechPage, ['In the beginning', 'And it came to pass', 'The man said', 'She looked at the', 'It was a time of', 'Then the king'][round]);
+    await waitAnswerDone(leechPage, 180_000);
+    const s = (await json('/api/swarm')).scouts.find((x) => x.peer_id === peer.peer_id);
+    accepted.push(s?.tokens_accepted ?? 0);
+    if (round >= 1 && accepted[round] > accepted[0] && accepted[round] > 0) break;
+  }
+  results.accepted_by_round = accepted;
+  results.chat_seconds = (Date.now() - start) / 1000;
+  check(accepted[accepted.length - 1] > 0, `no draft tokens accepted: ${JSON.stringify(accepted)}`);
+  check(accepted.length < 2 || accepted[accepted.length - 1] > accepted[0] || accepted[0] > 0, 'accepted tokens did not rise');
+  const jobs = Number(await page.locator('[data-testid=scout-jobs]').innerText());
+  check(jobs > 0, 'the dashboard shows no jobs');
+  results.jobs = jobs;
+  results.drafting_tok_s = Number(await page.locator('[data-testid=scout-tok-s]').getAttribute('data-value'));
+  results.swarm_entry = (await json('/api/swarm')).scouts.find((x) => x.peer_id === peer.peer_id);
+  await sleep(2500); // one swarm poll, so the dashboard shows the Oracle's figures
+  const name = `scout-${transport ?? (webgpu ? 'webgpu' : 'cpu')}`;
+  await page.screenshot({ path: join(shots, `${name}-dashboard.png`), fullPage: true });
+  await page.click('[data-testid=tab-network]');
+  await page.waitForSelector('[data-testid=peer-row]');
+  await page.screenshot({ path: join(shots, `${name}-network.png`), fullPage: true });
+
+  // Hidden tab: the Scout pauses and leaves; visible again, it comes back.
+  await page.click('[data-testid=tab-scout]');
+  await page.evaluate(() => {
+    Object.defineProperty(document, 'visibilityState', { value: 'hidden', configurable: true });
+    document.dispatchEvent(new Event('visibilitychange'));
+  });
+  await until('the Scout to pause', async () => (await page.locator('[data-testid=scout-phase]').getAttribute('data-phase')) === 'Paused');
+  await until('the Oracle to drop the paused Scout', async () => !(await json('/api/swarm')).scouts.some((x) => x.peer_id === peer.peer_id), 30_000);
+  await page.evaluate(() => {
+    Object.defineProperty(document, 'visibilityState', { value: 'visible', configurable: true });
+    document.dispatchEvent(new Event('visibilitychange'));
+  });
+  await until('the Scout to resume', async () =>
+    (await page.locator('[data-testid=scout-connection]').innerText()).startsWith(want), 60_000);
+  results.pause_resume = true;
+
+  // A reload takes the model from the cache: no second download.
+  if (!transport) {
+    await page.reload();
+    await page.waitForSelector('[data-testid=app-ready]');
+    await page.click('[data-testid=scout-start]');
+    await until('the cached model', async () =>
+      (await page.locator('[data-testid=model-source]').innerText()).startsWith('from this browser'), 60_000);
+    check(modelRequests.length === 1, `the model was downloaded ${modelRequests.length} times`);
+    results.cached_reload = true;
+  }
+  await context.close();
+}
+
+const scenarios = {
+  leech,
+  queue,
+  'scout-webgpu': () => scout({ webgpu: true }),
+  'scout-cpu': () => scout({ webgpu: false }),
+  'scout-websocket': () => scout({ webgpu: false, transport: 'websocket' }),
+};
+if (!scenarios[scenario]) {
+  console.error(`unknown scenario ${scenario}; one of ${Object.keys(scenarios).join(', ')}`);
+  process.exit(2);
+}
+try {
+  await scenarios[scenario]();
+  console.log(JSON.stringify(results));
+} catch (e) {
+  console.error(e);
+  console.log(JSON.stringify({ ...results, error: String(e) }));
+  process.exit(1);
+}
