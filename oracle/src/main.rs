@@ -67,6 +67,12 @@ struct Args {
     #[arg(long, default_value_t = 8)]
     draft_max: usize,
 
+    /// Make every forward pass of the target take at least this many milliseconds (0: off).
+    /// The tiny default target decodes faster than any browser can draft; this lets it stand
+    /// in for a large target (a 2B BitNet takes ~80 ms a step on two cores) in demos and tests.
+    #[arg(long, default_value_t = 0)]
+    min_step_ms: u64,
+
     /// Requests that may wait for the engine; more get 429 with Retry-After.
     #[arg(long, default_value_t = 64)]
     queue_capacity: usize,
@@ -196,6 +202,11 @@ async fn main() -> anyhow::Result<()> {
             })
         }
     };
+    let mut engine = engine;
+    engine.min_step = std::time::Duration::from_millis(args.min_step_ms);
+    if args.min_step_ms > 0 {
+        tracing::warn!(ms = args.min_step_ms, "every forward pass is held to a minimum time (--min-step-ms)");
+    }
     let single_step = engine.time_single_step();
     let engine = Arc::new(engine);
     let queue = InferenceQueue::start(engine.clone(), args.queue_capacity, spec);

@@ -73,12 +73,6 @@ async function waitAnswerDone(page, timeoutMs = 120_000) {
   return page.locator('[data-testid=msg-assistant] .text').last().innerText();
 }
 
-async function swarmScout(page) {
-  const me = await page.evaluate(() => window.__shardPeerId ?? null);
-  const swarm = await json('/api/swarm');
-  return { swarm, me: swarm.scouts.find((s) => s.agent.includes('browser') && (!me || s.peer_id === me)) };
-}
-
 // ---- Leech: a streamed answer, history kept across a reload, first paint measured.
 async function leech() {
   const context = await launch({ webgpu: false });
@@ -90,17 +84,21 @@ async function leech() {
   });
   results.paint = paint;
   results.app_ready_ms = await page.evaluate(() => performance.now());
+  // Streamed: record the answer's length at every DOM change; it must grow in several steps.
+  await page.evaluate(() => {
+    window.__lengths = [];
+    new MutationObserver(() => {
+      const all = document.querySelectorAll('[data-testid=msg-assistant] .text');
+      const last = all[all.length - 1];
+      if (last && window.__lengths[window.__lengths.length - 1] !== last.textContent.length) window.__lengths.push(last.textContent.length);
+    }).observe(document.body, { subtree: true, childList: true, characterData: true });
+  });
   await sendChat(page, 'In the beginning');
-  // Streamed: the answer grows over several updates while the Stop button is shown.
-  const lengths = new Set();
-  await until('a streamed answer', async () => {
-    const stop = await page.$('[data-testid=chat-stop]');
-    const text = await page.locator('[data-testid=msg-assistant] .text').last().innerText().catch(() => '');
-    if (stop && text.length > 0) lengths.add(text.length);
-    return lengths.size >= 3 || (!stop && lengths.size > 0);
-  }, 120_000, 15);
-  results.stream_updates_seen = lengths.size;
-  check(lengths.size >= 2, `the answer arrived in ${lengths.size} piece(s), not streamed`);
+  await page.waitForSelector('[data-testid=chat-stop]');
+  await waitAnswerDone(page);
+  const lengths = await page.evaluate(() => window.__lengths.filter((n) => n > 0));
+  results.stream_updates_seen = lengths.length;
+  check(lengths.length >= 3, `the answer arrived in ${lengths.length} piece(s), not streamed`);
   const answer = await waitAnswerDone(page);
   check(answer.trim().length > 0, 'an empty answer');
   await page.screenshot({ path: join(shots, 'leech-chat.png'), fullPage: true });
@@ -192,11 +190,9 @@ async function scout({ webgpu, transport }) {
   check(progress.length >= 2 && progress[progress.length - 1] === total, `download progress not shown: ${JSON.stringify(progress.slice(-5))}`);
   check(modelRequests.length === 1, `model requests: ${modelRequests.length}`);
   check((await page.locator('[data-testid=model-source]').innerText()).startsWith('downloaded'), 'model source');
-  const peer = await until('the peer id', async () => {
-    const swarm = await json('/api/swarm');
-    const mine = swarm.scouts.filter((s) => s.agent.includes('browser'));
-    return mine.length === 1 ? mine[0] : null;
-  });
+  const peerId = await page.locator('[data-testid=scout-peer]').getAttribute('data-peer');
+  const peer = await until('the Oracle to list this Scout', async () =>
+    (await json('/api/swarm')).scouts.find((s) => s.peer_id === peerId));
   results.transport = peer.transport;
   check(peer.transport === (transport === 'websocket' ? 'websocket' : 'webrtc-direct'), `transport ${peer.transport}`);
   check(peer.backend === (webgpu ? 'gpu (webgpu)' : 'cpu (wasm ndarray)'), `scout backend ${peer.backend}`);
@@ -213,14 +209,14 @@ async function scout({ webgpu, transport }) {
     if (round >= 1 && accepted[round] > accepted[0] && accepted[round] > 0) break;
   }
   results.accepted_by_round = accepted;
+  results.swarm_entry = (await json('/api/swarm')).scouts.find((x) => x.peer_id === peer.peer_id);
+  results.drafting_tok_s = Number(await page.locator('[data-testid=scout-tok-s]').getAttribute('data-value'));
   results.chat_seconds = (Date.now() - start) / 1000;
   check(accepted[accepted.length - 1] > 0, `no draft tokens accepted: ${JSON.stringify(accepted)}`);
   check(accepted.length < 2 || accepted[accepted.length - 1] > accepted[0] || accepted[0] > 0, 'accepted tokens did not rise');
   const jobs = Number(await page.locator('[data-testid=scout-jobs]').innerText());
   check(jobs > 0, 'the dashboard shows no jobs');
   results.jobs = jobs;
-  results.drafting_tok_s = Number(await page.locator('[data-testid=scout-tok-s]').getAttribute('data-value'));
-  results.swarm_entry = (await json('/api/swarm')).scouts.find((x) => x.peer_id === peer.peer_id);
   await sleep(2500); // one swarm poll, so the dashboard shows the Oracle's figures
   const name = `scout-${transport ?? (webgpu ? 'webgpu' : 'cpu')}`;
   await page.screenshot({ path: join(shots, `${name}-dashboard.png`), fullPage: true });

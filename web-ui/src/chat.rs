@@ -53,7 +53,7 @@ async fn stream_answer(
         c.request_messages(HISTORY_CHARS)
     });
     let body = serde_json::json!({
-        "messages": messages, "stream": true, "max_tokens": MAX_TOKENS, "temperature": 0.7, "top_p": 0.95,
+        "messages": messages, "stream": true, "max_tokens": MAX_TOKENS, "temperature": 0.5, "top_p": 0.9,
     });
     let aborted = |e: String| if signal.aborted() { Interrupted::Stopped } else { Interrupted::Failed(e) };
     let mut reader = http::post_stream("/v1/chat/completions", &body, &signal).await.map_err(aborted)?;

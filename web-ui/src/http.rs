@@ -6,6 +6,11 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{AbortSignal, ReadableStreamDefaultReader, Request, RequestInit, Response};
 
+/// Milliseconds from the page's clock.
+pub fn now_ms() -> f64 {
+    web_sys::window().and_then(|w| w.performance()).map_or(0.0, |p| p.now())
+}
+
 /// A JS error as readable text.
 pub fn js_error(e: JsValue) -> String {
     e.dyn_ref::<js_sys::Error>()

@@ -56,6 +56,9 @@ pub struct Scout {
     pub stats: RwSignal<JobStats>,
     /// This Scout as the Oracle sees it (accepted tokens), from `/api/swarm`.
     pub seen_by_oracle: RwSignal<Option<ScoutRow>>,
+    /// The last in-page speed measurement, and its steady drafting rate.
+    pub bench: RwSignal<Option<String>>,
+    pub bench_tok_s: RwSignal<f64>,
     runtime: StoredValue<Runtime, LocalStorage>,
 }
 
@@ -82,6 +85,8 @@ impl Scout {
             peer_id: RwSignal::new(None),
             stats: RwSignal::new(JobStats::default()),
             seen_by_oracle: RwSignal::new(None),
+            bench: RwSignal::new(None),
+            bench_tok_s: RwSignal::new(0.0),
             runtime: StoredValue::new_local(Runtime::default()),
         };
         scout.pause_with_the_page();
@@ -161,6 +166,62 @@ impl Scout {
             });
         }
         Ok(())
+    }
+
+    /// Measures this device: drafts 48 tokens greedily after a short context and reports the
+    /// first token's time (shader compilation, uploads) and the steady rate after it.
+    pub fn measure(self) {
+        self.bench.set(Some("measuring…".into()));
+        spawn_local(async move {
+            let report = async {
+                self.prepare().await?;
+                let (device, bytes) = self
+                    .runtime
+                    .with_value(|r| Some((r.device.clone()?.0, r.model.clone()?)))
+                    .ok_or("the model is not loaded")?;
+                let model = DraftModel::from_gguf(&bytes, &device).map_err(|e| e.to_string())?;
+                let mut drafter = Drafter::new(model);
+                let mut context: Vec<u32> = vec![0, 3, 200, 300, 400, 500, 600, 700];
+                let mut times = vec![];
+                for _ in 0..48 {
+                    let started = crate::http::now_ms();
+                    let logits = drafter.logits_after(&context).await.map_err(|e| e.to_string())?;
+                    times.push(crate::http::now_ms() - started);
+                    let next = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32);
+                    context.push(next);
+                }
+                let steady: f64 = times[8..].iter().sum::<f64>() / (times.len() - 8) as f64;
+                web_sys::console::log_1(&format!("shard draft timings (ms per token): {times:?}").into());
+                // The same steps without reading logits back after each one.
+                let mut cache = shard_scout::DraftCache::default();
+                let started = crate::http::now_ms();
+                let mut last = drafter.model.forward(&context[..8], &mut cache);
+                for &t in &context[8..40] {
+                    last = drafter.model.forward(&[t], &mut cache);
+                }
+                let queued = crate::http::now_ms() - started;
+                let _ = last.clone().into_data_async().await;
+                let total = crate::http::now_ms() - started;
+                web_sys::console::log_1(&format!("shard draft timings: 33 forwards queued in {queued:.0} ms, done after one read-back at {total:.0} ms").into());
+                let started = crate::http::now_ms();
+                for &t in &context[8..28] {
+                    cache.truncate(20);
+                    last = drafter.model.forward(&[t], &mut cache);
+                }
+                let queued = crate::http::now_ms() - started;
+                let _ = last.into_data_async().await;
+                let total = crate::http::now_ms() - started;
+                web_sys::console::log_1(&format!("shard draft timings: 20 forwards at one position queued in {queued:.0} ms, read back at {total:.0} ms").into());
+                Ok::<_, String>((times[0], 1000.0 / steady))
+            };
+            self.bench.set(Some(match report.await {
+                Ok((first, rate)) => {
+                    self.bench_tok_s.set(rate);
+                    format!("first token {:.0} ms, then {} tok/s", first, format::rate(rate))
+                }
+                Err(e) => format!("failed: {e}"),
+            }));
+        });
     }
 
     /// Builds the draft model and serves jobs until stopped.
@@ -310,6 +371,11 @@ pub fn ScoutView() -> impl IntoView {
                 >
                     <button data-testid="scout-stop" on:click=move |_| scout.stop()>"Stop scouting"</button>
                 </Show>
+                " "
+                <button data-testid="scout-measure" on:click=move |_| scout.measure()>"Measure drafting speed"</button>
+                {move || scout.bench.get().map(|b| view! {
+                    <span class="bench" role="status" data-testid="bench-result" data-tok-s=move || format!("{:.3}", scout.bench_tok_s.get())>" "{b}</span>
+                })}
             </div>
             <p class="status" role="status" data-testid="scout-phase" data-phase=move || format!("{:?}", scout.phase.get()).split([' ', '{', '(']).next().unwrap_or_default().to_string()>
                 {phase_text}
@@ -328,6 +394,8 @@ pub fn ScoutView() -> impl IntoView {
                     Some(Source::Network) => "downloaded (checked)",
                     None => "–",
                 }}</dd></div>
+                <div><dt>"Peer id"</dt><dd data-testid="scout-peer" data-peer=move || scout.peer_id.get().unwrap_or_default()
+                    title=move || scout.peer_id.get().unwrap_or_default()>{move || scout.peer_id.get().map_or("–".into(), |p| format::short_peer(&p))}</dd></div>
                 <div><dt>"Connection"</dt><dd data-testid="scout-connection">{move || scout.connection.get()}</dd></div>
                 <div><dt>"Jobs answered"</dt><dd data-testid="scout-jobs">{move || scout.stats.with(|s| s.jobs)}</dd></div>
                 <div><dt>"Tokens drafted"</dt><dd data-testid="scout-drafted">{move || scout.stats.with(|s| s.tokens_drafted)}</dd></div>

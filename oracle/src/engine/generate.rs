@@ -124,8 +124,12 @@ impl Session {
 
     /// Evaluates `tokens` after what the session holds; returns the logits of `want`.
     pub fn eval(&mut self, engine: &Engine, tokens: &[u32], want: Logits) -> Vec<f32> {
+        let started = std::time::Instant::now();
         let logits = engine.model.forward(engine.kernel, tokens, &mut self.cache, want);
         self.tokens.extend_from_slice(tokens);
+        if let Some(rest) = engine.min_step.checked_sub(started.elapsed()) {
+            std::thread::sleep(rest);
+        }
         logits
     }
 

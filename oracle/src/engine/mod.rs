@@ -26,6 +26,10 @@ pub struct Engine {
     pub model_id: String,
     /// Context length this server allows (at most the model's training context).
     pub n_ctx: usize,
+    /// Every forward pass takes at least this long (`--min-step-ms`; zero: off). It lets the
+    /// tiny default target stand in for a large one, whose step costs tens of milliseconds,
+    /// in demos and tests of Scouts: a draft only helps a target slower than the drafter.
+    pub min_step: std::time::Duration,
 }
 
 /// Knobs for loading.
@@ -70,7 +74,7 @@ impl Engine {
             path.file_name().map(|f| f.to_string_lossy().trim_end_matches(".gguf").to_string()).unwrap_or_else(|| "model".into())
         });
         progress(total, total);
-        Ok(Self { model, tokenizer, chat_template, kernel: opts.kernel, model_id, n_ctx })
+        Ok(Self { model, tokenizer, chat_template, kernel: opts.kernel, model_id, n_ctx, min_step: std::time::Duration::ZERO })
     }
 
     /// Median time of a plain one-token decoding step after a short context, the baseline
@@ -84,7 +88,7 @@ impl Engine {
                 let t = std::time::Instant::now();
                 self.model.forward(self.kernel, &[1], &mut cache, model::Logits::Last);
                 cache.truncate(context.len());
-                t.elapsed()
+                t.elapsed().max(self.min_step)
             })
             .collect();
         times.sort();

@@ -33,18 +33,23 @@ pub struct Outgoing {
 /// Tuning for the scheduler.
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
-    /// Tokens to ask a Scout for: more than the verifier takes at once, so a late draft still
-    /// covers the tokens decoded while it travelled.
+    /// Most tokens to ask a Scout for: more than the verifier takes at once, so a late draft
+    /// still covers the tokens decoded while it travelled.
     pub job_k: usize,
-    /// A job unanswered for this long is given up, and the sequence moves to another Scout.
+    /// A job unanswered for this long (or four times what the Scout's speed predicts, if more)
+    /// is given up, and the sequence moves to another Scout.
     pub job_timeout: Duration,
+    /// How long a job should take: a Scout gets as many tokens as its measured speed drafts in
+    /// this time (at least 2, at most `job_k`), so a slow Scout (a CPU, an emulated GPU) gets
+    /// short jobs it can finish rather than long ones that time out.
+    pub job_budget: Duration,
     /// Strikes (timeouts, invalid answers) after which a Scout gets no more work.
     pub max_strikes: u32,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        Self { job_k: 16, job_timeout: Duration::from_secs(2), max_strikes: 8 }
+        Self { job_k: 16, job_timeout: Duration::from_secs(2), job_budget: Duration::from_millis(800), max_strikes: 8 }
     }
 }
 
@@ -63,6 +68,10 @@ pub struct ScoutStats {
     pub tokens_accepted: u64,
     /// Moving average of the job round trip, in milliseconds.
     pub latency_ms: f64,
+    /// Moving average of the round trip per drafted token, in milliseconds.
+    pub ms_per_token: f64,
+    /// Tokens asked for in the last job (adapted to the Scout's speed).
+    pub job_k: u64,
     /// Wire bytes of the jobs sent, and what they would have been without deltas.
     pub job_bytes: u64,
     pub job_bytes_without_deltas: u64,
@@ -98,6 +107,7 @@ struct InFlight {
     job_id: u64,
     peer: PeerId,
     sent: Instant,
+    timeout: Duration,
 }
 
 struct Ready {
@@ -212,6 +222,10 @@ impl ScoutDrafts {
         st.latency_ms = if st.jobs_answered == 1 { ms } else { st.latency_ms * 0.9 + ms * 0.1 };
         match reply.outcome {
             DraftOutcome::Drafted { tokens, .. } => {
+                if !tokens.is_empty() {
+                    let per = ms / tokens.len() as f64;
+                    st.ms_per_token = if st.ms_per_token == 0.0 { per } else { st.ms_per_token * 0.8 + per * 0.2 };
+                }
                 if tokens.len() > MAX_DRAFT_TOKENS || tokens.iter().any(|&t| t as usize >= self.n_vocab) {
                     st.invalid_answers += 1;
                     scout.strikes += 1;
@@ -281,12 +295,11 @@ impl ScoutDrafts {
     /// Sends the sequence's Scout a job for `context`, unless one is in flight.
     fn dispatch(&self, s: &mut State, sequence: u64, context: &[u32], sampling: &WireSampling, seed: u64) {
         let now = Instant::now();
-        let timeout = self.config.job_timeout;
         let max_strikes = self.config.max_strikes;
         let State { scouts, sequences, next_job, .. } = s;
         let seq = sequences.entry(sequence).or_default();
         if let Some(f) = &seq.in_flight {
-            if now.duration_since(f.sent) < timeout {
+            if now.duration_since(f.sent) < f.timeout {
                 return;
             }
             // Stalled: give the sequence to someone else.
@@ -338,11 +351,19 @@ impl ScoutDrafts {
             }
             None => Context::Full(context.to_vec()),
         };
+        // As many tokens as this Scout drafts in the budget; a new Scout starts with a few.
+        let max_k = self.config.job_k.clamp(1, MAX_DRAFT_TOKENS);
+        let k = match scout.stats.ms_per_token {
+            m if m > 0.0 => ((self.config.job_budget.as_secs_f64() * 1e3 / m) as usize).clamp(2.min(max_k), max_k),
+            _ => 4.min(max_k),
+        };
+        let expected = Duration::from_secs_f64(scout.stats.ms_per_token.max(0.0) * k as f64 / 1e3);
+        let timeout = self.config.job_timeout.max(expected * 4);
         let job = DraftJob {
             job_id,
             sequence,
             context: wire_context,
-            k: self.config.job_k.clamp(1, MAX_DRAFT_TOKENS) as u8,
+            k: k as u8,
             sampling: sampling.clone(),
             seed,
             model: self.model.clone(),
@@ -358,9 +379,10 @@ impl ScoutDrafts {
         }
         scout.last.insert(sequence, (job_id, context.to_vec()));
         scout.stats.jobs_sent += 1;
+        scout.stats.job_k = k as u64;
         scout.stats.job_bytes += bytes;
         scout.stats.job_bytes_without_deltas += full_bytes;
-        seq.in_flight = Some(InFlight { job_id, peer, sent: now });
+        seq.in_flight = Some(InFlight { job_id, peer, sent: now, timeout });
     }
 }
 

@@ -1,0 +1,14 @@
+import { chromium } from 'playwright-core';
+const webgpu = process.argv[2] === 'gpu';
+const args = ['--headless=new','--no-sandbox','--no-first-run','--disable-background-networking','--disable-component-update','--disable-sync','--disable-quic'];
+if (webgpu) args.push('--enable-unsafe-webgpu');
+const ctx = await chromium.launchPersistentContext('/tmp/prof-' + Date.now(), { executablePath: '/usr/bin/chromium', headless: false, args });
+const page = await ctx.newPage();
+page.on('console', (m) => { if (m.text().includes('timings')) console.log('[console]', m.text()); });
+await page.goto(process.env.SHARD_URL + '/?view=scout');
+await page.waitForSelector('[data-testid=app-ready]');
+await page.click('[data-testid=scout-measure]');
+const t0 = Date.now();
+await page.waitForFunction(() => { const e = document.querySelector('[data-testid=bench-result]'); return e && !e.textContent.includes('measuring'); }, null, { timeout: 600000 });
+console.log(await page.locator('[data-testid=bench-result]').innerText(), (Date.now() - t0) / 1000, 's');
+await ctx.close();
