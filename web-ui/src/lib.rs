@@ -25,3 +25,21 @@ mod model_store;
 mod network;
 #[cfg(target_arch = "wasm32")]
 mod scout;
+
+#[cfg(target_arch = "wasm32")]
+unsafe extern "C" {
+    /// The module's static constructors (cubecl registers its IR dialects through `inventory`).
+    /// wasm-ld synthesizes it; when nothing calls it, wasm-ld wraps *every* export so that it
+    /// runs first on each call from JS, which made every WebGPU kernel launch re-run hundreds
+    /// of registrations. Calling it once here turns that off (see the `inventory` crate's docs).
+    fn __wasm_call_ctors();
+}
+
+/// Runs the static constructors once, then mounts the app, when the module loads.
+#[cfg(target_arch = "wasm32")]
+#[wasm_bindgen::prelude::wasm_bindgen(start)]
+pub fn main() {
+    // SAFETY: called once, first thing, before any code that reads what the constructors register.
+    unsafe { __wasm_call_ctors() };
+    app::start();
+}

@@ -192,26 +192,6 @@ impl Scout {
                 }
                 let steady: f64 = times[8..].iter().sum::<f64>() / (times.len() - 8) as f64;
                 web_sys::console::log_1(&format!("shard draft timings (ms per token): {times:?}").into());
-                // The same steps without reading logits back after each one.
-                let mut cache = shard_scout::DraftCache::default();
-                let started = crate::http::now_ms();
-                let mut last = drafter.model.forward(&context[..8], &mut cache);
-                for &t in &context[8..40] {
-                    last = drafter.model.forward(&[t], &mut cache);
-                }
-                let queued = crate::http::now_ms() - started;
-                let _ = last.clone().into_data_async().await;
-                let total = crate::http::now_ms() - started;
-                web_sys::console::log_1(&format!("shard draft timings: 33 forwards queued in {queued:.0} ms, done after one read-back at {total:.0} ms").into());
-                let started = crate::http::now_ms();
-                for &t in &context[8..28] {
-                    cache.truncate(20);
-                    last = drafter.model.forward(&[t], &mut cache);
-                }
-                let queued = crate::http::now_ms() - started;
-                let _ = last.into_data_async().await;
-                let total = crate::http::now_ms() - started;
-                web_sys::console::log_1(&format!("shard draft timings: 20 forwards at one position queued in {queued:.0} ms, read back at {total:.0} ms").into());
                 Ok::<_, String>((times[0], 1000.0 / steady))
             };
             self.bench.set(Some(match report.await {
