@@ -40,6 +40,8 @@ pub struct Drafter {
     pub model: DraftModel,
     cache: DraftCache,
     tokens: Vec<u32>,
+    /// Most new tokens per forward pass (a power of two); see [`Drafter::set_max_chunk`].
+    max_chunk: usize,
 }
 
 /// A proposal: tokens and, when sampled, the distributions they were drawn from.
@@ -64,7 +66,15 @@ pub enum DraftError {
 
 impl Drafter {
     pub fn new(model: DraftModel) -> Self {
-        Self { model, cache: DraftCache::default(), tokens: vec![] }
+        Self { model, cache: DraftCache::default(), tokens: vec![], max_chunk: 16 }
+    }
+
+    /// Caps the tokens per forward pass. New tokens go through in power-of-two chunks up to
+    /// this, because a GPU backend compiles kernels per shape: a few shapes compile once. On a
+    /// software GPU (SwiftShader) even those compiles recur as the context grows, and one
+    /// token at a time (1) is the only steady shape.
+    pub fn set_max_chunk(&mut self, n: usize) {
+        self.max_chunk = n.max(1);
     }
 
     /// Logits after `context` (keeping the cached common prefix), read back to the CPU.
@@ -83,11 +93,31 @@ impl Drafter {
         let reuse = self.tokens.iter().zip(context).take_while(|(a, b)| a == b).count().min(context.len() - 1);
         self.cache.truncate(reuse);
         self.tokens.truncate(reuse);
-        let logits = self.model.forward(&context[reuse..], &mut self.cache);
-        self.tokens.extend_from_slice(&context[reuse..]);
-        let n = context.len() - reuse;
-        let data = logits.narrow(0, n - 1, 1).into_data_async().await.map_err(|e| DraftError::Readback(format!("{e:?}")))?;
+        // New tokens in power-of-two chunks (see `set_max_chunk`).
+        let mut rest = &context[reuse..];
+        let mut logits = None;
+        while !rest.is_empty() {
+            let n = [16, 8, 4, 2, 1].into_iter().find(|&n| n <= rest.len() && n <= self.max_chunk).expect("1 fits");
+            logits = Some(self.model.forward(&rest[..n], &mut self.cache).narrow(0, n - 1, 1));
+            self.tokens.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+        }
+        let logits = logits.expect("at least one new token");
+        let data = logits.into_data_async().await.map_err(|e| DraftError::Readback(format!("{e:?}")))?;
         data.try_into_vec::<f32>().map_err(|e| DraftError::Readback(format!("{e:?}")))
+    }
+
+    /// Runs every chunk shape once and forgets the result, so that a GPU compiles its kernels
+    /// before the first real job (on a software GPU that takes seconds, more than a job may).
+    pub async fn warm_up(&mut self) -> Result<(), DraftError> {
+        let n_vocab = self.model.config.n_vocab as u32;
+        let context: Vec<u32> = (0..31u32).map(|i| (i * 7 + 1) % n_vocab).collect();
+        if self.model.config.n_ctx > context.len() + 2 {
+            self.propose(&context, 2, &SamplingParams::greedy(), 0).await?;
+        }
+        self.cache.truncate(0);
+        self.tokens.clear();
+        Ok(())
     }
 
     /// Proposes `k` tokens after `context`: greedy, or sampled with `params` (then with q).

@@ -226,7 +226,15 @@ impl Scout {
             };
             let sha: Vec<u8> = (0..32).filter_map(|i| u8::from_str_radix(&setup.model.sha256[2 * i..2 * i + 2], 16).ok()).collect();
             let model_ref = ModelRef { id: setup.model.id.clone(), sha256: sha.try_into().unwrap_or([0; 32]) };
-            let runner = JobRunner::new(Drafter::new(model), model_ref);
+            let mut drafter = Drafter::new(model);
+            if backend == "WebGPU" {
+                drafter.set_max_chunk(1);
+                if let Err(e) = drafter.warm_up().await {
+                    self.phase.set(Phase::Failed(format!("the GPU could not run the draft model: {e}")));
+                    return;
+                }
+            }
+            let runner = JobRunner::new(drafter, model_ref);
             let choice = TransportChoice::from_query(query_param("transport").as_deref());
             let addrs: Vec<libp2p::Multiaddr> =
                 setup.addrs.dial_order(choice).iter().filter_map(|a| a.parse().ok()).collect();
@@ -318,7 +326,7 @@ pub fn ScoutView() -> impl IntoView {
         Phase::Off => "off".to_string(),
         Phase::Detecting => "looking for WebGPU…".into(),
         Phase::Downloading { .. } => "downloading the draft model".into(),
-        Phase::Loading => "loading the draft model".into(),
+        Phase::Loading => "loading the draft model (a GPU compiles its kernels first)".into(),
         Phase::Running => "drafting".into(),
         Phase::Paused => "paused (tab hidden)".into(),
         Phase::Failed(e) => format!("stopped: {e}"),

@@ -101,6 +101,8 @@ struct Scout {
     stats: ScoutStats,
     /// The last job's id and context per sequence: the base for the next delta.
     last: HashMap<u64, (u64, Vec<u32>)>,
+    /// Jobs sent and not yet answered, with when they were sent.
+    outstanding: HashMap<u64, Instant>,
 }
 
 struct InFlight {
@@ -168,6 +170,7 @@ impl ScoutDrafts {
             strikes: 0,
             stats: ScoutStats::default(),
             last: HashMap::new(),
+            outstanding: HashMap::new(),
         });
     }
 
@@ -206,6 +209,22 @@ impl ScoutDrafts {
         let mut guard = self.lock();
         let s = &mut *guard;
         let Some(scout) = s.scouts.get_mut(&peer) else { return };
+        // Every answer measures the Scout's speed, a late one too: that is how a slow Scout's
+        // jobs shrink until it answers in time.
+        let Some(sent) = scout.outstanding.remove(&reply.job_id) else {
+            s.stale_answers += 1; // never sent to this peer, or long forgotten
+            return;
+        };
+        let ms = sent.elapsed().as_secs_f64() * 1e3;
+        let st = &mut scout.stats;
+        st.jobs_answered += 1;
+        st.latency_ms = if st.jobs_answered == 1 { ms } else { st.latency_ms * 0.9 + ms * 0.1 };
+        if let DraftOutcome::Drafted { tokens, .. } = &reply.outcome {
+            if !tokens.is_empty() {
+                let per = ms / tokens.len() as f64;
+                st.ms_per_token = if st.ms_per_token == 0.0 { per } else { st.ms_per_token * 0.7 + per * 0.3 };
+            }
+        }
         // Find the sequence waiting on this job from this peer.
         let Some((&seq_id, seq)) = s
             .sequences
@@ -215,17 +234,9 @@ impl ScoutDrafts {
             s.stale_answers += 1;
             return;
         };
-        let flight = seq.in_flight.take().expect("matched above");
-        let ms = flight.sent.elapsed().as_secs_f64() * 1e3;
-        let st = &mut scout.stats;
-        st.jobs_answered += 1;
-        st.latency_ms = if st.jobs_answered == 1 { ms } else { st.latency_ms * 0.9 + ms * 0.1 };
+        seq.in_flight = None;
         match reply.outcome {
             DraftOutcome::Drafted { tokens, .. } => {
-                if !tokens.is_empty() {
-                    let per = ms / tokens.len() as f64;
-                    st.ms_per_token = if st.ms_per_token == 0.0 { per } else { st.ms_per_token * 0.8 + per * 0.2 };
-                }
                 if tokens.len() > MAX_DRAFT_TOKENS || tokens.iter().any(|&t| t as usize >= self.n_vocab) {
                     st.invalid_answers += 1;
                     scout.strikes += 1;
@@ -252,16 +263,22 @@ impl ScoutDrafts {
     /// A job was lost (timeout, closed stream, a malformed answer).
     pub fn on_failure(&self, peer: PeerId, job_id: u64) {
         let mut s = self.lock();
-        if let Some(scout) = s.scouts.get_mut(&peer) {
-            scout.stats.jobs_timed_out += 1;
-            scout.strikes += 1;
-            scout.last.retain(|_, (job, _)| *job != job_id);
-        }
+        // A job the scheduler already gave up on (stalled) was counted then; count the rest.
+        let mut counted = false;
         for seq in s.sequences.values_mut() {
             if seq.in_flight.as_ref().is_some_and(|f| f.job_id == job_id && f.peer == peer) {
                 seq.in_flight = None;
                 seq.scout = None;
+                counted = true;
             }
+        }
+        if let Some(scout) = s.scouts.get_mut(&peer) {
+            if counted {
+                scout.stats.jobs_timed_out += 1;
+                scout.strikes += 1;
+            }
+            scout.last.retain(|_, (job, _)| *job != job_id);
+            scout.outstanding.remove(&job_id);
         }
     }
 
@@ -302,10 +319,10 @@ impl ScoutDrafts {
             if now.duration_since(f.sent) < f.timeout {
                 return;
             }
-            // Stalled: give the sequence to someone else.
+            // Stalled: give the sequence to someone else. Slowness is not misbehaviour (its
+            // answer still teaches the job size), so no strike.
             if let Some(sc) = scouts.get_mut(&f.peer) {
                 sc.stats.jobs_timed_out += 1;
-                sc.strikes += 1;
             }
             seq.in_flight = None;
             seq.scout = None;
@@ -378,6 +395,8 @@ impl ScoutDrafts {
             return; // the node is gone; decode alone
         }
         scout.last.insert(sequence, (job_id, context.to_vec()));
+        scout.outstanding.retain(|_, sent| now.duration_since(*sent) < Duration::from_secs(60));
+        scout.outstanding.insert(job_id, now);
         scout.stats.jobs_sent += 1;
         scout.stats.job_k = k as u64;
         scout.stats.job_bytes += bytes;
