@@ -37,6 +37,12 @@ async function until(what, fn, timeoutMs = 60_000, everyMs = 200) {
   }
 }
 
+// A screenshot; generous time, since a page drafting on a software GPU renders slowly.
+async function shot(page, name) {
+  await page.bringToFront(); // a background tab may produce no frame to capture
+  await page.screenshot({ path: join(shots, name), fullPage: true, timeout: 120_000 });
+}
+
 async function launch({ webgpu }) {
   const args = [
     '--headless=new', '--no-sandbox', '--no-first-run', '--disable-background-networking',
@@ -101,7 +107,7 @@ async function leech() {
   check(lengths.length >= 3, `the answer arrived in ${lengths.length} piece(s), not streamed`);
   const answer = await waitAnswerDone(page);
   check(answer.trim().length > 0, 'an empty answer');
-  await page.screenshot({ path: join(shots, 'leech-chat.png'), fullPage: true });
+  await shot(page, 'leech-chat.png');
   await page.reload();
   await page.waitForSelector('[data-testid=app-ready]');
   const after = await page.locator('[data-testid=msg-assistant] .text').last().innerText();
@@ -112,7 +118,7 @@ async function leech() {
   await page.setViewportSize({ width: 390, height: 800 });
   const box = await page.locator('[data-testid=chat-send]').boundingBox();
   check(box && box.x + box.width <= 390, 'the send button is off screen at phone width');
-  await page.screenshot({ path: join(shots, 'leech-phone.png'), fullPage: true });
+  await shot(page, 'leech-phone.png');
   await context.close();
 }
 
@@ -138,7 +144,7 @@ async function queue() {
       const ahead = Number(await el.getAttribute('data-ahead'));
       const wait = Number(await el.getAttribute('data-wait-ms'));
       if (!seen.length || seen[seen.length - 1].ahead !== ahead || seen[seen.length - 1].wait !== wait) seen.push({ ahead, wait });
-      if (seen.length === 1) await page.screenshot({ path: join(shots, 'leech-queue.png'), fullPage: true });
+      if (seen.length === 1) await shot(page, 'leech-queue.png');
     }
     const text = await page.locator('[data-testid=msg-assistant] .text').last().innerText().catch(() => '');
     return text.length > 0;
@@ -215,7 +221,7 @@ async function scout({ webgpu, transport }) {
       if (rose || await leechPage.$('[data-testid=chat-send]')) break;
     }
     if (rose) {
-      await leechPage.screenshot({ path: join(shots, `leech-while-scouting-${webgpu ? 'webgpu' : 'cpu'}.png`), fullPage: true });
+      await shot(leechPage, `leech-while-scouting-${webgpu ? 'webgpu' : 'cpu'}.png`);
       const stop = await leechPage.$('[data-testid=chat-stop]');
       if (stop) await stop.click();
       await waitAnswerDone(leechPage);
@@ -231,10 +237,10 @@ async function scout({ webgpu, transport }) {
   results.jobs = jobs;
   await sleep(2500); // one swarm poll, so the dashboard shows the Oracle's figures
   const name = `scout-${transport ?? (webgpu ? 'webgpu' : 'cpu')}`;
-  await page.screenshot({ path: join(shots, `${name}-dashboard.png`), fullPage: true });
+  await shot(page, `${name}-dashboard.png`);
   await page.click('[data-testid=tab-network]');
   await page.waitForSelector('[data-testid=peer-row]');
-  await page.screenshot({ path: join(shots, `${name}-network.png`), fullPage: true });
+  await shot(page, `${name}-network.png`);
 
   // Hidden tab: the Scout pauses and leaves; visible again, it comes back.
   await page.click('[data-testid=tab-scout]');

@@ -25,7 +25,11 @@ static BROWSER: Mutex<()> = Mutex::new(());
 
 fn web_dir() -> PathBuf {
     let dir = std::env::var_os("SHARD_WEB_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("dist"));
-    assert!(dir.join("index.html").is_file(), "{} has no web app: run `trunk build --release` (scripts/test.sh does)", dir.display());
+    assert!(
+        dir.join("index.html").is_file(),
+        "{} has no web app: run `trunk build --release` (scripts/test.sh does)",
+        dir.display()
+    );
     dir
 }
 

@@ -115,9 +115,7 @@ mod tests {
 
     #[test]
     fn requests_keep_the_latest_turns_that_fit() {
-        let mut c = Conversation {
-            messages: vec![msg(Role::User, "aaaa"), msg(Role::Assistant, "bbbb"), msg(Role::User, "cc")],
-        };
+        let mut c = Conversation { messages: vec![msg(Role::User, "aaaa"), msg(Role::Assistant, "bbbb"), msg(Role::User, "cc")] };
         let m = c.request_messages(7);
         assert_eq!(m.len(), 2);
         assert_eq!(m[0]["role"], "assistant");

@@ -13,10 +13,7 @@ pub fn now_ms() -> f64 {
 
 /// A JS error as readable text.
 pub fn js_error(e: JsValue) -> String {
-    e.dyn_ref::<js_sys::Error>()
-        .map(|e| String::from(e.message()))
-        .or_else(|| e.as_string())
-        .unwrap_or_else(|| format!("{e:?}"))
+    e.dyn_ref::<js_sys::Error>().map(|e| String::from(e.message())).or_else(|| e.as_string()).unwrap_or_else(|| format!("{e:?}"))
 }
 
 async fn fetch(request: &Request) -> Result<Response, String> {

@@ -33,7 +33,10 @@ use crate::oracle_api::{ScoutRow, ScoutSetup, TransportChoice};
 pub enum Phase {
     Off,
     Detecting,
-    Downloading { done: u64, total: u64 },
+    Downloading {
+        done: u64,
+        total: u64,
+    },
     Loading,
     Running,
     /// The tab is hidden; drafting resumes when it is shown.
@@ -206,9 +209,9 @@ impl Scout {
 
     /// Builds the draft model and serves jobs until stopped.
     fn run(self) {
-        let Some((device, backend, bytes, setup)) = self.runtime.with_value(|r| {
-            Some((r.device.clone()?.0, r.device.as_ref()?.1, r.model.clone()?, r.setup.clone()?))
-        }) else {
+        let Some((device, backend, bytes, setup)) =
+            self.runtime.with_value(|r| Some((r.device.clone()?.0, r.device.as_ref()?.1, r.model.clone()?, r.setup.clone()?)))
+        else {
             return;
         };
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -224,7 +227,8 @@ impl Scout {
                     return;
                 }
             };
-            let sha: Vec<u8> = (0..32).filter_map(|i| u8::from_str_radix(&setup.model.sha256[2 * i..2 * i + 2], 16).ok()).collect();
+            let sha: Vec<u8> =
+                (0..32).filter_map(|i| u8::from_str_radix(&setup.model.sha256[2 * i..2 * i + 2], 16).ok()).collect();
             let model_ref = ModelRef { id: setup.model.id.clone(), sha256: sha.try_into().unwrap_or([0; 32]) };
             let mut drafter = Drafter::new(model);
             if backend == "WebGPU" {
@@ -236,8 +240,7 @@ impl Scout {
             }
             let runner = JobRunner::new(drafter, model_ref);
             let choice = TransportChoice::from_query(query_param("transport").as_deref());
-            let addrs: Vec<libp2p::Multiaddr> =
-                setup.addrs.dial_order(choice).iter().filter_map(|a| a.parse().ok()).collect();
+            let addrs: Vec<libp2p::Multiaddr> = setup.addrs.dial_order(choice).iter().filter_map(|a| a.parse().ok()).collect();
             let backend_name = if backend == "WebGPU" { "gpu (webgpu)" } else { "cpu (wasm ndarray)" };
             let config = ScoutConfig::new(addrs, backend_name.into(), "shard-web/0.1 (browser scout)".into());
             self.phase.set(Phase::Running);
@@ -335,9 +338,8 @@ pub fn ScoutView() -> impl IntoView {
         Phase::Downloading { done, total } => Some((done, total.max(1))),
         _ => None,
     };
-    let tok_s = move || {
-        scout.stats.with(|s| if s.drafting_ms > 0.0 { s.tokens_drafted as f64 * 1000.0 / s.drafting_ms } else { 0.0 })
-    };
+    let tok_s =
+        move || scout.stats.with(|s| if s.drafting_ms > 0.0 { s.tokens_drafted as f64 * 1000.0 / s.drafting_ms } else { 0.0 });
     let oracle = move || scout.seen_by_oracle.get();
     let running = move || scout.active();
     view! {
