@@ -267,6 +267,23 @@ async function scout({ webgpu, transport }) {
       (await page.locator('[data-testid=model-source]').innerText()).startsWith('from this browser'), 60_000);
     check(modelRequests.length === 1, `the model was downloaded ${modelRequests.length} times`);
     results.cached_reload = true;
+    // The in-page measurement: drafting speed, and on WebGPU the distance from the CPU logits.
+    await page.click('[data-testid=scout-stop]');
+    await page.click('[data-testid=scout-measure]');
+    await until('the measurement', async () => {
+      const t = await page.locator('[data-testid=bench-result]').innerText();
+      return !t.includes('measuring');
+    }, 300_000, 500);
+    const bench = page.locator('[data-testid=bench-result]');
+    results.measured = await bench.innerText();
+    check(!results.measured.includes('failed'), results.measured);
+    results.measured_tok_s = Number(await bench.getAttribute('data-tok-s'));
+    if (webgpu) {
+      results.wgpu_vs_ndarray_max_delta = Number(await bench.getAttribute('data-delta'));
+      check(results.wgpu_vs_ndarray_max_delta <= 0.05, `WebGPU logprobs differ from the CPU's by ${results.wgpu_vs_ndarray_max_delta}`);
+      check(results.measured.includes('greedy tokens identical'), results.measured);
+    }
+    await shot(page, `scout-${webgpu ? 'webgpu' : 'cpu'}-measured.png`);
   }
   await context.close();
 }

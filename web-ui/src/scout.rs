@@ -62,6 +62,8 @@ pub struct Scout {
     /// The last in-page speed measurement, and its steady drafting rate.
     pub bench: RwSignal<Option<String>>,
     pub bench_tok_s: RwSignal<f64>,
+    /// On WebGPU: the largest logprob difference from the CPU reference in that measurement.
+    pub bench_delta: RwSignal<Option<f64>>,
     runtime: StoredValue<Runtime, LocalStorage>,
 }
 
@@ -90,6 +92,7 @@ impl Scout {
             seen_by_oracle: RwSignal::new(None),
             bench: RwSignal::new(None),
             bench_tok_s: RwSignal::new(0.0),
+            bench_delta: RwSignal::new(None),
             runtime: StoredValue::new_local(Runtime::default()),
         };
         scout.pause_with_the_page();
@@ -195,12 +198,32 @@ impl Scout {
                 }
                 let steady: f64 = times[8..].iter().sum::<f64>() / (times.len() - 8) as f64;
                 web_sys::console::log_1(&format!("shard draft timings (ms per token): {times:?}").into());
-                Ok::<_, String>((times[0], 1000.0 / steady))
+                // On a GPU, hold its logits to the CPU reference (burn's ndarray) position by position.
+                let distance = if self.backend.get_untracked().as_deref() == Some("WebGPU") {
+                    let cpu = DraftModel::from_gguf(&bytes, &shard_scout::cpu_device()).map_err(|e| e.to_string())?;
+                    let mut on_cpu = Drafter::new(cpu);
+                    let mut on_gpu = Drafter::new(DraftModel::from_gguf(&bytes, &device).map_err(|e| e.to_string())?);
+                    on_gpu.set_max_chunk(1);
+                    let (mut max_delta, mut same_argmax) = (0.0f32, true);
+                    for end in 8..context.len() {
+                        let g = shard_shared::sampling::log_softmax(&on_gpu.logits_after(&context[..end]).await.map_err(|e| e.to_string())?);
+                        let c = shard_shared::sampling::log_softmax(&on_cpu.logits_after(&context[..end]).await.map_err(|e| e.to_string())?);
+                        let d = g.iter().zip(&c).filter(|(a, _)| **a > -30.0).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                        max_delta = max_delta.max(d);
+                        let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
+                        same_argmax &= argmax(&g) == argmax(&c);
+                    }
+                    self.bench_delta.set(Some(max_delta as f64));
+                    format!("; WebGPU vs CPU (ndarray) logprobs: max |Δ| {max_delta:.5} over {} positions, greedy tokens {}", context.len() - 8, if same_argmax { "identical" } else { "differ" })
+                } else {
+                    String::new()
+                };
+                Ok::<_, String>((times[0], 1000.0 / steady, distance))
             };
             self.bench.set(Some(match report.await {
-                Ok((first, rate)) => {
+                Ok((first, rate, distance)) => {
                     self.bench_tok_s.set(rate);
-                    format!("first token {:.0} ms, then {} tok/s", first, format::rate(rate))
+                    format!("first token {:.0} ms, then {} tok/s{distance}", first, format::rate(rate))
                 }
                 Err(e) => format!("failed: {e}"),
             }));
@@ -364,7 +387,8 @@ pub fn ScoutView() -> impl IntoView {
                 " "
                 <button data-testid="scout-measure" on:click=move |_| scout.measure()>"Measure drafting speed"</button>
                 {move || scout.bench.get().map(|b| view! {
-                    <span class="bench" role="status" data-testid="bench-result" data-tok-s=move || format!("{:.3}", scout.bench_tok_s.get())>" "{b}</span>
+                    <span class="bench" role="status" data-testid="bench-result" data-tok-s=move || format!("{:.3}", scout.bench_tok_s.get())
+                        data-delta=move || scout.bench_delta.get().map(|d| format!("{d:.6}")).unwrap_or_default()>" "{b}</span>
                 })}
             </div>
             <p class="status" role="status" data-testid="scout-phase" data-phase=move || format!("{:?}", scout.phase.get()).split([' ', '{', '(']).next().unwrap_or_default().to_string()>

@@ -205,7 +205,12 @@ impl InferenceQueue {
             0
         } else {
             // The running request's remaining time, then a full average for each one after it.
-            let avg = self.stats.avg_job_ms.load(Ordering::Relaxed).max(1);
+            // Before any request has finished, guess one of 128 single decoding steps.
+            let guess = self.stats.spec.single_step_micros.load(Ordering::Relaxed) * 128 / 1000;
+            let avg = match self.stats.avg_job_ms.load(Ordering::Relaxed) {
+                0 => guess.max(1),
+                ms => ms,
+            };
             let now = self.epoch.elapsed().as_millis() as u64;
             let ran = now.saturating_sub(self.stats.running_since_ms.load(Ordering::Relaxed));
             avg.saturating_sub(ran).max(avg / 10) + (ahead - 1) * avg
