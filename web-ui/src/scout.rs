@@ -206,15 +206,23 @@ impl Scout {
                     on_gpu.set_max_chunk(1);
                     let (mut max_delta, mut same_argmax) = (0.0f32, true);
                     for end in 8..context.len() {
-                        let g = shard_shared::sampling::log_softmax(&on_gpu.logits_after(&context[..end]).await.map_err(|e| e.to_string())?);
-                        let c = shard_shared::sampling::log_softmax(&on_cpu.logits_after(&context[..end]).await.map_err(|e| e.to_string())?);
+                        let g = shard_shared::sampling::log_softmax(
+                            &on_gpu.logits_after(&context[..end]).await.map_err(|e| e.to_string())?,
+                        );
+                        let c = shard_shared::sampling::log_softmax(
+                            &on_cpu.logits_after(&context[..end]).await.map_err(|e| e.to_string())?,
+                        );
                         let d = g.iter().zip(&c).filter(|(a, _)| **a > -30.0).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
                         max_delta = max_delta.max(d);
                         let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
                         same_argmax &= argmax(&g) == argmax(&c);
                     }
                     self.bench_delta.set(Some(max_delta as f64));
-                    format!("; WebGPU vs CPU (ndarray) logprobs: max |Δ| {max_delta:.5} over {} positions, greedy tokens {}", context.len() - 8, if same_argmax { "identical" } else { "differ" })
+                    format!(
+                        "; WebGPU vs CPU (ndarray) logprobs: max |Δ| {max_delta:.5} over {} positions, greedy tokens {}",
+                        context.len() - 8,
+                        if same_argmax { "identical" } else { "differ" }
+                    )
                 } else {
                     String::new()
                 };
