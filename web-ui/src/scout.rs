@@ -120,6 +120,9 @@ impl Scout {
                 self.phase.set(Phase::Failed(e));
                 return;
             }
+            if !self.is_on() {
+                return; // turned off while the model downloaded
+            }
             if page_hidden() {
                 self.phase.set(Phase::Paused);
             } else {
@@ -245,7 +248,7 @@ impl Scout {
         else {
             return;
         };
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
         self.runtime.update_value(|r| r.stop = Some(stop_tx));
         self.phase.set(Phase::Loading);
         spawn_local(async move {
@@ -269,6 +272,13 @@ impl Scout {
                     return;
                 }
             }
+            // Turned off (or hidden) while the model loaded: do not connect.
+            if !matches!(stop_rx.try_recv(), Ok(None)) {
+                if !self.is_on() {
+                    self.phase.set(Phase::Off);
+                }
+                return;
+            }
             let runner = JobRunner::new(drafter, model_ref);
             let choice = TransportChoice::from_query(query_param("transport").as_deref());
             let addrs: Vec<libp2p::Multiaddr> = setup.addrs.dial_order(choice).iter().filter_map(|a| a.parse().ok()).collect();
@@ -279,8 +289,14 @@ impl Scout {
                 let _ = stop_rx.await;
             })
             .await;
-            if let Err(e) = result {
-                self.phase.set(Phase::Failed(e.to_string()));
+            match result {
+                Err(e) => self.phase.set(Phase::Failed(e.to_string())),
+                // Stopped by the user (a hidden tab sets Paused itself and stays on).
+                Ok(()) if !self.is_on() => {
+                    self.phase.set(Phase::Off);
+                    self.connection.set("not connected".into());
+                }
+                Ok(()) => {}
             }
         });
     }
