@@ -1,6 +1,6 @@
 // End-to-end scenarios for the Shard web app in Debian's headless Chromium (playwright-core).
 //
-//   node e2e.mjs <scenario>     scenarios: leech, queue, scout-webgpu, scout-cpu, scout-websocket
+//   node e2e.mjs <scenario>     scenarios: leech, a11y, queue, scout-webgpu, scout-cpu, scout-websocket
 //
 // Environment: SHARD_URL (a running Oracle that serves the app), SHARD_SCREENSHOTS (where to
 // save screenshots), CHROMIUM (default /usr/bin/chromium). tests/tests/browser.rs starts the
@@ -292,8 +292,64 @@ async function scout({ webgpu, transport }) {
   await context.close();
 }
 
+// ---- Accessibility: the page works from the keyboard alone, and axe-core (WCAG 2 A and AA
+// rules, colour contrast included) finds nothing on any view, in light or dark colours.
+async function a11y() {
+  const context = await launch({ webgpu: false });
+  const page = await openApp(context);
+  // Tab from the top of the page to the chat box; Enter sends, and an answer streams.
+  const focusedTestid = () => page.evaluate(() => document.activeElement?.dataset?.testid ?? document.activeElement?.tagName);
+  const tabTo = async (testid) => {
+    const order = [];
+    for (let i = 0; i < 20; i++) {
+      await page.keyboard.press('Tab');
+      const now = await focusedTestid();
+      order.push(now);
+      if (now === testid) return order;
+    }
+    throw new Error(`${testid} not reached by Tab; focus went ${order.join(' → ')}`);
+  };
+  results.tab_order_to_input = await tabTo('chat-input');
+  await page.keyboard.type('In the beginning');
+  await page.keyboard.press('Enter');
+  await page.waitForSelector('[data-testid=msg-user]');
+  await waitAnswerDone(page);
+  // From the top again, Tab to each view switcher: the focus ring shows, and Enter opens it.
+  const views = {};
+  for (const view of ['scout', 'network', 'chat']) {
+    await page.click('header h1'); // not focusable: Tab starts from here
+    await tabTo(`tab-${view}`);
+    const outline = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+    check(outline !== 'none', `no visible focus ring on the ${view} tab (outline-style ${outline})`);
+    await page.keyboard.press('Enter');
+    check(await page.getAttribute(`[data-testid=tab-${view}]`, 'aria-selected') === 'true', `Enter did not open the ${view} view`);
+    views[view] = 'opened by keyboard';
+  }
+  results.keyboard_views = views;
+  // axe-core on every view, in both colour schemes.
+  await page.addScriptTag({ path: new URL('./node_modules/axe-core/axe.min.js', import.meta.url).pathname });
+  const findings = {};
+  for (const scheme of ['light', 'dark']) {
+    await page.emulateMedia({ colorScheme: scheme });
+    for (const view of ['chat', 'scout', 'network']) {
+      await page.click(`[data-testid=tab-${view}]`);
+      const out = await page.evaluate(async () => {
+        const r = await window.axe.run(document, { runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] } });
+        return { passes: r.passes.length, violations: r.violations.map((v) => `${v.id}: ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`) };
+      });
+      findings[`${view}-${scheme}`] = out;
+      if (scheme === 'dark') await shot(page, `${view}-dark.png`, { fullPage: false });
+    }
+  }
+  results.axe = findings;
+  const bad = Object.entries(findings).filter(([, f]) => f.violations.length > 0);
+  check(bad.length === 0, `axe-core found problems: ${JSON.stringify(Object.fromEntries(bad))}`);
+  await context.close();
+}
+
 const scenarios = {
   leech,
+  a11y,
   queue,
   'scout-webgpu': () => scout({ webgpu: true }),
   'scout-cpu': () => scout({ webgpu: false }),

@@ -72,6 +72,12 @@ fn leech_chat_streams_and_keeps_history() {
 }
 
 #[test]
+fn keyboard_only_use_and_axe_core_finds_no_wcag_problems() {
+    let r = run_scenario("a11y", &["--kernel", "scalar", "--threads", "1"]);
+    assert_eq!(r["axe"].as_object().unwrap().len(), 6, "{r}");
+}
+
+#[test]
 fn leech_sees_its_place_in_the_queue_count_down() {
     let r = run_scenario("queue", &["--kernel", "scalar", "--threads", "1"]);
     assert!(r["queue_updates"].as_array().unwrap().len() >= 2, "{r}");
