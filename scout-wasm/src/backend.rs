@@ -50,10 +50,13 @@ pub fn cpu_device() -> Device {
     Device::ndarray()
 }
 
-/// The default GPU adapter, natively (Vulkan, Metal, DX12; Mesa's lavapipe counts).
+/// The default GPU adapter, natively (Vulkan, Metal, DX12; Mesa's lavapipe counts). Set up
+/// once per process: cubecl refuses a second registration of the same device, so later calls
+/// get the first one's outcome.
 #[cfg(all(feature = "wgpu", not(target_arch = "wasm32")))]
 pub fn gpu_device() -> Result<Device, String> {
-    Device::wgpu_options().init().map_err(|e| e.to_string())
+    static GPU: std::sync::OnceLock<Result<Device, String>> = std::sync::OnceLock::new();
+    GPU.get_or_init(|| Device::wgpu_options().init().map_err(|e| e.to_string())).clone()
 }
 
 /// The default GPU adapter, asynchronously (the only way in a browser: WebGPU).
