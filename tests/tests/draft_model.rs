@@ -121,7 +121,12 @@ fn smollm2_q4_1_within_llama_cpp_int8_noise() {
     let mut worst: f64 = 0.0;
     for case in reference["cases"].as_array().unwrap() {
         let lp = forward(&model, &ids(&case["tokens"]), &mut DraftCache::default());
-        worst = worst.max(distance(&lp, case));
+        let d = distance(&lp, case);
+        eprintln!(
+            "smollm2 q4_1 vs llama.cpp's int8-activation kernels: {:.30?}: max |Δ logprob| = {d:.4}",
+            case["prompt"].as_str().unwrap()
+        );
+        worst = worst.max(d);
     }
     eprintln!("smollm2 q4_1 vs llama.cpp's int8-activation kernels: max |Δ logprob| = {worst:.4}; llama.cpp batched vs token-by-token: {noise:.4}");
     assert!(worst <= 1.5 * noise, "{worst:.4} is outside llama.cpp's own noise band ({noise:.4})");
