@@ -79,6 +79,18 @@ async function waitAnswerDone(page, timeoutMs = 120_000) {
   return page.locator('[data-testid=msg-assistant] .text').last().innerText();
 }
 
+// axe-core's WCAG 2.0/2.1 A and AA rules (colour contrast included) on the page as it is now:
+// the number of rules passed, and each violation with the elements it names.
+async function axe(page) {
+  if (!(await page.evaluate(() => 'axe' in window))) {
+    await page.addScriptTag({ path: new URL('./node_modules/axe-core/axe.min.js', import.meta.url).pathname });
+  }
+  return page.evaluate(async () => {
+    const r = await window.axe.run(document, { runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] } });
+    return { passes: r.passes.length, violations: r.violations.map((v) => `${v.id}: ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`) };
+  });
+}
+
 // ---- Leech: a streamed answer, history kept across a reload, first paint measured.
 async function leech() {
   const context = await launch({ webgpu: false });
@@ -193,6 +205,9 @@ async function scout({ webgpu, transport }) {
     check(backend.startsWith('CPU'), `backend is ${backend}, not the CPU`);
     check(fallback && (await fallback.innerText()).includes('WebGPU is not available'), 'no CPU fallback notice');
     results.fallback_notice = await fallback.innerText();
+    // The running dashboard with its notice passes the same checks as the idle views.
+    const found = await axe(page);
+    check(found.violations.length === 0, `axe-core on the running CPU Scout: ${found.violations.join('; ')}`);
   }
   const progress = await page.evaluate(() => window.__progress);
   const total = (await json('/api/scout')).model.bytes;
@@ -327,16 +342,12 @@ async function a11y() {
   }
   results.keyboard_views = views;
   // axe-core on every view, in both colour schemes.
-  await page.addScriptTag({ path: new URL('./node_modules/axe-core/axe.min.js', import.meta.url).pathname });
   const findings = {};
   for (const scheme of ['light', 'dark']) {
     await page.emulateMedia({ colorScheme: scheme });
     for (const view of ['chat', 'scout', 'network']) {
       await page.click(`[data-testid=tab-${view}]`);
-      const out = await page.evaluate(async () => {
-        const r = await window.axe.run(document, { runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] } });
-        return { passes: r.passes.length, violations: r.violations.map((v) => `${v.id}: ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`) };
-      });
+      const out = await axe(page);
       findings[`${view}-${scheme}`] = out;
       if (scheme === 'dark') await shot(page, `${view}-dark.png`, { fullPage: false });
     }

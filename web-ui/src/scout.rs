@@ -150,9 +150,7 @@ impl Scout {
             let (device, name) = match shard_scout::backend::gpu_device_async().await {
                 Ok(d) => (d, "WebGPU"),
                 Err(e) => {
-                    self.fallback.set(Some(format!(
-                        "WebGPU is not available here ({e}), so the draft model runs on the CPU in WebAssembly: slower, but it still helps."
-                    )));
+                    self.fallback.set(Some(e));
                     (shard_scout::cpu_device(), "CPU (WebAssembly)")
                 }
             };
@@ -424,7 +422,12 @@ pub fn ScoutView() -> impl IntoView {
                     <progress id="model-progress" data-testid="model-progress" max=total.to_string() value=done.to_string()></progress>
                 </div>
             })}
-            {move || scout.fallback.get().map(|why| view! { <p class="notice" role="alert" data-testid="cpu-fallback">{why}</p> })}
+            {move || scout.fallback.get().map(|why| view! {
+                <div class="notice" role="alert" data-testid="cpu-fallback">
+                    <p>"WebGPU is not available in this browser, so the draft model runs on the CPU in WebAssembly: slower, but it still helps."</p>
+                    <details><summary>"Details"</summary><p>{why}</p></details>
+                </div>
+            })}
             <dl class="stats">
                 <div><dt>"Backend"</dt><dd data-testid="scout-backend">{move || scout.backend.get().unwrap_or_else(|| "–".into())}</dd></div>
                 <div><dt>"Model"</dt><dd data-testid="model-source">{move || match scout.model_source.get() {
