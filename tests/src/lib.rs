@@ -120,6 +120,7 @@ impl Oracle {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Ok(url) = rx.recv_timeout(Duration::from_millis(100)) {
+                exit_guard::track(child.id());
                 return Oracle { child, url, log };
             }
             if let Ok(Some(status)) = child.try_wait() {
@@ -135,14 +136,52 @@ impl Oracle {
 
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        let pid = self.child.id();
+        let running = matches!(self.child.try_wait(), Ok(None));
+        if !running {
+            exit_guard::untrack(pid); // reaped: its pid may be reused
+        }
+        running
     }
 }
 
 impl Drop for Oracle {
     fn drop(&mut self) {
+        exit_guard::untrack(self.child.id());
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// An Oracle kept in a `static` (shared by a test file's tests) is never dropped, so without
+/// this it would outlive the test process. The test harness ends with `exit`, which runs
+/// `atexit` hooks: the hook kills every Oracle still running.
+mod exit_guard {
+    use std::sync::{Mutex, Once};
+
+    static RUNNING: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+    extern "C" fn kill_running() {
+        if let Ok(pids) = RUNNING.try_lock() {
+            for &pid in pids.iter() {
+                // SAFETY: kill(2) with a pid of our own child, which has not been reaped (a
+                // reaped child is untracked first), so the pid cannot name another process.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+        }
+    }
+
+    pub fn track(pid: u32) {
+        static HOOK: Once = Once::new();
+        // SAFETY: registers a plain function with no captured state.
+        HOOK.call_once(|| unsafe {
+            libc::atexit(kill_running);
+        });
+        RUNNING.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+    }
+
+    pub fn untrack(pid: u32) {
+        RUNNING.lock().unwrap_or_else(|e| e.into_inner()).retain(|&p| p != pid);
     }
 }
 
