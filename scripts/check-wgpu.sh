@@ -8,8 +8,7 @@ cd "$SHARD_ROOT"
 "$SHARD_ROOT/scripts/setup.sh"
 if ! ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1; then
   log "installing a Vulkan driver (mesa-vulkan-drivers: lavapipe)"
-  sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -q && DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q mesa-vulkan-drivers libvulkan1
+  apt_install mesa-vulkan-drivers libvulkan1
 fi
 # Mesa's Vulkan loader wants a runtime dir (headless machines and CI often lack one).
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}

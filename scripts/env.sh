@@ -11,3 +11,10 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$SHARD_ROOT/target}
 export PATH="$SHARD_CACHE/bin:$PATH"
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 log() { printf '\033[1m[shard]\033[0m %s\n' "$*" >&2; }
+# Installs Debian packages (as root, or through sudo), updating the package lists only when the
+# first try fails.
+apt_install() {
+  local sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null \
+    || { $sudo apt-get update -q >/dev/null && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null; }
+}

@@ -37,9 +37,7 @@ fi
 need_node() {
   command -v node >/dev/null && command -v npm >/dev/null && return
   log "installing Debian's nodejs and npm"
-  sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >/dev/null \
-    || { $sudo apt-get update -q >/dev/null && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm >/dev/null; }
+  apt_install nodejs npm
 }
 binaryen_dir="$SHARD_CACHE/binaryen-$(sha256sum tools/binaryen/package-lock.json | cut -c1-16)"
 if [ ! -x "$binaryen_dir/node_modules/.bin/wasm-opt" ]; then
@@ -55,9 +53,7 @@ ln -sfn "$binaryen_dir/node_modules/.bin/wasm-opt" "$SHARD_CACHE/bin/wasm-opt"
 # Debian's chromium and playwright-core from npm, for the browser tests.
 if ! command -v chromium >/dev/null; then
   log "installing Debian's chromium (for the browser tests)"
-  sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
-    || { $sudo apt-get update -q >/dev/null && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
+  apt_install chromium
 fi
 need_node  # the browser tests run playwright-core
 npm_stamp="tests/browser/node_modules/.installed-$(sha256sum tests/browser/package-lock.json | cut -c1-16)"

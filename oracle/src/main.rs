@@ -148,7 +148,7 @@ async fn main() -> anyhow::Result<()> {
     let opts = LoadOptions { kernel, n_ctx: args.ctx_size, alias: args.alias.clone() };
     let model_path = args.model.clone();
     let bar2 = bar.clone();
-    let engine = tokio::task::spawn_blocking(move || {
+    let mut engine = tokio::task::spawn_blocking(move || {
         Engine::load(&model_path, &opts, |done, total| {
             bar2.set_length(total);
             bar2.set_position(done);
@@ -157,6 +157,10 @@ async fn main() -> anyhow::Result<()> {
     .await?
     .with_context(|| format!("loading {}", args.model.display()))?;
     bar.finish_and_clear();
+    engine.min_step = std::time::Duration::from_millis(args.min_step_ms);
+    if args.min_step_ms > 0 {
+        tracing::warn!(ms = args.min_step_ms, "every forward pass is held to a minimum time (--min-step-ms)");
+    }
     for w in &engine.tokenizer.warnings {
         tracing::warn!("{w}");
     }
@@ -202,11 +206,6 @@ async fn main() -> anyhow::Result<()> {
             })
         }
     };
-    let mut engine = engine;
-    engine.min_step = std::time::Duration::from_millis(args.min_step_ms);
-    if args.min_step_ms > 0 {
-        tracing::warn!(ms = args.min_step_ms, "every forward pass is held to a minimum time (--min-step-ms)");
-    }
     let single_step = engine.time_single_step();
     let engine = Arc::new(engine);
     let queue = InferenceQueue::start(engine.clone(), args.queue_capacity, spec);

@@ -194,8 +194,7 @@ impl Scout {
                     let started = crate::http::now_ms();
                     let logits = drafter.logits_after(&context).await.map_err(|e| e.to_string())?;
                     times.push(crate::http::now_ms() - started);
-                    let next = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |(i, _)| i as u32);
-                    context.push(next);
+                    context.push(shard_shared::sampling::argmax(&logits));
                 }
                 let steady: f64 = times[8..].iter().sum::<f64>() / (times.len() - 8) as f64;
                 web_sys::console::log_1(&format!("shard draft timings (ms per token): {times:?}").into());
@@ -215,8 +214,7 @@ impl Scout {
                         );
                         let d = g.iter().zip(&c).filter(|(a, _)| **a > -30.0).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
                         max_delta = max_delta.max(d);
-                        let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i);
-                        same_argmax &= argmax(&g) == argmax(&c);
+                        same_argmax &= shard_shared::sampling::argmax(&g) == shard_shared::sampling::argmax(&c);
                     }
                     self.bench_delta.set(Some(max_delta as f64));
                     format!(
