@@ -19,6 +19,8 @@ fi
 cargo build --locked --release -p shard-oracle
 log "kernels: SIMD against the scalar reference"
 "$CARGO_TARGET_DIR/release/shard-bench" --threads "$threads" kernels
+log "F16 matrix product: register tiles against one dot product per row and token"
+"$CARGO_TARGET_DIR/release/shard-bench" --threads "$threads" dense
 log "speculative decoding on the default pair: in-process draft against plain decoding"
 "$CARGO_TARGET_DIR/release/shard-bench" --threads "$threads" spec models/shard-target-bitnet-tq2_0.gguf models/shard-draft-llama-f16.gguf
 log "engine: shard against llama.cpp on $model"

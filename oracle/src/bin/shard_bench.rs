@@ -4,6 +4,8 @@
 //!   k = 1, 2, 4, 8 new tokens after a context (what speculative verification costs).
 //! * `shard-bench kernels`: every available ternary kernel against the scalar reference on
 //!   bitnet-b1.58-2B-4T's matrix shapes, as a ratio.
+//! * `shard-bench dense`: the F16 matrix product (output layer, F16 drafts) against one
+//!   dot product per row and token, as a ratio.
 //!
 //! `scripts/bench.sh` runs the model benchmark side by side with llama.cpp on the same file.
 
@@ -69,6 +71,24 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         reps: usize,
     },
+    /// The F16 matrix product against one dot product per row and token.
+    Dense {
+        /// Tokens per product (1 = decoding; 9 = verifying 8 drafted tokens).
+        #[arg(long, default_values_t = [1usize, 9])]
+        tokens: Vec<usize>,
+        #[arg(long, default_value_t = 21)]
+        reps: usize,
+    },
+}
+
+/// A seeded xorshift64 generator: the same synthetic weights on every run.
+fn xorshift(mut s: u64) -> impl FnMut() -> u64 {
+    move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    }
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -85,6 +105,7 @@ fn main() -> anyhow::Result<()> {
             bench_model(model, kernel, context, decode, reps, threads, args.json)
         }
         Cmd::Kernels { tokens, reps } => bench_kernels(&tokens, reps, threads, args.json),
+        Cmd::Dense { tokens, reps } => bench_dense(&tokens, reps, threads, args.json),
         Cmd::Spec { target, draft, tokens, k_max } => bench_spec(&target, &draft, tokens, k_max, threads, args.json),
     }
 }
@@ -309,13 +330,7 @@ fn bench_kernels(tokens: &[usize], reps: usize, threads: usize, as_json: bool) -
     }
     for format in [TernaryFormat::TQ2_0, TernaryFormat::TQ1_0, TernaryFormat::I2S] {
         for &(rows, cols) in &shapes {
-            let mut s = 0x9e3779b97f4a7c15u64;
-            let mut next = move || {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                s
-            };
+            let mut next = xorshift(0x9e3779b97f4a7c15u64);
             let values: Vec<i8> = (0..rows * cols).map(|_| (next() % 3) as i8 - 1).collect();
             let scales = vec![0.5f32; rows * cols / format.block_len()];
             let bytes = formats::encode_matrix(format, rows, cols, &values, &scales);
@@ -346,6 +361,68 @@ fn bench_kernels(tokens: &[usize], reps: usize, threads: usize, as_json: bool) -
                     }
                     println!();
                 }
+            }
+        }
+    }
+    if as_json {
+        println!("{}", serde_json::Value::Array(rows_out));
+    }
+    Ok(())
+}
+
+fn bench_dense(tokens: &[usize], reps: usize, threads: usize, as_json: bool) -> anyhow::Result<()> {
+    use rayon::prelude::*;
+    use shard_oracle::engine::kernels::dense::{dot_f16, DenseMatrix, DenseType};
+    // The default pair's tied output layer and draft FFN, then 2B-4T's attention and FFN.
+    let shapes = [(6144usize, 256usize), (640, 256), (2560, 2560), (6912, 2560)];
+    let mut rows_out = vec![];
+    if !as_json {
+        println!(
+            "{:>10} {:>2} {:>14} {:>10} {:>8}   ({threads} threads, median of {reps})",
+            "shape", "n", "row dots ms", "tiled ms", "ratio"
+        );
+    }
+    for &(rows, cols) in &shapes {
+        let mut next = xorshift(0x2545f4914f6cdd1du64);
+        let bytes: Vec<u8> =
+            (0..rows * cols).flat_map(|_| half::f16::from_f32((next() % 2001) as f32 / 4000.0 - 0.25).to_le_bytes()).collect();
+        let m = DenseMatrix::new(DenseType::F16, rows, cols, WeightBytes::Owned(Arc::new(bytes)))
+            .map_err(|e| anyhow::anyhow!(e.0))?;
+        for &n in tokens {
+            let x: Vec<f32> = (0..n * cols).map(|_| (next() % 2001) as f32 / 1000.0 - 1.0).collect();
+            let mut out = vec![0f32; rows * n];
+            // The reference: one dot product per row and token, rows split across threads.
+            let row_dots = |out: &mut [f32]| {
+                out[..rows].par_chunks_mut(rows.div_ceil(threads * 4)).enumerate().for_each(|(i, chunk)| {
+                    let first = i * rows.div_ceil(threads * 4);
+                    for (k, o) in chunk.iter_mut().enumerate() {
+                        let r = first + k;
+                        *o = dot_f16(&m.data[r * cols * 2..(r + 1) * cols * 2], &x[..cols]);
+                    }
+                });
+                for t in 1..n {
+                    let xt = &x[t * cols..(t + 1) * cols];
+                    out[t * rows..(t + 1) * rows].par_iter_mut().enumerate().for_each(|(r, o)| {
+                        *o = dot_f16(&m.data[r * cols * 2..(r + 1) * cols * 2], xt);
+                    });
+                }
+            };
+            let mut time = |f: &mut dyn FnMut(&mut [f32])| {
+                let mut v = vec![];
+                for _ in 0..reps.max(1) + 1 {
+                    let t = Instant::now();
+                    f(&mut out);
+                    v.push(t.elapsed());
+                }
+                v.remove(0);
+                median(v).as_secs_f64() * 1e3
+            };
+            let reference = time(&mut |o| row_dots(o));
+            let tiled = time(&mut |o| m.matmul(&x, n, o));
+            if as_json {
+                rows_out.push(json!({"rows": rows, "cols": cols, "tokens": n, "row_dots_ms": reference, "tiled_ms": tiled}));
+            } else {
+                println!("{:>10} {n:>2} {reference:>14.3} {tiled:>10.3} {:>7.2}x", format!("{rows}x{cols}"), reference / tiled);
             }
         }
     }

@@ -71,21 +71,22 @@ impl DenseMatrix {
         let mut by_row = vec![0f32; self.rows * n_tokens];
         let f16_simd = f16_simd_available();
         let task = |i: usize, chunk: &mut [f32]| {
+            let first = i * rows_per_task;
+            if self.dtype == DenseType::F16 && f16_simd {
+                let n_rows = chunk.len() / n_tokens;
+                let bytes = &self.data[first * self.cols * 2..(first + n_rows) * self.cols * 2];
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU has AVX2, FMA and F16C; `bytes` holds the chunk's rows.
+                unsafe {
+                    f16_rows_avx2(bytes, x, self.cols, n_tokens, chunk)
+                };
+                return;
+            }
             let mut row = vec![0f32; self.cols];
             for (k, dst) in chunk.chunks_mut(n_tokens).enumerate() {
-                let r = i * rows_per_task + k;
-                if self.dtype == DenseType::F16 && f16_simd {
-                    let bytes = &self.data[r * self.cols * 2..(r + 1) * self.cols * 2];
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: the CPU has AVX2, FMA and F16C; `dst` has one slot per token.
-                    unsafe {
-                        f16_row_avx2(bytes, x, self.cols, dst)
-                    };
-                } else {
-                    self.row_into(r, &mut row);
-                    for (t, d) in dst.iter_mut().enumerate() {
-                        *d = dot_f32(&row, &x[t * self.cols..(t + 1) * self.cols]);
-                    }
+                self.row_into(first + k, &mut row);
+                for (t, d) in dst.iter_mut().enumerate() {
+                    *d = dot_f32(&row, &x[t * self.cols..(t + 1) * self.cols]);
                 }
             }
         };
@@ -134,49 +135,89 @@ fn f16_simd_available() -> bool {
     }
 }
 
-/// One F16 weight row against every token: the row is converted once per tile of up to eight
-/// tokens, whose sums stay in registers.
+/// F16 rows against every token, `dst[r * n_tokens + t] = W[r] · x_t`.
+///
+/// The rows go in blocks small enough to stay in L1/L2 while every token passes over them,
+/// so each weight byte comes from memory once however many tokens there are. Within a block
+/// the work goes in register tiles of R rows by N tokens: each weight vector is converted
+/// once for N tokens, and R·N independent sums keep the FMA units busy. With one token
+/// (decoding), eight rows at a time hide the FMA latency that a single running sum per row
+/// would wait on.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16_row_avx2(w: &[u8], x: &[f32], cols: usize, dst: &mut [f32]) {
-    let n = dst.len();
-    let mut t0 = 0;
-    while t0 < n {
-        t0 += match n - t0 {
-            1 => f16_row_tile::<1>(w, x, cols, t0, dst),
-            2 => f16_row_tile::<2>(w, x, cols, t0, dst),
-            3 => f16_row_tile::<3>(w, x, cols, t0, dst),
-            4 => f16_row_tile::<4>(w, x, cols, t0, dst),
-            5..=7 => f16_row_tile::<5>(w, x, cols, t0, dst),
-            _ => f16_row_tile::<8>(w, x, cols, t0, dst),
-        };
+unsafe fn f16_rows_avx2(w: &[u8], x: &[f32], cols: usize, n_tokens: usize, dst: &mut [f32]) {
+    let rows = dst.len() / n_tokens;
+    assert!(w.len() >= rows * cols * 2 && x.len() >= n_tokens * cols);
+    let block = (F16_BLOCK_BYTES / (2 * cols)).max(8) & !7;
+    let mut b0 = 0;
+    while b0 < rows {
+        let b1 = (b0 + block).min(rows);
+        let mut t0 = 0;
+        while t0 < n_tokens {
+            let n = (n_tokens - t0).min(4);
+            let mut r = b0;
+            while r < b1 {
+                let full = |step: usize| b1 - r >= step;
+                r += match n {
+                    1 if full(8) => f16_tile::<8, 1>(w, r, x, cols, t0, n_tokens, dst),
+                    2 if full(4) => f16_tile::<4, 2>(w, r, x, cols, t0, n_tokens, dst),
+                    3 if full(2) => f16_tile::<2, 3>(w, r, x, cols, t0, n_tokens, dst),
+                    4 if full(2) => f16_tile::<2, 4>(w, r, x, cols, t0, n_tokens, dst),
+                    1 => f16_tile::<1, 1>(w, r, x, cols, t0, n_tokens, dst),
+                    2 => f16_tile::<1, 2>(w, r, x, cols, t0, n_tokens, dst),
+                    3 => f16_tile::<1, 3>(w, r, x, cols, t0, n_tokens, dst),
+                    _ => f16_tile::<1, 4>(w, r, x, cols, t0, n_tokens, dst),
+                };
+            }
+            t0 += n;
+        }
+        b0 = b1;
     }
 }
 
+/// Weight bytes per row block in [`f16_rows_avx2`]: well inside L2 next to the activations.
+#[cfg(target_arch = "x86_64")]
+const F16_BLOCK_BYTES: usize = 32 << 10;
+
+/// One R × N tile: rows `r0..r0 + R`, tokens `t0..t0 + N`. Returns R.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-unsafe fn f16_row_tile<const N: usize>(w: &[u8], x: &[f32], cols: usize, t0: usize, dst: &mut [f32]) -> usize {
+unsafe fn f16_tile<const R: usize, const N: usize>(
+    w: &[u8],
+    r0: usize,
+    x: &[f32],
+    cols: usize,
+    t0: usize,
+    n_tokens: usize,
+    dst: &mut [f32],
+) -> usize {
     use std::arch::x86_64::*;
-    let mut acc = [_mm256_setzero_ps(); N];
+    let mut acc = [[_mm256_setzero_ps(); N]; R];
+    let (wp, xp) = (w.as_ptr(), x.as_ptr());
     let mut i = 0;
     while i + 8 <= cols {
-        let wv = _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(2 * i) as *const __m128i));
-        for k in 0..N {
-            acc[k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x.as_ptr().add((t0 + k) * cols + i)), acc[k]);
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let wv = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(2 * ((r0 + r) * cols + i)) as *const __m128i));
+            for (k, a) in acc_r.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp.add((t0 + k) * cols + i)), *a);
+            }
         }
         i += 8;
     }
-    for k in 0..N {
-        let v = acc[k];
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let mut sum = _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
-        for j in i..cols {
-            sum += f16::from_le_bytes([w[2 * j], w[2 * j + 1]]).to_f32() * x[(t0 + k) * cols + j];
+    for (r, acc_r) in acc.iter().enumerate() {
+        let row = &w[2 * (r0 + r) * cols..2 * (r0 + r + 1) * cols];
+        for (k, v) in acc_r.iter().enumerate() {
+            let s = _mm_add_ps(_mm256_castps256_ps128(*v), _mm256_extractf128_ps(*v, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let mut sum = _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+            let xt = &x[(t0 + k) * cols..(t0 + k + 1) * cols];
+            for j in i..cols {
+                sum += f16::from_le_bytes([row[2 * j], row[2 * j + 1]]).to_f32() * xt[j];
+            }
+            dst[(r0 + r) * n_tokens + t0 + k] = sum;
         }
-        dst[t0 + k] = sum;
     }
-    N
+    R
 }
 
 /// `out += alpha * v` for little-endian f16 `v` (AVX2 + F16C where available).
@@ -254,18 +295,22 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
-    fn f16_matmul_matches_f32() {
+    fn f16_matmul_matches_f32_for_every_tile_shape() {
+        // 37 rows leave remainders after every row tile; 100 columns leave a tail after
+        // the 8-wide vectors; 1..=11 tokens reach every token tile and their mixes.
         let (rows, cols) = (37, 100);
         let vals: Vec<f32> = (0..rows * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0).collect();
         let bytes: Vec<u8> = vals.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect();
         let m = DenseMatrix::new(DenseType::F16, rows, cols, WeightBytes::Owned(Arc::new(bytes))).unwrap();
-        let x: Vec<f32> = (0..2 * cols).map(|i| (i as f32 * 0.1).sin()).collect();
-        let mut out = vec![0f32; 2 * rows];
-        m.matmul(&x, 2, &mut out);
-        for t in 0..2 {
-            for r in 0..rows {
-                let want: f32 = (0..cols).map(|k| vals[r * cols + k] * x[t * cols + k]).sum();
-                assert!((out[t * rows + r] - want).abs() < 1e-3, "{t} {r}");
+        for n in 1..=11 {
+            let x: Vec<f32> = (0..n * cols).map(|i| (i as f32 * 0.1).sin()).collect();
+            let mut out = vec![0f32; n * rows];
+            m.matmul(&x, n, &mut out);
+            for t in 0..n {
+                for r in 0..rows {
+                    let want: f32 = (0..cols).map(|k| vals[r * cols + k] * x[t * cols + k]).sum();
+                    assert!((out[t * rows + r] - want).abs() < 1e-3, "n={n} t={t} r={r}");
+                }
             }
         }
     }

@@ -225,9 +225,12 @@ const MIN_TASK_WORK: usize = 1 << 19;
 /// How many rows each parallel task takes, for rows of `work_per_row` multiply-adds: enough
 /// that a task outweighs the cost of scheduling it, and at least four tasks per thread when
 /// the matrix is big (so uneven progress balances out). All rows means "run on this thread".
+/// Split work comes in a multiple of the thread count: three equal tasks on two threads
+/// would take two rounds.
 pub fn rows_per_task(rows: usize, work_per_row: usize) -> usize {
-    let max_tasks = rayon::current_num_threads() * 4;
-    let tasks = (rows * work_per_row / MIN_TASK_WORK).clamp(1, max_tasks);
+    let threads = rayon::current_num_threads();
+    let tasks = (rows * work_per_row / MIN_TASK_WORK).clamp(1, threads * 4);
+    let tasks = if tasks > 1 { tasks.next_multiple_of(threads) } else { 1 };
     rows.div_ceil(tasks).max(1)
 }
 
