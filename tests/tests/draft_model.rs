@@ -1,18 +1,20 @@
 //! The Scout's burn draft model against llama.cpp, on a real model: SmolLM2-135M-Instruct in
 //! Q4_1 (dequantized to f32 at load), run on burn's ndarray backend.
 //!
-//! The reference (`tests/fixtures/llamacpp-smollm2-q4_1.json`) was recorded from llama-cpp-python
-//! by `tools/conformance/llamacpp_reference.py --self-noise` on two files:
+//! The references (`tests/fixtures/llamacpp-smollm2-q4_1*.json`, see [`FIXTURES`]) were
+//! recorded from llama-cpp-python 0.3.36 by `tools/conformance/llamacpp_reference.py
+//! --self-noise`, once on a host with AVX-512 and once on an AVX2-only host, each on two files:
 //!
 //! 0. the Q4_1 file itself. llama.cpp's CPU kernels round activations to int8 blocks before
 //!    each Q4_1 matmul, and on this model that rounding is unstable: llama.cpp's own top-5
-//!    logprobs move by 0.65 when the same prompt is evaluated token by token instead of in one
-//!    batch (recorded as `self_noise_n_batch_1`). No other implementation can be held to 0.1
-//!    there, so ours is held to llama.cpp's own noise band.
+//!    logprobs move by up to 0.65 when the same prompt is evaluated token by token instead of
+//!    in one batch, and by up to 0.54 between the AVX-512 and the AVX2 build. No
+//!    implementation, llama.cpp on another CPU included, can be held to 0.1 there, so ours is
+//!    held to llama.cpp's own band, and the test prints the distances position by position.
 //! 1. the same weights dequantized to F32 (`tools/conformance/dequantize_gguf.py`), where
-//!    llama.cpp computes in floats as we do, and is stable to 0.007. Here the top-5 logprobs
-//!    must be within 0.1 at every position, and greedy drafting must follow llama.cpp's greedy
-//!    path until the first near-tie.
+//!    llama.cpp computes in floats as we do, and is stable to 0.01. Here the top-5 logprobs
+//!    must be within 0.1 of both builds at every position, and greedy drafting must follow
+//!    llama.cpp's greedy path until the first near-tie.
 
 use futures::executor::block_on;
 use serde_json::Value;
@@ -22,27 +24,62 @@ use shard_tests::{repo_root, sha256_file, smollm2_gguf};
 
 const TOLERANCE: f64 = 0.1;
 
-/// Reference `i` of the fixture (0: llama.cpp on the Q4_1 file, 1: on its F32 dequantization).
-fn reference(i: usize) -> Value {
-    let path = repo_root().join("tests/fixtures/llamacpp-smollm2-q4_1.json");
+/// llama.cpp's recordings, by `tools/conformance/llamacpp_reference.py --self-noise`. llama.cpp
+/// compiles its SIMD code for the host it is built on, and its Q4_1 path rounds differently with
+/// AVX-512 and with AVX2, so it was recorded twice: in an earlier session on a host with
+/// AVX-512 (that fixture predates the `system_info` field), and on an AVX2-only host.
+const FIXTURES: [&str; 2] = ["llamacpp-smollm2-q4_1.json", "llamacpp-smollm2-q4_1-avx2.json"];
+
+/// Model `i` of fixture `f` (model 0: llama.cpp on the Q4_1 file, 1: on its F32 dequantization).
+fn reference_in(f: usize, i: usize) -> Value {
+    let path = repo_root().join("tests/fixtures").join(FIXTURES[f]);
     let v: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("fixture JSON");
     v["models"][i].clone()
 }
 
-/// Largest |Δ| between our rows and a recorded case: the token's logprob and the top 5 by rank.
-fn distance(lp: &[Vec<f32>], case: &Value) -> f64 {
+/// Model `i` of the first fixture.
+fn reference(i: usize) -> Value {
+    reference_in(0, i)
+}
+
+/// Per position, the largest |Δ| between two recorded cases of the same prompt: the token's
+/// logprob and the top 5 by rank (how far two llama.cpp builds are apart).
+fn recorded_distances(a: &Value, b: &Value) -> Vec<f64> {
+    let (pa, pb) = (a["positions"].as_array().unwrap(), b["positions"].as_array().unwrap());
+    pa.iter()
+        .zip(pb)
+        .skip(1)
+        .map(|(x, y)| {
+            let mut worst = (x["token_logprob"].as_f64().unwrap() - y["token_logprob"].as_f64().unwrap()).abs();
+            for (u, v) in x["top"].as_array().unwrap().iter().zip(y["top"].as_array().unwrap()) {
+                worst = worst.max((u[1].as_f64().unwrap() - v[1].as_f64().unwrap()).abs());
+            }
+            worst
+        })
+        .collect()
+}
+
+/// Per position, the largest |Δ| between our row and a recorded case: the token's logprob and
+/// the top 5 by rank. Entry i - 1 is the row predicting token i.
+fn distances(lp: &[Vec<f32>], case: &Value) -> Vec<f64> {
     let tokens = ids(&case["tokens"]);
-    let mut worst: f64 = 0.0;
+    let mut out = vec![];
     for (i, pos) in case["positions"].as_array().unwrap().iter().enumerate().skip(1) {
         let row = &lp[i - 1];
-        worst = worst.max((row[tokens[i] as usize] as f64 - pos["token_logprob"].as_f64().unwrap()).abs());
+        let mut worst = (row[tokens[i] as usize] as f64 - pos["token_logprob"].as_f64().unwrap()).abs();
         let mut ours: Vec<f64> = row.iter().map(|&v| v as f64).collect();
         ours.sort_by(|a, b| b.total_cmp(a));
         for (a, b) in ours.iter().zip(pos["top"].as_array().unwrap()) {
             worst = worst.max((a - b[1].as_f64().unwrap()).abs());
         }
+        out.push(worst);
     }
-    worst
+    out
+}
+
+/// The largest of [`distances`].
+fn distance(lp: &[Vec<f32>], case: &Value) -> f64 {
+    distances(lp, case).into_iter().fold(0.0, f64::max)
 }
 
 fn load_smollm2() -> (Vec<u8>, DraftModel) {
@@ -68,8 +105,8 @@ fn smollm2_q4_1_matches_llama_cpp_on_ndarray() {
     let (_, model) = load_smollm2();
     assert_eq!((model.config.n_layer, model.config.n_embd, model.config.n_head_kv), (30, 576, 3));
     let mut drafter = Drafter::new(model);
-    let reference = reference(1);
-    for case in reference["cases"].as_array().unwrap() {
+    let cases: Vec<Value> = (0..FIXTURES.len()).flat_map(|f| reference_in(f, 1)["cases"].as_array().unwrap().clone()).collect();
+    for case in &cases {
         let tokens = ids(&case["tokens"]);
         let prompt = case["prompt"].as_str().unwrap();
 
@@ -111,25 +148,54 @@ fn smollm2_q4_1_matches_llama_cpp_on_ndarray() {
     }
 }
 
-/// Against llama.cpp's own Q4_1 kernels (int8 activations), our f32 logits stay within the
-/// band that llama.cpp itself moves in between a batched and a token-by-token pass.
+/// Against llama.cpp's own Q4_1 kernels (int8 activations). llama.cpp does not agree with
+/// itself there: its logprobs move between a batched and a token-by-token pass, and between a
+/// build for AVX-512 and one for AVX2 (by up to 0.54, at more than half the positions by over
+/// 0.1). The table printed shows it position by position. Our distance to each build stays
+/// within 1.5 × the most llama.cpp moves; 0.1 at every position is not attainable against a
+/// reference that is not itself reproducible to 0.1.
 #[test]
 fn smollm2_q4_1_within_llama_cpp_int8_noise() {
     let (_, model) = load_smollm2();
-    let reference = reference(0);
-    let noise = reference["self_noise_n_batch_1"].as_f64().unwrap();
-    let mut worst: f64 = 0.0;
-    for case in reference["cases"].as_array().unwrap() {
-        let lp = forward(&model, &ids(&case["tokens"]), &mut DraftCache::default());
-        let d = distance(&lp, case);
-        eprintln!(
-            "smollm2 q4_1 vs llama.cpp's int8-activation kernels: {:.30?}: max |Δ logprob| = {d:.4}",
-            case["prompt"].as_str().unwrap()
-        );
-        worst = worst.max(d);
+    let (avx512, avx2) = (reference_in(0, 0), reference_in(1, 0));
+    assert_eq!(avx512["sha256"], avx2["sha256"], "both recordings are of the same file");
+    let mut summary = [(0.0f64, 0usize); 2];
+    let (mut positions, mut llama_moves, mut worst_move) = (0, 0, 0.0f64);
+    for (ca, cb) in avx512["cases"].as_array().unwrap().iter().zip(avx2["cases"].as_array().unwrap()) {
+        let tokens = ids(&ca["tokens"]);
+        assert_eq!(tokens, ids(&cb["tokens"]));
+        let prompt = ca["prompt"].as_str().unwrap();
+        let lp = forward(&model, &tokens, &mut DraftCache::default());
+        let ours = [distances(&lp, ca), distances(&lp, cb)];
+        let across = recorded_distances(ca, cb);
+        let by_token: Vec<f64> =
+            cb["self_noise_by_position"].as_array().expect("per-position noise").iter().map(|v| v.as_f64().unwrap()).collect();
+        eprintln!("smollm2 q4_1, {prompt:.30?}: |Δ| per position: ours vs AVX-512 build / ours vs AVX2 build / AVX-512 vs AVX2 build / AVX2 batched vs token-by-token");
+        for i in 0..across.len() {
+            let moves = across[i].max(by_token[i]);
+            eprintln!("  {i:>2}: {:.3} / {:.3} / {:.3} / {:.3}", ours[0][i], ours[1][i], across[i], by_token[i]);
+            llama_moves += (moves > TOLERANCE) as usize;
+            worst_move = worst_move.max(moves);
+            for (build, d) in ours.iter().enumerate() {
+                let (w, over) = &mut summary[build];
+                *w = w.max(d[i]);
+                *over += (d[i] > TOLERANCE) as usize;
+            }
+        }
+        positions += across.len();
     }
-    eprintln!("smollm2 q4_1 vs llama.cpp's int8-activation kernels: max |Δ logprob| = {worst:.4}; llama.cpp batched vs token-by-token: {noise:.4}");
-    assert!(worst <= 1.5 * noise, "{worst:.4} is outside llama.cpp's own noise band ({noise:.4})");
+    eprintln!(
+        "smollm2 q4_1 vs llama.cpp's Q4_1 kernels over {positions} positions: AVX-512 build max {:.4} ({} over {TOLERANCE}), \
+         AVX2 build max {:.4} ({} over {TOLERANCE}); llama.cpp moves by more than {TOLERANCE} at {llama_moves} positions, by up to {worst_move:.4}",
+        summary[0].0, summary[0].1, summary[1].0, summary[1].1
+    );
+    for (build, (w, _)) in summary.iter().enumerate() {
+        assert!(
+            *w <= 1.5 * worst_move,
+            "{w:.4} from llama.cpp's {} build is outside llama.cpp's own band ({worst_move:.4})",
+            ["AVX-512", "AVX2"][build]
+        );
+    }
 }
 
 /// A sampled draft carries the distributions it drew from, and the same seed gives the same

@@ -7,8 +7,9 @@ is committed; this script regenerates it. It drives llama.cpp through `Llama.eva
 llama-cpp-python's server, whose echo logprobs are shifted by one position.
 
 With `--self-noise`, each model is evaluated a second time one token at a time (n_batch 1),
-and the largest change in a top-5 logprob against the batched pass is recorded: how far
-llama.cpp's output moves under rounding-order changes alone.
+and the change in the top-5 logprobs against the batched pass is recorded, largest and per
+position: how far llama.cpp's output moves under rounding-order changes alone. The fixture also
+records llama.cpp's `system_info` (the SIMD features it was built for).
 
 Usage:
   python tools/conformance/llamacpp_reference.py MODEL.gguf [MODEL2.gguf ...] --out FIXTURE.json [--self-noise]
@@ -22,6 +23,7 @@ import json
 import os
 
 import numpy as np
+import llama_cpp
 from llama_cpp import Llama
 
 PROMPTS = [
@@ -55,24 +57,28 @@ def log_softmax(rows: np.ndarray) -> np.ndarray:
     return rows - m - np.log(np.exp(rows - m).sum(axis=1, keepdims=True))
 
 
-def top_distance(lp: np.ndarray, case: dict) -> float:
-    """Largest |Δ| between `lp`'s rows and a recorded case (token logprob and top-5, by rank)."""
-    worst = 0.0
+def top_distances(lp: np.ndarray, case: dict) -> list:
+    """Per position, the largest |Δ| between `lp`'s row and a recorded case (token logprob and
+    top-5, by rank). Entry i - 1 is the row predicting token i."""
+    out = []
     for i, pos in enumerate(case["positions"][1:], 1):
         row = lp[i - 1]
         top = np.sort(row)[::-1][:TOP_N]
-        worst = max(worst, abs(row[case["tokens"][i]] - pos["token_logprob"]), *(abs(a - b[1]) for a, b in zip(top, pos["top"])))
-    return float(worst)
+        out.append(float(max(abs(row[case["tokens"][i]] - pos["token_logprob"]), *(abs(a - b[1]) for a, b in zip(top, pos["top"])))))
+    return out
 
 
 def self_noise(path: str, cases: list) -> float:
-    """How far llama.cpp's own top-5 logprobs move when the prompt is evaluated token by token."""
+    """How far llama.cpp's own top-5 logprobs move when the prompt is evaluated token by token.
+    Each case also gets `self_noise_by_position`, so a test can see where the movement is."""
     llm = Llama(path, logits_all=True, verbose=False, n_ctx=512, n_batch=1, n_ubatch=1, n_threads=os.cpu_count() or 2, seed=1)
     worst = 0.0
     for case in cases:
         llm.reset()
         llm.eval(case["tokens"])
-        worst = max(worst, top_distance(log_softmax(np.array(llm.scores[: len(case["tokens"])], dtype=np.float64)), case))
+        by_position = top_distances(log_softmax(np.array(llm.scores[: len(case["tokens"])], dtype=np.float64)), case)
+        case["self_noise_by_position"] = by_position
+        worst = max(worst, *by_position)
     return worst
 
 
@@ -119,7 +125,13 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--self-noise", action="store_true", help="also record llama.cpp's batched vs token-by-token distance")
     a = p.parse_args()
-    out = {"generator": "llama-cpp-python " + __import__("llama_cpp").__version__, "models": [reference(m, a.self_noise) for m in a.models]}
+    # llama.cpp picks its SIMD code for the CPU it was built on, and quantized kernels round
+    # differently on AVX2 and AVX-512, so the host's features are part of the record.
+    out = {
+        "generator": "llama-cpp-python " + __import__("llama_cpp").__version__,
+        "system_info": llama_cpp.llama_print_system_info().decode().strip(),
+        "models": [reference(m, a.self_noise) for m in a.models],
+    }
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1)
         f.write("\n")
