@@ -193,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
         None => scouts.as_ref().map(|(s, _, _)| SpecConfig {
             source: s.clone() as Arc<dyn shard_oracle::spec::draft::DraftSource>,
             k_max: args.draft_max.max(1),
+            paced: false,
         }),
         Some(path) => {
             let opts = LoadOptions { kernel, n_ctx: engine.n_ctx, alias: None };
@@ -203,6 +204,7 @@ async fn main() -> anyhow::Result<()> {
             Some(SpecConfig {
                 source: Arc::new(local) as Arc<dyn shard_oracle::spec::draft::DraftSource>,
                 k_max: args.draft_max.max(1),
+                paced: true,
             })
         }
     };

@@ -16,6 +16,7 @@ use shard_oracle::engine::generate::{generate, Event, GenerateParams, Session, S
 use shard_oracle::engine::kernels::{self, KernelChoice};
 use shard_oracle::engine::model::Logits;
 use shard_oracle::engine::{Engine, LoadOptions};
+use shard_oracle::spec::adaptive::Pace;
 use shard_oracle::spec::draft::{Draft, DraftRequest, DraftSource};
 use shard_oracle::spec::local::LocalDraft;
 use shard_shared::sampling::{log_softmax, SamplingParams};
@@ -120,6 +121,9 @@ fn greedy_output_is_identical_with_any_draft() {
     let spec_session = std::cell::RefCell::new(Session::new(&target));
     let cases = std::cell::Cell::new(0u64);
     let stats = std::cell::RefCell::new([(0usize, 0usize); 3]);
+    // Every other case is paced (the draft length follows measured costs, plain steps
+    // included), as the Oracle runs an in-process draft.
+    let pace = Pace::new();
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 120, ..ProptestConfig::default() });
     let strategy = (proptest::collection::vec(2u32..6144, 1..24), 1usize..40, 0usize..3);
     runner
@@ -133,7 +137,8 @@ fn greedy_output_is_identical_with_any_draft() {
                 prompt_logprobs: None,
             };
             let want = run(&target, &mut plain_session.borrow_mut(), &prompt, &params, None);
-            let spec = Speculation { source: sources[which], k_max: 6, sequence: cases.get() };
+            let paced = (cases.get() % 2 == 1).then_some(&pace);
+            let spec = Speculation { source: sources[which], k_max: 6, sequence: cases.get(), pace: paced };
             let mut got = vec![];
             let finish = generate(&target, &mut spec_session.borrow_mut(), &prompt, &params, Some(spec), &mut |e| {
                 if let Event::Token { id, .. } = e {
@@ -145,7 +150,14 @@ fn greedy_output_is_identical_with_any_draft() {
             stats.borrow_mut()[which].0 += finish.spec.drafted;
             stats.borrow_mut()[which].1 += finish.spec.accepted;
             cases.set(cases.get() + 1);
-            prop_assert_eq!(&got, &want, "{} draft changed the output of {:?}", sources[which].name(), prompt);
+            prop_assert_eq!(
+                &got,
+                &want,
+                "{} draft (paced: {}) changed the output of {:?}",
+                sources[which].name(),
+                paced.is_some(),
+                prompt
+            );
             Ok(())
         })
         .unwrap();
@@ -256,7 +268,7 @@ fn sampled_output_has_the_target_distribution() {
                 logprobs: None,
                 prompt_logprobs: None,
             };
-            let spec = source.map(|s| Speculation { source: s, k_max: 3, sequence: seed });
+            let spec = source.map(|s| Speculation { source: s, k_max: 3, sequence: seed, pace: None });
             let mut tokens = vec![];
             let finish = generate(&target, &mut session, &prompt, &params, spec, &mut |e| {
                 if let Event::Token { id, .. } = e {

@@ -13,12 +13,15 @@ use super::kv_cache::KvCache;
 use super::model::Logits;
 use super::Engine;
 use crate::spec::accept;
-use crate::spec::adaptive::DraftLength;
+use crate::spec::adaptive::{DraftLength, Pace};
 use crate::spec::draft::{DraftRequest, DraftSource};
 use crate::spec::metrics::SpecStats;
 
 /// Prompt tokens evaluated per forward pass.
 const PROMPT_CHUNK: usize = 64;
+
+/// Passes at the start of each request that draft whatever the measured costs say.
+const PROBE_PASSES: usize = 2;
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -41,6 +44,9 @@ pub struct Speculation<'a> {
     pub k_max: usize,
     /// Identifies the sequence to the draft source.
     pub sequence: u64,
+    /// Measured costs, for a source that drafts on the Oracle's own cores: the draft length
+    /// then follows speed (0 when drafting does not pay), not acceptance alone.
+    pub pace: Option<&'a Pace>,
 }
 
 /// A token's log-probability and the most likely alternatives at its position.
@@ -229,6 +235,7 @@ pub fn generate(
     };
     let mut sampler = Sampler::new(p.sampling.clone(), p.seed);
     let mut draft_len = spec.map(|s| DraftLength::new(s.k_max, 0.1));
+    let probing = spec.and_then(|s| s.pace).is_none_or(Pace::start_request);
     let mut stats = SpecStats::default();
     if max_new == 0 {
         return Ok(finish(FinishReason::Length, String::new(), prompt.len(), 0, cached, started, prompt_done, stats));
@@ -246,8 +253,20 @@ pub fn generate(
             break FinishReason::Length;
         }
         let position = session.tokens.len();
+        let wanted = match (spec.and_then(|s| s.pace), &draft_len) {
+            // A probing request's first two passes draft (its acceptance is its own; the
+            // second times steady drafting, the first also catches the draft up on the
+            // prompt), once a plain step has been timed to compare with; after that, the
+            // fastest length.
+            (Some(pace), Some(_)) if !probing || !pace.knows_step() => 0,
+            (Some(_), Some(d)) if stats.verifications < PROBE_PASSES => d.k(),
+            (Some(pace), Some(d)) => pace.costs().map_or_else(|| d.k(), |c| d.choose(&c)),
+            (None, Some(d)) => d.k(),
+            (_, None) => 0,
+        };
         // Room for the drafted tokens plus the target's own token after them.
-        let k = draft_len.as_ref().map_or(0, |d| d.k()).min(remaining - 1).min(engine.n_ctx.saturating_sub(position + 2));
+        let k = wanted.min(remaining - 1).min(engine.n_ctx.saturating_sub(position + 2));
+        let draft_started = Instant::now();
         let draft = match spec {
             Some(s) if k > 0 => {
                 let mut context = Vec::with_capacity(position + 1);
@@ -267,8 +286,14 @@ pub fn generate(
             _ => None,
         };
         stats.target_passes += 1;
+        let draft_ms = draft_started.elapsed().as_secs_f64() * 1e3;
+        let pace = spec.and_then(|s| s.pace);
         let Some((draft, s)) = draft.filter(|(d, _)| !d.tokens.is_empty()) else {
+            let step_started = Instant::now();
             next_logits = session.step(engine, next);
+            if let Some(pace) = pace {
+                pace.record_step(step_started.elapsed().as_secs_f64() * 1e3);
+            }
             next = sampler.sample(&next_logits, &out.generated);
             continue;
         };
@@ -277,7 +302,12 @@ pub fn generate(
         let mut batch = Vec::with_capacity(draft.tokens.len() + 1);
         batch.push(next);
         batch.extend_from_slice(&draft.tokens);
+        let verify_started = Instant::now();
         let rows = session.eval(engine, &batch, Logits::All);
+        if let Some(pace) = pace {
+            let steady = (stats.verifications > 0).then_some(draft_ms);
+            pace.record_pass(draft.tokens.len(), steady, verify_started.elapsed().as_secs_f64() * 1e3);
+        }
         let mut history = out.generated.clone();
         let mut dists: Vec<Distribution> = Vec::with_capacity(batch.len());
         for (i, row) in rows.chunks_exact(n_vocab).enumerate() {

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::engine::generate::{generate, Event, Finish, GenerateError, GenerateParams, Session, Speculation};
 use crate::engine::Engine;
+use crate::spec::adaptive::Pace;
 use crate::spec::draft::DraftSource;
 use crate::spec::metrics::SpecMetrics;
 
@@ -69,6 +70,9 @@ pub struct QueueStats {
 pub struct SpecConfig {
     pub source: Arc<dyn DraftSource>,
     pub k_max: usize,
+    /// Time drafting and verification, and draft only as far as it pays: for a source that
+    /// drafts on the Oracle's own cores (`--draft-model`).
+    pub paced: bool,
 }
 
 #[derive(Clone)]
@@ -238,6 +242,7 @@ fn worker(
 ) {
     let mut session = Session::new(&engine);
     let mut sequence = 0u64;
+    let pace = Pace::new();
     while let Some(job) = rx.blocking_recv() {
         sequence += 1;
         // Tickets are taken in order: this one is served, every earlier one is done.
@@ -251,7 +256,12 @@ fn worker(
         stats.running_since_ms.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         let events = job.events.clone();
         let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let speculation = spec.as_ref().map(|s| Speculation { source: s.source.as_ref(), k_max: s.k_max, sequence });
+            let speculation = spec.as_ref().map(|s| Speculation {
+                source: s.source.as_ref(),
+                k_max: s.k_max,
+                sequence,
+                pace: s.paced.then_some(&pace),
+            });
             generate(&engine, &mut session, &job.prompt, &job.params, speculation, &mut |e| {
                 events.send(JobEvent::Event(e)).is_ok()
             })

@@ -1,8 +1,15 @@
-//! The draft length, adapted to the observed acceptance.
+//! The draft length, adapted to the observed acceptance and, where drafting runs on the
+//! Oracle's own cores, to what drafting and verifying measurably cost.
 //!
 //! With per-token acceptance rate α, the i-th drafted token is kept with probability about
 //! α^i, while each extra drafted token adds a roughly fixed cost (drafting it and carrying it
 //! through verification). So the draft is as long as α^k stays above that cost.
+//!
+//! [`Pace`] measures those costs instead of assuming them: a plain decoding step, the extra
+//! time a verification pass takes per drafted token, and the time a drafted token takes to
+//! make. [`DraftLength::choose`] then picks the k (0, plain decoding, included) with the most
+//! expected tokens per millisecond. An in-process draft that is no cheaper than the target
+//! (the default pair on a small CPU) is then mostly left idle instead of halving the speed.
 
 #[derive(Debug, Clone)]
 pub struct DraftLength {
@@ -31,6 +38,18 @@ impl DraftLength {
         self.alpha
     }
 
+    /// The draft length with the most expected tokens per millisecond under `costs`: a pass
+    /// with k drafted tokens yields 1 + α + … + α^k tokens and takes
+    /// `step + k · (extra_per_token + draft_per_token)`. 0 means a plain decoding step.
+    pub fn choose(&self, costs: &Costs) -> usize {
+        let a = self.alpha.clamp(0.0, 0.999);
+        let rate = |k: usize| {
+            let tokens = (1.0 - a.powi(k as i32 + 1)) / (1.0 - a);
+            tokens / (costs.step_ms + k as f64 * (costs.extra_per_token_ms + costs.draft_per_token_ms))
+        };
+        (0..=self.k_max).max_by(|&x, &y| rate(x).total_cmp(&rate(y)).then(y.cmp(&x))).unwrap_or(0)
+    }
+
     /// Records one verification.
     pub fn update(&mut self, proposed: usize, accepted: usize) {
         if proposed == 0 {
@@ -39,6 +58,109 @@ impl DraftLength {
         // A run of `accepted` followed by a rejection (or the end) estimates α per token.
         let observed = accepted as f64 / proposed as f64;
         self.alpha = 0.7 * self.alpha + 0.3 * observed;
+    }
+}
+
+/// Measured costs, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Costs {
+    /// One plain decoding step of the target.
+    pub step_ms: f64,
+    /// What a verification pass takes beyond a step, per drafted token.
+    pub extra_per_token_ms: f64,
+    /// What one drafted token takes to make (zero where others draft).
+    pub draft_per_token_ms: f64,
+}
+
+impl Costs {
+    /// Whether any draft length beats plain decoding even if every drafted token is
+    /// accepted: a pass of k drafts then yields k + 1 tokens, which beats k + 1 steps only
+    /// when a drafted token costs less than a step.
+    pub fn could_pay(&self) -> bool {
+        self.extra_per_token_ms + self.draft_per_token_ms < self.step_ms
+    }
+}
+
+/// Running measurements of [`Costs`], shared by the requests one decoding worker serves.
+#[derive(Debug, Default)]
+pub struct Pace {
+    inner: std::sync::Mutex<PaceInner>,
+}
+
+#[derive(Debug, Default)]
+struct PaceInner {
+    step_ms: Option<f64>,
+    extra_per_token_ms: Option<f64>,
+    draft_per_token_ms: Option<f64>,
+    requests: u64,
+}
+
+impl PaceInner {
+    fn costs(&self) -> Option<Costs> {
+        Some(Costs {
+            step_ms: self.step_ms?,
+            extra_per_token_ms: self.extra_per_token_ms?,
+            draft_per_token_ms: self.draft_per_token_ms?,
+        })
+    }
+}
+
+/// While drafting cannot pay, one request in this many still probes it (costs move with load).
+const REPROBE_EVERY: u64 = 16;
+
+/// Weight of a new measurement in the moving averages.
+const PACE_WEIGHT: f64 = 0.2;
+
+fn blend(avg: &mut Option<f64>, sample: f64) {
+    *avg = Some(avg.map_or(sample, |a| a + PACE_WEIGHT * (sample - a)));
+}
+
+impl Pace {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PaceInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A plain decoding step took `ms`.
+    pub fn record_step(&self, ms: f64) {
+        blend(&mut self.lock().step_ms, ms);
+    }
+
+    /// A pass with `k` drafted tokens took `verify_ms` to verify and, where it is a fair
+    /// sample of steady drafting, `draft_ms` to draft.
+    pub fn record_pass(&self, k: usize, draft_ms: Option<f64>, verify_ms: f64) {
+        if k == 0 {
+            return;
+        }
+        let mut p = self.lock();
+        if let Some(ms) = draft_ms {
+            blend(&mut p.draft_per_token_ms, ms / k as f64);
+        }
+        if let Some(step) = p.step_ms {
+            blend(&mut p.extra_per_token_ms, ((verify_ms - step) / k as f64).max(0.0));
+        }
+    }
+
+    /// The costs, once a step and a pass have both been measured.
+    pub fn costs(&self) -> Option<Costs> {
+        self.lock().costs()
+    }
+
+    /// A request starts: whether it should try drafting at all (its first passes draft, to
+    /// measure its acceptance). Not while the costs show that no draft could pay, except now
+    /// and then, to notice when that changes.
+    pub fn start_request(&self) -> bool {
+        let mut p = self.lock();
+        p.requests += 1;
+        p.costs().is_none_or(|c| c.could_pay()) || p.requests % REPROBE_EVERY == 0
+    }
+
+    /// Whether a plain step has been measured yet.
+    pub fn knows_step(&self) -> bool {
+        self.lock().step_ms.is_some()
     }
 }
 
@@ -61,5 +183,64 @@ mod tests {
             d.update(10, 6);
         }
         assert!((3..=5).contains(&d.k()), "{}", d.k());
+    }
+
+    fn trained(accepted_of_4: usize) -> DraftLength {
+        let mut d = DraftLength::new(8, 0.1);
+        for _ in 0..40 {
+            d.update(4, accepted_of_4);
+        }
+        d
+    }
+
+    #[test]
+    fn choice_follows_costs() {
+        let good = trained(4);
+        // Free drafts and cheap verification: draft as far as allowed.
+        let cheap = Costs { step_ms: 70.0, extra_per_token_ms: 5.0, draft_per_token_ms: 0.0 };
+        assert_eq!(good.choose(&cheap), 8);
+        // A draft as slow as the target: not worth running, however good it is.
+        let slow_draft = Costs { step_ms: 0.6, extra_per_token_ms: 0.3, draft_per_token_ms: 0.6 };
+        assert_eq!(good.choose(&slow_draft), 0);
+        // A useless draft is not run even when it is free.
+        assert_eq!(trained(0).choose(&cheap), 0);
+        // Somewhere between, a short draft.
+        let middling = Costs { step_ms: 1.0, extra_per_token_ms: 0.5, draft_per_token_ms: 0.1 };
+        let k = trained(3).choose(&middling);
+        assert!((1..8).contains(&k), "{k}");
+    }
+
+    #[test]
+    fn hopeless_drafts_are_probed_only_now_and_then() {
+        let pace = Pace::new();
+        assert!(pace.start_request(), "nothing measured yet");
+        pace.record_step(1.0);
+        pace.record_pass(4, Some(4.0), 3.0);
+        // A drafted token costs 1.0 + 0.5 against a 1.0 step: no draft can pay.
+        let probes = (0..64).filter(|_| pace.start_request()).count();
+        assert_eq!(probes, 4);
+        // Cheap drafts are probed by every request.
+        pace.record_pass(4, Some(0.0), 3.0);
+        for _ in 0..20 {
+            pace.record_pass(4, Some(0.0), 3.0);
+        }
+        assert!((0..8).all(|_| pace.start_request()));
+    }
+
+    #[test]
+    fn pace_measures_before_it_answers() {
+        let pace = Pace::new();
+        assert_eq!(pace.costs(), None);
+        pace.record_pass(4, Some(2.0), 3.0);
+        assert_eq!(pace.costs(), None, "no step yet, so no verification overhead either");
+        pace.record_step(1.0);
+        pace.record_pass(4, None, 3.0);
+        assert_eq!(pace.costs().unwrap().draft_per_token_ms, 0.5, "the first draft sample stays");
+        pace.record_pass(4, Some(2.0), 3.0);
+        let c = pace.costs().unwrap();
+        assert_eq!(c.step_ms, 1.0);
+        assert!((c.extra_per_token_ms - 0.5).abs() < 1e-9 && (c.draft_per_token_ms - 0.5).abs() < 1e-9, "{c:?}");
+        pace.record_step(2.0);
+        assert!((pace.costs().unwrap().step_ms - 1.2).abs() < 1e-9);
     }
 }
