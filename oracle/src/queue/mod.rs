@@ -285,6 +285,9 @@ fn worker(
         if let Ok(f) = &result {
             stats.tokens_generated.fetch_add(f.completion_tokens as u64, Ordering::Relaxed);
             stats.spec.record(&f.spec, f.completion_tokens, f.decode_time.as_micros() as u64);
+            if let Some(c) = pace.costs() {
+                stats.spec.set_pace(&c);
+            }
         }
         let ms = started.elapsed().as_millis() as u64;
         let old = stats.avg_job_ms.load(Ordering::Relaxed);

@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::adaptive::Costs;
+
 /// Process-wide totals (Prometheus counters).
 #[derive(Debug, Default)]
 pub struct SpecMetrics {
@@ -15,6 +17,10 @@ pub struct SpecMetrics {
     pub decode_micros: AtomicU64,
     /// Time of one plain single-token step of the target, in microseconds (calibrated).
     pub single_step_micros: AtomicU64,
+    /// What pacing measured for the in-process draft, in nanoseconds (0: not measured).
+    pub pace_step_nanos: AtomicU64,
+    pub pace_verify_extra_nanos: AtomicU64,
+    pub pace_draft_nanos: AtomicU64,
 }
 
 /// One request's share.
@@ -40,6 +46,14 @@ impl SpecMetrics {
         self.target_passes.fetch_add(s.target_passes as u64, Ordering::Relaxed);
         self.generated_tokens.fetch_add(generated as u64, Ordering::Relaxed);
         self.decode_micros.fetch_add(decode_micros, Ordering::Relaxed);
+    }
+
+    /// Publishes what pacing has measured.
+    pub fn set_pace(&self, c: &Costs) {
+        let nanos = |ms: f64| (ms * 1e6).round() as u64;
+        self.pace_step_nanos.store(nanos(c.step_ms), Ordering::Relaxed);
+        self.pace_verify_extra_nanos.store(nanos(c.extra_per_token_ms), Ordering::Relaxed);
+        self.pace_draft_nanos.store(nanos(c.draft_per_token_ms), Ordering::Relaxed);
     }
 
     /// Decoding speed over the speed of plain one-token steps (1 without speculation).
@@ -88,6 +102,21 @@ impl SpecMetrics {
             ),
             ("shard_spec_speedup", "Decoding speed relative to plain one-token steps.", self.speedup()),
         ];
+        let ms = |v: &AtomicU64| Some(v.load(Ordering::Relaxed) as f64 / 1e6);
+        let pace = [
+            (
+                "shard_spec_pace_step_ms",
+                "Paced in-process drafting: one plain target step, as measured.",
+                ms(&self.pace_step_nanos),
+            ),
+            (
+                "shard_spec_pace_verify_extra_ms",
+                "Paced in-process drafting: verification time per drafted token beyond a step.",
+                ms(&self.pace_verify_extra_nanos),
+            ),
+            ("shard_spec_pace_draft_ms", "Paced in-process drafting: time to draft one token.", ms(&self.pace_draft_nanos)),
+        ];
+        let gauges = gauges.into_iter().chain(pace);
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", v.unwrap_or(0.0));
         }
