@@ -235,7 +235,8 @@ pub fn generate(
     };
     let mut sampler = Sampler::new(p.sampling.clone(), p.seed);
     let mut draft_len = spec.map(|s| DraftLength::new(s.k_max, 0.1));
-    let probing = spec.and_then(|s| s.pace).is_none_or(Pace::start_request);
+    let pace = spec.and_then(|s| s.pace);
+    let probing = pace.is_none_or(Pace::start_request);
     let mut stats = SpecStats::default();
     if max_new == 0 {
         return Ok(finish(FinishReason::Length, String::new(), prompt.len(), 0, cached, started, prompt_done, stats));
@@ -253,7 +254,7 @@ pub fn generate(
             break FinishReason::Length;
         }
         let position = session.tokens.len();
-        let wanted = match (spec.and_then(|s| s.pace), &draft_len) {
+        let wanted = match (pace, &draft_len) {
             // A probing request's first two passes draft (its acceptance is its own; the
             // second times steady drafting, the first also catches the draft up on the
             // prompt), once a plain step has been timed to compare with; after that, the
@@ -287,7 +288,6 @@ pub fn generate(
         };
         stats.target_passes += 1;
         let draft_ms = draft_started.elapsed().as_secs_f64() * 1e3;
-        let pace = spec.and_then(|s| s.pace);
         let Some((draft, s)) = draft.filter(|(d, _)| !d.tokens.is_empty()) else {
             let step_started = Instant::now();
             next_logits = session.step(engine, next);

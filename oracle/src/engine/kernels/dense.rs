@@ -207,9 +207,7 @@ unsafe fn f16_tile<const R: usize, const N: usize>(
     for (r, acc_r) in acc.iter().enumerate() {
         let row = &w[2 * (r0 + r) * cols..2 * (r0 + r + 1) * cols];
         for (k, v) in acc_r.iter().enumerate() {
-            let s = _mm_add_ps(_mm256_castps256_ps128(*v), _mm256_extractf128_ps(*v, 1));
-            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            let mut sum = _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+            let mut sum = super::x86::hsum(*v);
             let xt = &x[(t0 + k) * cols..(t0 + k + 1) * cols];
             for j in i..cols {
                 sum += f16::from_le_bytes([row[2 * j], row[2 * j + 1]]).to_f32() * xt[j];
@@ -278,10 +276,7 @@ unsafe fn dot_f16_avx2(w: &[u8], x: &[f32]) -> f32 {
         a1 = _mm256_fmadd_ps(h1, _mm256_loadu_ps(x.as_ptr().add(i + 8)), a1);
         i += 16;
     }
-    let v = _mm256_add_ps(a0, a1);
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let mut sum = _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+    let mut sum = super::x86::hsum(_mm256_add_ps(a0, a1));
     while i < n {
         sum += f16::from_le_bytes([w[2 * i], w[2 * i + 1]]).to_f32() * x[i];
         i += 1;
