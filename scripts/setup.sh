@@ -83,13 +83,15 @@ export SHARD_SMOLLM2_GGUF=$smol
 mkdir -p "$SHARD_DATA_DIR/smollm2"  # where the tests look for it
 ln -sf "$smol" "$SHARD_DATA_DIR/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
-gen_stamp="$SHARD_DATA_DIR/synth/.stamp-$(cat tools/synth/make_bitnet.py tools/ggufx.py "$0" | sha256sum | cut -c1-16)"
+gen_stamp="$SHARD_DATA_DIR/synth/.stamp-$(cat tools/synth/make_bitnet.py tools/synth/make_metadata_variants.py tools/ggufx.py "$0" | sha256sum | cut -c1-16)"
 if [ ! -f "$gen_stamp" ]; then
   log "writing the synthetic BitNet models to $SHARD_DATA_DIR/synth"
   rm -rf "$SHARD_DATA_DIR/synth"
   "$SHARD_PYTHON" tools/synth/make_bitnet.py --vocab-from "$smol" --out-dir "$SHARD_DATA_DIR/synth" >/dev/null
   "$SHARD_PYTHON" tools/synth/make_bitnet.py --vocab-from "$smol" --out-dir "$SHARD_DATA_DIR/synth" \
     --arch bitnet-b1.58 --seed 11 --types tq2_0,i2_s >/dev/null
+  # The tiny model again with metadata llama.cpp ignores, honours or cannot run (tests/tests/metadata.rs).
+  "$SHARD_PYTHON" tools/synth/make_metadata_variants.py --vocab-from "$smol" --out-dir "$SHARD_DATA_DIR/synth" >/dev/null
   for seed in 21 22; do  # a target and a draft over a 24-token vocabulary
     "$SHARD_PYTHON" tools/synth/make_bitnet.py --small-vocab 24 --preset small --seed $seed --types tq2_0 \
       --name "smallvocab-$seed" --out-dir "$SHARD_DATA_DIR/synth" >/dev/null

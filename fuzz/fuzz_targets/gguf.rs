@@ -1,16 +1,24 @@
-//! Fuzzes everything that reads a GGUF file's bytes: the container, then the tokenizer and
-//! chat template built from its metadata. None of it may panic or allocate without bound.
+//! Fuzzes everything that reads a GGUF file's bytes: the container, then the hyperparameters,
+//! tokenizer and chat template built from its metadata. None of it may panic or allocate
+//! without bound.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use shard_shared::chat::ChatTemplate;
 use shard_shared::gguf::Gguf;
+use shard_shared::hparams::Hparams;
 use shard_shared::tokenizer::Tokenizer;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(g) = Gguf::parse(data) else { return };
     for t in &g.tensors {
         let _ = g.tensor_data(t);
+    }
+    if let Some(arch) = g.architecture() {
+        if let Ok(h) = Hparams::from_gguf(&g, arch) {
+            let mut angles = Vec::new();
+            h.rope.cos_sin(h.n_ctx_train.min(1 << 20), &mut angles);
+        }
     }
     if let Ok(tk) = Tokenizer::from_gguf(&g) {
         let _ = tk.encode("Hello <|im_start|> world 123", true, true);

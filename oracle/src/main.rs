@@ -58,6 +58,12 @@ struct Args {
     #[arg(long)]
     alias: Option<String>,
 
+    /// Run the FFN with this activation instead of the architecture's (bitnet and llama: silu;
+    /// bitnet-b1.58: relu2). llama.cpp has no such switch, so logits then differ from its.
+    /// The file's `{arch}.hidden_act` key is ignored, as llama.cpp ignores it.
+    #[arg(long, value_enum)]
+    ffn_activation: Option<shard_oracle::engine::config::Activation>,
+
     /// A small draft model with the same vocabulary, run in-process for speculative decoding
     /// (like llama.cpp's -md). Float `llama` or BitNet GGUF.
     #[arg(long = "draft-model", visible_alias = "md", env = "SHARD_DRAFT_MODEL")]
@@ -80,6 +86,15 @@ struct Args {
     /// Largest accepted request body, in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_body_bytes: usize,
+
+    /// Prompt plus generated tokens one request may cost over all its runs (prompts × n);
+    /// more get 400 naming the budget. 0: sixteen contexts' worth.
+    #[arg(long, default_value_t = 0)]
+    max_request_tokens: usize,
+
+    /// Generation requests one client address may have queued or running at once; more get 429.
+    #[arg(long, default_value_t = 16)]
+    max_requests_per_client: usize,
 
     /// Log as JSON lines instead of text.
     #[arg(long)]
@@ -108,6 +123,19 @@ struct Args {
     /// UDP port for webrtc-direct, the browsers' transport.
     #[arg(long, default_value_t = 9092)]
     p2p_webrtc_port: u16,
+
+    /// Connections (pending or established) one IP address may hold on the libp2p node.
+    #[arg(long, default_value_t = 16)]
+    p2p_max_conns_per_ip: usize,
+
+    /// Seconds a peer dropped for a protocol violation is banned (doubling for repeats, up to
+    /// an hour).
+    #[arg(long, default_value_t = 60)]
+    p2p_ban_secs: u64,
+
+    /// Dropped peers from one address, within ten minutes, after which the address is banned.
+    #[arg(long, default_value_t = 5)]
+    p2p_strikes_per_ip: u32,
 
     /// The draft model Scouts must hold (its sha256 is checked in their hello).
     #[arg(long, env = "SHARD_SCOUT_MODEL", default_value = "models/shard-draft-llama-f16.gguf")]
@@ -145,7 +173,12 @@ async fn main() -> anyhow::Result<()> {
             .progress_chars("=> "),
     );
     bar.set_message("loading");
-    let opts = LoadOptions { kernel, n_ctx: args.ctx_size, alias: args.alias.clone() };
+    let opts = LoadOptions {
+        n_ctx: args.ctx_size,
+        alias: args.alias.clone(),
+        activation: args.ffn_activation,
+        ..LoadOptions::new(kernel)
+    };
     let model_path = args.model.clone();
     let bar2 = bar.clone();
     let mut engine = tokio::task::spawn_blocking(move || {
@@ -196,7 +229,7 @@ async fn main() -> anyhow::Result<()> {
             paced: false,
         }),
         Some(path) => {
-            let opts = LoadOptions { kernel, n_ctx: engine.n_ctx, alias: None };
+            let opts = LoadOptions { n_ctx: engine.n_ctx, ..LoadOptions::new(kernel) };
             let draft =
                 Engine::load(path, &opts, |_, _| {}).with_context(|| format!("loading the draft model {}", path.display()))?;
             let local = LocalDraft::new(draft, &engine)?;
@@ -221,6 +254,11 @@ async fn main() -> anyhow::Result<()> {
                 ws_port: Some(args.p2p_ws_port),
                 webrtc_port: Some(args.p2p_webrtc_port),
                 max_requests_per_sec: 2000,
+                admission: shard_oracle::p2p::admission::AdmissionConfig {
+                    max_per_ip: args.p2p_max_conns_per_ip.max(1),
+                    ban: std::time::Duration::from_secs(args.p2p_ban_secs),
+                    strikes_per_ip: args.p2p_strikes_per_ip.max(1),
+                },
             };
             let key = args.state_dir.join("oracle.key");
             let node = node::start(config, &key, scouts.clone(), outbox, queue.stats.clone(), queue.capacity)
@@ -237,7 +275,15 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!(dir = %args.web_dir.display(), "no web app to serve (build it with `trunk build --release`, or run scripts/run.sh)");
         None
     };
-    let state = Arc::new(AppState { engine, queue, started: api::types::unix_now(), p2p, web_dir });
+    let longest_piece = (0..engine.tokenizer.n_vocab() as u32).filter_map(|i| engine.tokenizer.piece(i)).map(<[u8]>::len).max();
+    let request_tokens = if args.max_request_tokens == 0 { 16 * engine.n_ctx } else { args.max_request_tokens };
+    let limits = Arc::new(api::limits::Limits::new(
+        engine.n_ctx,
+        longest_piece.unwrap_or(1),
+        request_tokens,
+        args.max_requests_per_client.max(1),
+    ));
+    let state = Arc::new(AppState { engine, queue, started: api::types::unix_now(), p2p, web_dir, limits });
     let app = api::router(state, args.max_body_bytes);
 
     let addr: SocketAddr = format!("{}:{}", args.host, args.port).parse().context("parsing --host/--port")?;
@@ -246,9 +292,21 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("listening on http://{local}");
     // A line for scripts that start the server and need its port.
     println!("shard-oracle listening on http://{local}");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown()).await?;
+    // Each connection's kernel send buffer is kept small, so a client that stops reading
+    // backs up into its request's bounded event channel within a few events (and is
+    // cancelled there) instead of into megabytes of socket memory.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+        let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(SEND_BUFFER_BYTES);
+    });
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(shutdown()).await?;
     Ok(())
 }
+
+/// Kernel send buffer per HTTP connection (Linux doubles it): room for well over a second of
+/// streamed tokens, but not for a whole context of them.
+const SEND_BUFFER_BYTES: usize = 64 << 10;
 
 /// The draft model Scouts must hold: it must exist and share the target's vocabulary.
 fn scout_model(path: &std::path::Path, engine: &Engine) -> anyhow::Result<(ModelRef, api::web::HashedFile)> {

@@ -1,5 +1,5 @@
 //! Where the draft model runs: a GPU through burn's wgpu backend (WebGPU in browsers, Vulkan,
-//! Metal or DX12 natively), or the CPU through burn's ndarray backend.
+//! Metal or DX12 natively), or the CPU: burn's flex backend natively, ndarray in wasm.
 //!
 //! A Scout asks for the GPU first and falls back to the CPU with a notice the UI can show,
 //! since a CPU Scout drafts far fewer tokens per second. On the CPU it uses burn's flex
@@ -16,8 +16,6 @@ pub enum BackendKind {
     Gpu,
     /// burn's flex backend (CPU).
     Flex,
-    /// burn's ndarray backend (CPU).
-    NdArray,
 }
 
 impl std::fmt::Display for BackendKind {
@@ -25,7 +23,6 @@ impl std::fmt::Display for BackendKind {
         f.write_str(match self {
             BackendKind::Gpu => "gpu (wgpu)",
             BackendKind::Flex => "cpu (flex)",
-            BackendKind::NdArray => "cpu (ndarray)",
         })
     }
 }

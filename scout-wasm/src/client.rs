@@ -26,7 +26,8 @@ use crate::job::{JobRunner, JobStats};
 pub struct ScoutConfig {
     /// The Oracle's addresses, each ending in `/p2p/<peer id>`, in order of preference.
     pub oracle: Vec<Multiaddr>,
-    /// "gpu (wgpu)" or "cpu (ndarray)".
+    /// What the Scout drafts on, as the Oracle's `/api/swarm` shows it: "gpu (wgpu)",
+    /// "cpu (flex)" natively, or the browser's own names.
     pub backend: String,
     pub agent: String,
     /// First and longest wait before redialling.
@@ -87,9 +88,12 @@ pub enum ClientError {
 }
 
 fn behaviour(key: &identity::Keypair, agent: &str) -> ScoutBehaviour {
+    // Messages are validated before they are relayed: only the Oracle's are accepted.
     let gossip_config = gossipsub::ConfigBuilder::default()
         .heartbeat_interval(Duration::from_secs(1))
         .max_transmit_size(wire::MAX_FRAME_BYTES)
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
         .build()
         .expect("valid gossipsub config");
     let rr = request_response::Config::default().with_request_timeout(Duration::from_secs(10));
@@ -277,12 +281,22 @@ pub async fn run(
                         _ => {}
                     }
                 }
-                SwarmEvent::Behaviour(ScoutBehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. })) => {
-                    if message.topic.as_str() == wire::LOAD_TOPIC {
+                SwarmEvent::Behaviour(ScoutBehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                    propagation_source, message_id, message,
+                })) => {
+                    // Load and topology come from the Oracle alone; anyone else's is forged.
+                    let from_oracle = message.source == Some(oracle);
+                    let mut accepted = false;
+                    if from_oracle && message.topic.as_str() == wire::LOAD_TOPIC {
                         if let Ok(load) = wire::decode::<LoadAnnouncement>(&message.data) {
+                            accepted = true;
                             on_event(ScoutEvent::Load(load));
                         }
+                    } else if from_oracle && message.topic.as_str() == wire::TOPOLOGY_TOPIC {
+                        accepted = wire::decode::<wire::Topology>(&message.data).is_ok();
                     }
+                    let verdict = if accepted { gossipsub::MessageAcceptance::Accept } else { gossipsub::MessageAcceptance::Reject };
+                    let _ = swarm.behaviour_mut().gossipsub.report_message_validation_result(&message_id, &propagation_source, verdict);
                 }
                 _ => {}
             },

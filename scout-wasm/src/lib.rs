@@ -12,28 +12,12 @@ pub mod client;
 pub mod job;
 pub mod model;
 
-use shard_shared::gguf::{Gguf, GgufError};
 use shard_shared::sampling::{Sampler, SamplingParams};
 
 pub use backend::{cpu_device, flex_device, Backend, BackendKind};
 /// The burn device type the draft model runs on.
 pub use burn_tensor::Device;
 pub use model::{DraftCache, DraftConfig, DraftModel, ModelError};
-
-/// What a Scout needs to know about a draft model before it runs it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DraftModelInfo {
-    pub architecture: String,
-    pub n_tensors: usize,
-    pub n_vocab: usize,
-}
-
-/// Reads the header of a draft model the Scout downloaded.
-pub fn inspect_draft_model(bytes: &[u8]) -> Result<DraftModelInfo, GgufError> {
-    let g = Gguf::parse(bytes)?;
-    let n_vocab = g.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|a| a.len()).unwrap_or(0);
-    Ok(DraftModelInfo { architecture: g.architecture().unwrap_or("unknown").to_string(), n_tensors: g.tensors.len(), n_vocab })
-}
 
 /// A draft model with the cache of the sequence it last drafted for.
 pub struct Drafter {

@@ -1,7 +1,8 @@
 //! The draft model: a llama-architecture transformer on burn.
 //!
 //! One definition runs on every burn device: WebGPU (burn's wgpu backend) in browsers, the
-//! ndarray CPU backend in wasm where WebGPU is missing and in the native Scout. Weights come
+//! ndarray CPU backend in wasm where WebGPU is missing, and the flex CPU backend in the native
+//! Scout (ndarray stays the reference the conformance tests run on). Weights come
 //! from a GGUF file and are dequantized to f32 at load (F32, F16, BF16, Q8_0, Q4_0, Q4_1).
 //!
 //! ```text
@@ -19,6 +20,7 @@ use burn_tensor::activation::{silu, softmax};
 use burn_tensor::{Bool, Device, Int, Tensor, TensorData};
 use shard_shared::dequant;
 use shard_shared::gguf::Gguf;
+use shard_shared::hparams::{Hparams, HparamsError, Rope};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DraftConfig {
@@ -30,7 +32,7 @@ pub struct DraftConfig {
     pub head_dim: usize,
     pub n_ff: usize,
     pub rms_eps: f32,
-    pub rope_base: f32,
+    pub rope: Rope,
     pub n_ctx: usize,
 }
 
@@ -40,45 +42,31 @@ pub enum ModelError {
     Gguf(#[from] shard_shared::gguf::GgufError),
     #[error("the draft model must be arch `llama`, not {0:?}")]
     Arch(String),
-    #[error("GGUF metadata lacks {0}")]
-    Missing(String),
+    #[error(transparent)]
+    Hparams(#[from] HparamsError),
     #[error("tensor {name}: {reason}")]
     Tensor { name: String, reason: String },
-    #[error("inconsistent hyperparameters: {0}")]
-    Invalid(String),
 }
 
 impl DraftConfig {
+    /// The keys llama.cpp's `llama` arch reads, as it reads them ([`shard_shared::hparams`]).
     pub fn from_gguf(g: &Gguf<'_>) -> Result<Self, ModelError> {
         let arch = g.architecture().unwrap_or_default();
         if arch != "llama" {
             return Err(ModelError::Arch(arch.to_string()));
         }
-        let req = |k: &str| {
-            g.get_u64(&format!("llama.{k}")).map(|v| v as usize).ok_or_else(|| ModelError::Missing(format!("llama.{k}")))
-        };
-        let n_embd = req("embedding_length")?;
-        let n_head = req("attention.head_count")?;
-        let n_head_kv = g.get_u64("llama.attention.head_count_kv").map_or(n_head, |v| v as usize);
-        let n_vocab = g
-            .get("tokenizer.ggml.tokens")
-            .and_then(|v| v.as_array())
-            .map(|a| a.len())
-            .ok_or_else(|| ModelError::Missing("tokenizer.ggml.tokens".into()))?;
-        if n_head == 0 || n_head_kv == 0 || n_embd % n_head != 0 || n_head % n_head_kv != 0 || (n_embd / n_head) % 2 != 0 {
-            return Err(ModelError::Invalid(format!("{n_embd} dims, {n_head} heads, {n_head_kv} KV heads")));
-        }
+        let h = Hparams::from_gguf(g, arch)?;
         Ok(Self {
-            n_vocab,
-            n_embd,
-            n_layer: req("block_count")?,
-            n_head,
-            n_head_kv,
-            head_dim: n_embd / n_head,
-            n_ff: req("feed_forward_length")?,
-            rms_eps: g.get_f64("llama.attention.layer_norm_rms_epsilon").unwrap_or(1e-5) as f32,
-            rope_base: g.get_f64("llama.rope.freq_base").unwrap_or(10_000.0) as f32,
-            n_ctx: g.get_u64("llama.context_length").map_or(2048, |v| v as usize),
+            n_vocab: h.n_vocab,
+            n_embd: h.n_embd,
+            n_layer: h.n_layer,
+            n_head: h.n_head,
+            n_head_kv: h.n_head_kv,
+            head_dim: h.head_dim,
+            n_ff: h.n_ff,
+            rms_eps: h.rms_eps,
+            rope: h.rope,
+            n_ctx: h.n_ctx_train,
         })
     }
 }
@@ -145,7 +133,7 @@ impl DraftModel {
         let c = DraftConfig::from_gguf(&g)?;
         // A `rows x cols` matrix (GGUF dims `[cols, rows]`), or a vector as one row, as f32.
         let values = |name: &str, rows: usize, cols: usize| -> Result<Vec<f32>, ModelError> {
-            let t = g.tensor(name).ok_or_else(|| ModelError::Missing(name.to_string()))?;
+            let t = g.tensor(name).ok_or_else(|| ModelError::Tensor { name: name.into(), reason: "missing".into() })?;
             let dims: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
             if dims != [cols, rows] && !(rows == 1 && dims == [cols]) {
                 return Err(ModelError::Tensor {
@@ -263,11 +251,13 @@ impl DraftModel {
         let half = self.config.head_dim / 2;
         let mut cos = Vec::with_capacity(n * half);
         let mut sin = Vec::with_capacity(n * half);
+        let mut angles = Vec::with_capacity(half);
         for p in start..start + n {
-            for i in 0..half {
-                let theta = p as f32 * self.config.rope_base.powf(-2.0 * i as f32 / self.config.head_dim as f32);
-                cos.push(theta.cos());
-                sin.push(theta.sin());
+            // The `llama` arch rotates the whole head (the loader checks n_rot == head_dim).
+            self.config.rope.cos_sin(p, &mut angles);
+            for &(c, s) in &angles {
+                cos.push(c);
+                sin.push(s);
             }
         }
         let t = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [1, n, half, 1]), &self.device);

@@ -5,6 +5,7 @@
 pub mod chat;
 pub mod dequant;
 pub mod gguf;
+pub mod hparams;
 pub mod sampling;
 pub mod tokenizer;
 pub mod wire;

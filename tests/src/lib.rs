@@ -134,6 +134,11 @@ impl Oracle {
         format!("{}{}", self.url, path)
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         let pid = self.child.id();
@@ -265,4 +270,14 @@ pub fn get_json(client: &reqwest::blocking::Client, url: &str) -> serde_json::Va
     let v: serde_json::Value = resp.json().unwrap_or_else(|e| panic!("{url}: body is not JSON: {e}"));
     assert!(status.is_success(), "{url} answered {status}: {v}");
     v
+}
+
+/// Resident memory of a process, in KiB (Linux `/proc/<pid>/status`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }

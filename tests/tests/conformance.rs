@@ -6,21 +6,39 @@
 //! written by `tools/synth/make_bitnet.py` (random seeded ternary weights, SmolLM2's
 //! tokenizer). llama.cpp cannot read I2_S, so the I2_S file is held to the TQ2_0 reference:
 //! it stores the same weights.
+//!
+//! The same tiny model is also checked with metadata that says more than llama.cpp reads
+//! (`tools/synth/make_metadata_variants.py`, fixture `llamacpp-bitnet-metadata.json`): keys
+//! llama.cpp ignores for arch `bitnet` (a `hidden_act` of relu2, a wrong `vocab_size`, ...)
+//! must change nothing, keys it honours (RoPE scaling, per-layer arrays) must change the
+//! logits as they change llama.cpp's, and keys Shard cannot run as llama.cpp does must stop
+//! the Oracle at start-up with an error that names them.
 
 use serde_json::{json, Value};
-use shard_tests::{post_json, repo_root, sha256_file, synthetic_model, synthetic_model_named, Oracle};
+use std::path::Path;
+
+use shard_tests::{binary, post_json, repo_root, sha256_file, synthetic_model, synthetic_model_named, Oracle};
 
 const TOLERANCE: f64 = 0.1;
 
 fn fixture() -> Value {
-    let path = repo_root().join("tests/fixtures/llamacpp-bitnet-tiny.json");
+    fixture_named("llamacpp-bitnet-tiny.json")
+}
+
+fn fixture_named(name: &str) -> Value {
+    let path = repo_root().join("tests/fixtures").join(name);
     serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("fixture JSON")
 }
 
-/// Checks one model file against one reference model entry.
+/// Checks one synthetic `bitnet-tiny` file against one reference model entry.
 fn check(kind: &str, reference: &Value) {
-    let model = synthetic_model(kind);
-    if kind != "i2_s" {
+    check_file(kind, &synthetic_model(kind), kind != "i2_s", reference);
+}
+
+/// Checks `model` against one reference model entry; `same_file` when the reference was
+/// recorded on this very file (its sha256 must match).
+fn check_file(kind: &str, model: &Path, same_file: bool, reference: &Value) {
+    if same_file {
         assert_eq!(
             sha256_file(&model),
             reference["sha256"].as_str().unwrap(),
@@ -28,7 +46,7 @@ fn check(kind: &str, reference: &Value) {
             model.display()
         );
     }
-    let oracle = Oracle::start(&model, &["--threads", "2"]);
+    let oracle = Oracle::start(model, &["--threads", "2"]);
     let client = reqwest::blocking::Client::new();
     for t in reference["tokenization"].as_array().unwrap() {
         let text = t["text"].as_str().unwrap();
@@ -128,6 +146,67 @@ fn tq1_0_matches_llama_cpp() {
 #[test]
 fn i2_s_matches_llama_cpp_on_the_same_weights() {
     check("i2_s", &fixture()["models"][0]);
+}
+
+/// Every `meta-*` variant of the tiny model against llama.cpp's own reading of that file.
+#[test]
+fn metadata_variants_match_llama_cpp() {
+    let fixture = fixture_named("llamacpp-bitnet-metadata.json");
+    let models = fixture["models"].as_array().unwrap();
+    assert!(models.len() >= 5, "the metadata fixture covers every meta-* variant");
+    for reference in models {
+        let stem = reference["file"].as_str().unwrap().trim_end_matches(".gguf");
+        check_file(stem, &synthetic_model_named(stem), true, reference);
+    }
+}
+
+/// The `refuse-*` variants: the Oracle stops at start-up, naming what it cannot run.
+#[test]
+fn metadata_shard_cannot_run_is_refused_at_load() {
+    let cases = [
+        ("refuse-output-tensor-tq2_0", "output.weight"),
+        ("refuse-head-size-tq2_0", "bitnet.attention.key_length"),
+        ("refuse-non-causal-tq2_0", "bitnet.attention.causal"),
+        ("refuse-ff-per-layer-tq2_0", "bitnet.feed_forward_length differs between layers"),
+        ("refuse-context-0-tq2_0", "bitnet.context_length is 0"),
+        ("refuse-context-1-tq2_0", "bitnet.context_length is 1"),
+        ("refuse-no-rms-eps-tq2_0", "lacks bitnet.attention.layer_norm_rms_epsilon"),
+        ("refuse-rope-type-tq2_0", "bitnet.rope.scaling.type = \"ntk\""),
+    ];
+    for (stem, needle) in cases {
+        let out = std::process::Command::new(binary("shard-oracle"))
+            .arg("--model")
+            .arg(synthetic_model_named(stem))
+            .args(["--port", "0", "--no-p2p"])
+            .env("SHARD_LOG", "warn")
+            .output()
+            .expect("run shard-oracle");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!out.status.success(), "{stem}: the Oracle started:\n{text}");
+        assert!(!text.contains("panicked"), "{stem}: a panic, not an error:\n{text}");
+        assert!(text.contains(needle), "{stem}: the error does not name {needle:?}:\n{text}");
+    }
+}
+
+/// A key that llama.cpp ignores is reported, and `--ffn-activation` is the explicit way to
+/// run another activation (with a warning that logits then leave llama.cpp's).
+#[test]
+fn ignored_keys_are_reported_and_the_override_is_explicit() {
+    let model = synthetic_model_named("meta-ignored-tq2_0");
+    let plain = Oracle::start(&model, &["--threads", "2", "--no-p2p"]);
+    let client = reqwest::blocking::Client::new();
+    let body = json!({"prompt": "In the beginning", "max_tokens": 0, "echo": true, "logprobs": 1});
+    let a = post_json(&client, &plain.endpoint("/v1/completions"), body.clone());
+    let log = plain.log.lock().unwrap().join("\n");
+    assert!(log.contains("bitnet.hidden_act") && log.contains("ignored"), "the ignored key is named in the log:\n{log}");
+    let overridden = Oracle::start(&model, &["--threads", "2", "--no-p2p", "--ffn-activation", "relu2"]);
+    let b = post_json(&client, &overridden.endpoint("/v1/completions"), body);
+    let log = overridden.log.lock().unwrap().join("\n");
+    assert!(log.contains("--ffn-activation"), "the override warns:\n{log}");
+    assert_ne!(
+        a["choices"][0]["logprobs"]["token_logprobs"], b["choices"][0]["logprobs"]["token_logprobs"],
+        "relu2 gives other logits than the architecture's silu"
+    );
 }
 
 /// microsoft/BitNet's `bitnet-b1.58` architecture (squared-ReLU gating, separate output

@@ -99,3 +99,65 @@ fn chat_answers_in_the_corpus_voice() {
     assert!(words.len() >= 10 && hits >= 4, "answer does not read like the corpus: {text:?}");
     assert!(!text.contains("<|"), "control tokens leaked into the answer: {text:?}");
 }
+
+/// Why a text is not prose: spaced single letters (`t h e   t h e`) or a short loop.
+fn not_prose(text: &str) -> Option<String> {
+    let words: Vec<&str> =
+        text.split_whitespace().map(|w| w.trim_matches(|c: char| !c.is_alphanumeric())).filter(|w| !w.is_empty()).collect();
+    if words.len() < 8 {
+        return Some(format!("only {} words", words.len()));
+    }
+    // English has few one-letter words ("a", "I", "O"): a real answer stays far below a third.
+    let single = words.iter().filter(|w| w.chars().count() == 1).count() as f64 / words.len() as f64;
+    if single > 0.3 {
+        return Some(format!("{:.0}% of the words are single letters", single * 100.0));
+    }
+    // A loop of one or two words repeats the same 3-word window again and again.
+    let grams: Vec<String> = words.windows(3).map(|w| w.join(" ").to_lowercase()).collect();
+    let distinct = grams.iter().collect::<std::collections::HashSet<_>>().len() as f64 / grams.len() as f64;
+    if distinct < 0.15 {
+        return Some(format!("only {:.0}% of its 3-word windows differ", distinct * 100.0));
+    }
+    None
+}
+
+/// Chats of 3 and 5 turns, each answer greedy and fed back as the history, as the web app does:
+/// every answer is made of words. (The first default pair was trained on single turns only,
+/// and answered the second turn with spaced single letters.)
+#[test]
+fn multi_turn_chats_answer_in_words() {
+    let fx = fixture();
+    let path = repo_root().join(fx["target"]["path"].as_str().unwrap());
+    let oracle = Oracle::start(&path, &[]);
+    let client = reqwest::blocking::Client::new();
+    let conversations: [&[&str]; 2] = [
+        &["Tell me about the land of Egypt.", "And it came to pass", "What did the people say?"],
+        &["The jury said that the city", "And it came to pass", "Tell me more.", "She looked at him and", "What happened next?"],
+    ];
+    for turns in conversations {
+        let mut messages: Vec<Value> = vec![];
+        for (i, user) in turns.iter().enumerate() {
+            messages.push(json!({"role": "user", "content": user}));
+            let r = post_json(
+                &client,
+                &oracle.endpoint("/v1/chat/completions"),
+                json!({"messages": messages, "max_tokens": 40, "temperature": 0}),
+            );
+            let answer = r["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+            eprintln!("{}-turn chat, turn {}: {user:?} -> {answer:?}", turns.len(), i + 1);
+            if let Some(why) = not_prose(&answer) {
+                panic!("turn {} of a {}-turn chat: {why}: {answer:?}", i + 1, turns.len());
+            }
+            assert!(!answer.contains("<|"), "control tokens leaked into the answer: {answer:?}");
+            messages.push(json!({"role": "assistant", "content": answer}));
+        }
+    }
+}
+
+#[test]
+fn the_prose_check_rejects_what_it_should() {
+    assert!(not_prose("t h e   t h e   t h e   t h e   t h e   t h e").is_some());
+    assert!(not_prose("the the the the the the the the the the the the").is_some());
+    assert!(not_prose("and the and the and the and the and the and the and the").is_some());
+    assert!(not_prose("And the LORD said unto Moses, Behold, I will give thee a land that floweth with milk").is_none());
+}

@@ -23,7 +23,7 @@ use shard_shared::sampling::{log_softmax, SamplingParams};
 use shard_tests::{repo_root, synthetic_model_named};
 
 fn load(path: &std::path::Path) -> Engine {
-    let opts = LoadOptions { kernel: kernels::select(KernelChoice::Auto).unwrap(), n_ctx: 0, alias: None };
+    let opts = LoadOptions::new(kernels::select(KernelChoice::Auto).unwrap());
     Engine::load(path, &opts, |_, _| {}).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

@@ -7,7 +7,13 @@ llama.cpp (which reads TQ2_0 and TQ1_0, but not I2_S).
 
 Usage:
   python tools/synth/make_bitnet.py --vocab-from SmolLM2.gguf --out-dir work-data/synth \
-      [--preset tiny|2b4t] [--seed 7] [--types tq2_0,tq1_0,i2_s]
+      [--preset tiny|2b4t] [--seed 7] [--types tq2_0,tq1_0,i2_s] \
+      [--kv KEY=TYPE:VALUE ...] [--drop-kv KEY ...] [--output-tensor]
+
+`--kv` adds or replaces a metadata key (TYPE: str, u32, f32, bool, or u32s for a
+comma-separated array), `--drop-kv` removes one, and `--output-tensor` adds a separate
+`output.weight` even to a `bitnet` file: the conformance tests use them for files whose
+metadata says more than llama.cpp reads (see tests/tests/metadata.rs).
 """
 
 from __future__ import annotations
@@ -67,6 +73,32 @@ def kv_i32s(key: str, values: list) -> bytes:
     return struct.pack("<Q", len(k)) + k + struct.pack("<IIQ", 9, 5, len(values)) + struct.pack(f"<{len(values)}i", *values)
 
 
+def kv_bool(key: str, value: bool) -> bytes:
+    k = key.encode()
+    return struct.pack("<Q", len(k)) + k + struct.pack("<IB", 7, int(value))
+
+
+def kv_u32s(key: str, values: list) -> bytes:
+    k = key.encode()
+    return struct.pack("<Q", len(k)) + k + struct.pack("<IIQ", 9, 4, len(values)) + struct.pack(f"<{len(values)}I", *values)
+
+
+def parse_kv(spec: str) -> tuple[str, bytes]:
+    """KEY=TYPE:VALUE, as llama.cpp's --override-kv spells it (plus u32s for arrays)."""
+    key, _, typed = spec.partition("=")
+    ty, _, value = typed.partition(":")
+    encoders = {
+        "str": lambda: kv_string(key, value),
+        "u32": lambda: kv_u32(key, int(value)),
+        "f32": lambda: kv_f32(key, float(value)),
+        "bool": lambda: kv_bool(key, value == "true"),
+        "u32s": lambda: kv_u32s(key, [int(v) for v in value.split(",")]),
+    }
+    if not key or ty not in encoders:
+        raise SystemExit(f"--kv {spec!r}: expected KEY=TYPE:VALUE with TYPE one of {', '.join(encoders)}")
+    return key, encoders[ty]()
+
+
 def small_vocab_records(n: int) -> list:
     """A gpt2-style vocabulary of n single printable characters and no merges; token 0 is an
     end-of-text control token, so every id is reachable and decodes to one character."""
@@ -82,7 +114,7 @@ def small_vocab_records(n: int) -> list:
     ]
 
 
-def main() -> None:
+def main(argv: list | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--vocab-from", help="GGUF whose tokenizer.* keys are copied")
@@ -94,7 +126,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--arch", choices=["bitnet", "bitnet-b1.58"], default="bitnet")
     p.add_argument("--types", default="tq2_0,tq1_0,i2_s")
-    a = p.parse_args()
+    p.add_argument("--kv", action="append", default=[], metavar="KEY=TYPE:VALUE", help="add or replace a metadata key")
+    p.add_argument("--drop-kv", action="append", default=[], metavar="KEY", help="leave a metadata key out")
+    p.add_argument("--output-tensor", action="store_true", help="write a separate output.weight whatever the arch")
+    a = p.parse_args(argv)
     cfg = PRESETS[a.preset]
     types = a.types.split(",")
     os.makedirs(a.out_dir, exist_ok=True)
@@ -119,7 +154,7 @@ def main() -> None:
     emb_std = LOGIT_STD / np.sqrt(E)
     dense.append(("token_embd.weight", (rng.standard_normal((n_vocab, E)) * emb_std).astype(np.float16), GGMLQuantizationType.F16))
     dense.append(("output_norm.weight", (1.0 + 0.1 * rng.standard_normal(E)).astype(np.float32), GGMLQuantizationType.F32))
-    if a.arch != "bitnet":
+    if a.arch != "bitnet" or a.output_tensor:
         # microsoft/BitNet files may carry a separate output layer; exercise that path.
         dense.append(("output.weight", (rng.standard_normal((n_vocab, E)) * emb_std).astype(np.float16), GGMLQuantizationType.F16))
 
@@ -143,19 +178,25 @@ def main() -> None:
                 dense.append((b + name + ".scale", np.array([1.0 + 0.25 * il], dtype=np.float32), GGMLQuantizationType.F32))
 
     arch = a.arch
-    kvs_common = tokenizer_kvs + [
-        kv_string("general.architecture", arch),
-        kv_string("general.name", f"shard-synthetic-{a.preset}"),
-        kv_u32(f"{arch}.context_length", cfg["ctx"]),
-        kv_u32(f"{arch}.embedding_length", E),
-        kv_u32(f"{arch}.block_count", L),
-        kv_u32(f"{arch}.feed_forward_length", F),
-        kv_u32(f"{arch}.attention.head_count", cfg["heads"]),
-        kv_u32(f"{arch}.attention.head_count_kv", cfg["kv_heads"]),
-        kv_f32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5),
-        kv_f32(f"{arch}.rope.freq_base", 10000.0),
-        kv_u32(f"{arch}.vocab_size", n_vocab),
-    ]
+    model_kvs = {
+        "general.architecture": kv_string("general.architecture", arch),
+        "general.name": kv_string("general.name", f"shard-synthetic-{a.preset}"),
+        f"{arch}.context_length": kv_u32(f"{arch}.context_length", cfg["ctx"]),
+        f"{arch}.embedding_length": kv_u32(f"{arch}.embedding_length", E),
+        f"{arch}.block_count": kv_u32(f"{arch}.block_count", L),
+        f"{arch}.feed_forward_length": kv_u32(f"{arch}.feed_forward_length", F),
+        f"{arch}.attention.head_count": kv_u32(f"{arch}.attention.head_count", cfg["heads"]),
+        f"{arch}.attention.head_count_kv": kv_u32(f"{arch}.attention.head_count_kv", cfg["kv_heads"]),
+        f"{arch}.attention.layer_norm_rms_epsilon": kv_f32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5),
+        f"{arch}.rope.freq_base": kv_f32(f"{arch}.rope.freq_base", 10000.0),
+        f"{arch}.vocab_size": kv_u32(f"{arch}.vocab_size", n_vocab),
+    }
+    for spec in a.kv:
+        key, record = parse_kv(spec)
+        model_kvs[key] = record
+    for key in a.drop_kv:
+        model_kvs.pop(key, None)
+    kvs_common = tokenizer_kvs + list(model_kvs.values())
 
     dense_raw = [RawTensor(n, tuple(reversed(t.shape)), int(q), t.tobytes()) for n, t, q in dense]
     for ty in types:

@@ -7,8 +7,11 @@ Special tokens (control tokens in the GGUF):
 
 Chat format (the GGUF's chat template renders exactly this, after the BOS):
   <|user|>{opening of a passage}<|end|><|assistant|>{its continuation}<|end|>
-The corpus has no dialogue, so training mixes in such samples, cut from training documents,
-and a chat request is answered with corpus-like text.
+  <|user|>{opening of a later passage}<|end|><|assistant|>{its continuation}<|end|> ...
+The corpus has no dialogue, so training mixes in such conversations, cut from training
+documents: one to five turns, each turn's passage taken further along the same document, so
+that a reply follows the whole conversation, and a chat request is answered with corpus-like
+text. (The first pair was trained on single turns only, and fell apart on a second turn.)
 
 Outputs under CACHE/tok/: tokenizer.json, train.npy, heldout.npy (uint16 streams),
 heldout_prompts.json (plain-text prompts cut from held-out documents).
@@ -27,7 +30,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 SPECIALS = ["<|endoftext|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 BOS, EOS, SYSTEM, USER, ASSISTANT = range(5)
-CHAT_FRACTION = 0.15   # share of training tokens in chat-formatted samples
+CHAT_FRACTION = 0.2    # share of training tokens in chat-formatted conversations
+# Turns per conversation and their weights: most conversations run past the first turn.
+TURNS, TURN_WEIGHTS = [1, 2, 3, 4, 5], [3, 3, 2, 1, 1]
+CHAT_MAX_TOKENS = 512  # the models' context: a conversation never spans more
 SYSTEM_PROMPTS = [
     "You are a helpful assistant.",
     "You are Shard, a small language model.",
@@ -56,29 +62,47 @@ def train_tokenizer(texts: list[str], vocab: int) -> Tokenizer:
 SENT = re.compile(r"(?<=[.!?;:])\s+")
 
 
-def chat_sample(text: str, rng: random.Random) -> tuple[str, str] | None:
-    """A user turn holding the opening of a passage and an assistant turn continuing it."""
-    paras = [p for p in text.split("\n") if len(p) > 200]
-    if not paras:
+def chat_turn(sents: list[str], start: int, rng: random.Random, words_max: int = 90) -> tuple[str, str, int] | None:
+    """A user turn holding the opening of a passage (sentences from `start`) and an assistant
+    turn continuing it; also the index of the first sentence not used."""
+    if len(sents) - start < 3:
         return None
-    sents = SENT.split(rng.choice(paras))
-    if len(sents) < 3:
-        return None
-    start = rng.randrange(0, max(1, len(sents) - 2))
     n_user = rng.choice([1, 1, 2])
     user = " ".join(sents[start:start + n_user])
-    reply, words = [], 0
+    reply, words, end = [], 0, start + n_user
+    target = rng.randint(min(30, words_max // 3), words_max)
     for s in sents[start + n_user:]:
         reply.append(s)
+        end += 1
         words += len(s.split())
-        if words >= rng.randint(30, 90):
+        if words >= target:
             break
     if rng.random() < 0.2:  # sometimes a bare fragment instead of whole sentences
         cut = user.split()
         if len(cut) > 6:
             k = rng.randint(3, len(cut) - 2)
-            user, reply = " ".join(cut[:k]), " ".join(cut[k:] + reply)
-    return user, " ".join(reply)
+            user, reply = " ".join(cut[:k]), cut[k:] + reply
+    return user, " ".join(reply), end
+
+
+def conversation(text: str, rng: random.Random) -> list[tuple[str, str]]:
+    """One to five (user, assistant) turns from one document, in the document's order: each
+    turn picks up a little further along, as a conversation moves on."""
+    sents = [x for para in text.split("\n") if len(para) > 200 for x in SENT.split(para)]
+    if len(sents) < 3:
+        return []
+    n_turns = rng.choices(TURNS, TURN_WEIGHTS)[0]
+    i = rng.randrange(0, max(1, len(sents) - 12))
+    # Longer conversations get shorter replies, so that most of them fit the context.
+    words_max = {1: 90, 2: 70, 3: 50}.get(n_turns, 40)
+    turns = []
+    while len(turns) < n_turns:
+        t = chat_turn(sents, i, rng, words_max)
+        if t is None:
+            break
+        turns.append(t[:2])
+        i = t[2] + rng.choice([0, 0, 1, 2])
+    return turns
 
 
 def encode_docs(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
@@ -105,14 +129,22 @@ def main() -> None:
     # Chat samples until they make up CHAT_FRACTION of the stream.
     chats: list[list[int]] = []
     n_chat = 0
+    turn_counts = [0] * (len(TURNS) + 1)
     while n_chat < CHAT_FRACTION / (1 - CHAT_FRACTION) * n_plain:
-        s = chat_sample(rng.choice(train)["text"], rng)
-        if s is None:
+        turns = conversation(rng.choice(train)["text"], rng)
+        if not turns:
             continue
         ids = [BOS]
         if rng.random() < 0.1:
             ids += [SYSTEM] + tok.encode(rng.choice(SYSTEM_PROMPTS)).ids + [EOS]
-        ids += [USER] + tok.encode(s[0]).ids + [EOS, ASSISTANT] + tok.encode(s[1]).ids + [EOS]
+        kept = 0
+        for user, reply in turns:
+            turn = [USER] + tok.encode(user).ids + [EOS, ASSISTANT] + tok.encode(reply).ids + [EOS]
+            if kept and len(ids) + len(turn) > CHAT_MAX_TOKENS:
+                break  # the web app keeps the most recent turns that fit; train on what fits
+            ids += turn
+            kept += 1
+        turn_counts[kept] += 1
         chats.append(ids)
         n_chat += len(ids)
     seqs = [[BOS] + d for d in docs] + chats
@@ -135,6 +167,7 @@ def main() -> None:
     with open(os.path.join(out, "heldout_prompts.json"), "w") as f:
         json.dump(prompts, f, indent=1)
     chars = sum(len(d["text"]) for d in train)
+    print(f"conversations by turns: {dict((n, c) for n, c in enumerate(turn_counts) if c)}")
     print(f"vocab {tok.get_vocab_size()}; train {len(stream)} tokens ({n_chat} in {len(chats)} chat samples), "
           f"{chars / n_plain:.2f} chars/token; held-out {len(held_stream)} tokens; {len(prompts)} prompts")
 

@@ -17,8 +17,11 @@ use crate::oracle_api::{ChatChunk, QueueStatus};
 use crate::scout::Scout;
 use crate::sse::{SseItem, SseParser};
 
-/// Characters of history sent with a question (the default model's context is 512 tokens).
+/// Characters of history sent with a question (the default model's context is 512 tokens, at
+/// about 3.9 characters a token, and the answer needs room too).
 const HISTORY_CHARS: usize = 1200;
+/// Turns of history sent: the default model was trained on conversations of up to five.
+const HISTORY_TURNS: usize = 5;
 const MAX_TOKENS: u32 = 160;
 
 fn storage() -> Option<web_sys::Storage> {
@@ -50,7 +53,7 @@ async fn stream_answer(
     let messages = conversation.with_untracked(|c| {
         let mut c = c.clone();
         c.messages.pop(); // the empty answer being written
-        c.request_messages(HISTORY_CHARS)
+        c.request_messages(HISTORY_CHARS, HISTORY_TURNS)
     });
     let body = serde_json::json!({
         "messages": messages, "stream": true, "max_tokens": MAX_TOKENS, "temperature": 0.5, "top_p": 0.9,
@@ -237,7 +240,7 @@ pub fn ChatView() -> impl IntoView {
                         "Lend this tab's GPU: Scout mode downloads a "
                         {move || format::bytes(scout.model_bytes.get().max(6_105_856))}
                         " draft model once, runs it on WebGPU (or on your CPU where WebGPU is missing), and drafts tokens that the Oracle checks. "
-                        "Answers get faster for everyone, and Scouts' requests get priority."
+                        "Answers get faster for everyone."
                     </p>
                     <button class="primary" data-testid="become-scout" on:click=move |_| { scout.start(); ui.tab.set(Tab::Scout); }>"Become a Scout"</button>
                 </aside>

@@ -51,21 +51,34 @@ impl Conversation {
         }
     }
 
-    /// The messages to send for the next answer: the latest turns that fit `max_chars`, as
-    /// OpenAI chat messages (the model's context is small; the Oracle rejects longer prompts).
-    pub fn request_messages(&self, max_chars: usize) -> Vec<serde_json::Value> {
-        let mut total = 0;
-        let mut picked: Vec<&Message> = vec![];
-        for m in self.messages.iter().rev().filter(|m| !m.content.is_empty()) {
-            total += m.content.len();
-            if total > max_chars && !picked.is_empty() {
+    /// The messages to send for the next answer, as OpenAI chat messages: the latest whole
+    /// turns (each starting with the user's message) that fit `max_chars` and `max_turns`.
+    /// The default model's context is small and it was trained on conversations of up to five
+    /// turns; the Oracle rejects prompts past its context.
+    pub fn request_messages(&self, max_chars: usize, max_turns: usize) -> Vec<serde_json::Value> {
+        let sent: Vec<&Message> = self.messages.iter().filter(|m| !m.content.is_empty()).collect();
+        // Walk back turn by turn; a turn starts at a user message.
+        let (mut start, mut total, mut turns) = (sent.len(), 0, 0);
+        let mut i = sent.len();
+        while i > 0 {
+            i -= 1;
+            total += sent[i].content.len();
+            if total > max_chars && start < sent.len() {
                 break;
             }
-            picked.push(m);
+            if sent[i].role == Role::User {
+                start = i;
+                turns += 1;
+                if turns == max_turns {
+                    break;
+                }
+            }
         }
-        picked
-            .into_iter()
-            .rev()
+        if start == sent.len() {
+            start = sent.len().saturating_sub(1); // no user turn at all: the newest message alone
+        }
+        sent[start..]
+            .iter()
             .map(|m| {
                 let role = match m.role {
                     Role::User => "user",
@@ -114,17 +127,34 @@ mod tests {
     }
 
     #[test]
-    fn requests_keep_the_latest_turns_that_fit() {
+    fn requests_keep_the_latest_whole_turns_that_fit() {
         let mut c = Conversation { messages: vec![msg(Role::User, "aaaa"), msg(Role::Assistant, "bbbb"), msg(Role::User, "cc")] };
-        let m = c.request_messages(7);
-        assert_eq!(m.len(), 2);
-        assert_eq!(m[0]["role"], "assistant");
-        assert_eq!(m[1]["content"], "cc");
+        // "bbbb" + "cc" fit 7 characters, but a turn starts with the user: only "cc" goes.
+        let m = c.request_messages(7, 5);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0]["content"], "cc");
+        assert_eq!(c.request_messages(100, 5).len(), 3);
+        assert_eq!(c.request_messages(100, 1).len(), 1, "one turn: the last user message");
         // The newest message goes even when alone it is over the limit.
-        assert_eq!(c.request_messages(1).len(), 1);
+        assert_eq!(c.request_messages(1, 5).len(), 1);
         assert!(!c.drop_last_answer());
         c.messages.push(msg(Role::Assistant, "dd"));
         assert!(c.drop_last_answer());
         assert_eq!(c.messages.len(), 3);
+    }
+
+    #[test]
+    fn requests_hold_at_most_the_turns_asked_for() {
+        let mut messages = vec![];
+        for i in 0..8 {
+            messages.push(msg(Role::User, &format!("q{i}")));
+            messages.push(msg(Role::Assistant, &format!("a{i}")));
+        }
+        messages.push(msg(Role::User, "last"));
+        let c = Conversation { messages };
+        let m = c.request_messages(10_000, 5);
+        assert_eq!(m.len(), 9, "five user turns and the four answers between them");
+        assert_eq!(m[0]["content"], "q4");
+        assert_eq!(m[0]["role"], "user");
     }
 }

@@ -90,6 +90,9 @@ pub async fn post_stream(url: &str, body: &serde_json::Value, signal: &AbortSign
     BodyReader::new(&resp)
 }
 
+/// Most bytes a download reserves before they arrive.
+const MAX_RESERVE: usize = 16 << 20;
+
 /// Downloads `url`, calling `progress(done, total)` as bytes arrive. `expected` is the size
 /// the Oracle announced; more than that is refused, so a wrong file cannot fill memory.
 pub async fn download(url: &str, expected: u64, mut progress: impl FnMut(u64, u64)) -> Result<Vec<u8>, String> {
@@ -99,7 +102,9 @@ pub async fn download(url: &str, expected: u64, mut progress: impl FnMut(u64, u6
         return Err(failure(&resp).await);
     }
     let mut reader = BodyReader::new(&resp)?;
-    let mut bytes = Vec::with_capacity(expected as usize);
+    // Grown as bytes arrive: reserving the announced size up front would let one wrong
+    // number take the tab's memory. Only a modest head start is reserved.
+    let mut bytes = Vec::with_capacity((expected as usize).min(MAX_RESERVE));
     progress(0, expected);
     while let Some(chunk) = reader.next().await? {
         bytes.extend_from_slice(&chunk);

@@ -8,7 +8,8 @@ use serde_json::Value;
 /// A request's place in line (the Oracle's `: queue {...}` SSE comments).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct QueueStatus {
-    pub ticket: u64,
+    /// The request's ticket id (random, so it cannot be guessed).
+    pub ticket: String,
     pub ahead: u64,
     pub state: String,
     pub est_wait_ms: u64,
@@ -157,7 +158,9 @@ mod tests {
 
     #[test]
     fn reads_queue_comments_and_chunks() {
-        let q = QueueStatus::from_comment(r#"queue {"ticket":4,"ahead":2,"state":"waiting","est_wait_ms":900,"tier":"leech"}"#);
+        let q = QueueStatus::from_comment(
+            r#"queue {"ticket":"9f0c2b7a11d4e3a8","ahead":2,"state":"waiting","est_wait_ms":900,"tier":"leech"}"#,
+        );
         assert_eq!(q.unwrap().ahead, 2);
         assert_eq!(QueueStatus::from_comment("keep-alive"), None);
         assert_eq!(

@@ -393,7 +393,7 @@ pub fn ScoutView() -> impl IntoView {
                 {move || format::bytes(scout.model_bytes.get().max(6_105_856))}
                 ", downloaded once) on your GPU through WebGPU, or on your CPU where WebGPU is missing. "
                 "It guesses the next tokens of other people's answers; the Oracle checks every guess, "
-                "so answers get faster and never change. Scouts' own requests get priority."
+                "so answers get faster and never change."
             </p>
             <div class="controls">
                 <Show

@@ -14,9 +14,10 @@ use shard_shared::chat::ChatMessage;
 
 use super::error::ApiError;
 use super::json::ApiJson;
+use super::limits::{Client, Limits, MAX_MESSAGES};
 use super::types::{choices_per_prompt, max_tokens, new_id, unix_now, SamplingFields, StreamOptions, Usage};
 use super::{collect, job_error, logprob_count, queue_comment, with_ticket, AppState};
-use crate::engine::generate::{Event, TokenLogprob};
+use crate::engine::generate::{Event, GenerateParams, TokenLogprob};
 use crate::queue::{JobEvent, Update};
 
 #[derive(Debug, Deserialize)]
@@ -60,9 +61,16 @@ pub struct Part {
     pub text: Option<String>,
 }
 
-fn messages(req: &ChatRequest) -> Result<Vec<ChatMessage>, ApiError> {
+/// Checks the messages and turns them into what the template sees.
+pub fn messages(req: &ChatRequest) -> Result<Vec<ChatMessage>, ApiError> {
     if req.messages.is_empty() {
         return Err(ApiError::invalid_param("messages", "messages must not be empty"));
+    }
+    if req.messages.len() > MAX_MESSAGES {
+        return Err(ApiError::invalid_param(
+            "messages",
+            format!("{} messages are too many; at most {MAX_MESSAGES} are accepted", req.messages.len()),
+        ));
     }
     req.messages
         .iter()
@@ -106,32 +114,45 @@ fn logprob_entry(state: &AppState, lp: &TokenLogprob) -> Value {
     })
 }
 
-pub async fn handler(State(state): State<Arc<AppState>>, ApiJson(req): ApiJson<ChatRequest>) -> Result<Response, ApiError> {
-    state.check_model(req.model.as_deref())?;
-    let msgs = messages(&req)?;
+/// Everything in a chat request that can be checked without the model: its messages, `n` and
+/// generation parameters. (Also what the HTTP fuzz target runs.)
+pub fn validate(req: &ChatRequest, n_vocab: usize, n_ctx: usize) -> Result<(Vec<ChatMessage>, usize, GenerateParams), ApiError> {
+    let msgs = messages(req)?;
     let n = choices_per_prompt(req.n)?;
-    let rendered =
-        state.engine.chat_template.render(&msgs, true).map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
-    let prompt = state.engine.tokenizer.encode_prompt(&rendered).map_err(|e| ApiError::invalid(e.to_string()))?;
-    let mut params = req.sampling.to_params(state.engine.model.config.n_vocab)?;
-    let default_max = state.engine.n_ctx;
-    params.max_tokens = max_tokens(req.max_completion_tokens.or(req.max_tokens), default_max, "max_tokens")?;
+    let mut params = req.sampling.to_params(n_vocab)?;
+    params.max_tokens = max_tokens(req.max_completion_tokens.or(req.max_tokens), n_ctx, "max_tokens")?;
     let top = logprob_count(req.top_logprobs, "top_logprobs")?;
     if top.is_some() && !req.logprobs {
         return Err(ApiError::invalid_param("top_logprobs", "top_logprobs requires logprobs to be true"));
     }
     params.logprobs = req.logprobs.then_some(top.unwrap_or(0));
+    if req.stream && n != 1 {
+        return Err(ApiError::invalid_param("n", "streaming supports n = 1 only"));
+    }
+    Ok((msgs, n, params))
+}
+
+pub async fn handler(
+    State(state): State<Arc<AppState>>,
+    client: Client,
+    ApiJson(req): ApiJson<ChatRequest>,
+) -> Result<Response, ApiError> {
+    state.check_model(req.model.as_deref())?;
+    let n_ctx = state.engine.n_ctx;
+    let (msgs, n, params) = validate(&req, state.engine.model.config.n_vocab, n_ctx)?;
+    let slot = state.limits.admit(&client)?;
+    let st = state.clone();
+    let prompt = state.limits.blocking(move || st.chat_prompt(&msgs)).await??;
+    let (tokens, entries) = Limits::cost(n, prompt.len(), params.max_tokens, n_ctx, params.logprobs, false);
+    state.limits.check_budget(n, tokens, entries)?;
     let id = new_id("chatcmpl");
     let created = unix_now();
     let model = state.engine.model_id.clone();
 
     if req.stream {
-        if n != 1 {
-            return Err(ApiError::invalid_param("n", "streaming supports n = 1 only"));
-        }
         let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
-        let mut rx = state.submit(prompt, params)?;
-        let ticket = rx.ticket;
+        let mut rx = state.submit(prompt, params, &client)?;
+        let ticket = rx.ticket.clone();
         let chunk = move |delta: Value, logprobs: Value, finish: Value| {
             json!({
                 "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -140,6 +161,8 @@ pub async fn handler(State(state): State<Arc<AppState>>, ApiJson(req): ApiJson<C
             })
         };
         let body = async_stream::stream! {
+            // The client's slot is held for as long as the stream runs.
+            let _slot = slot;
             yield Ok::<_, Infallible>(SseEvent::default().data(chunk(json!({"role": "assistant", "content": ""}), Value::Null, Value::Null).to_string()));
             yield Ok(queue_comment(&rx.status()));
             while let Some(update) = rx.next_update().await {
@@ -176,7 +199,7 @@ pub async fn handler(State(state): State<Arc<AppState>>, ApiJson(req): ApiJson<C
             }
             yield Ok(SseEvent::default().data("[DONE]"));
         };
-        return Ok(with_ticket(Sse::new(body).keep_alive(KeepAlive::default()).into_response(), ticket));
+        return Ok(with_ticket(Sse::new(body).keep_alive(KeepAlive::default()).into_response(), &ticket));
     }
 
     let mut choices = vec![];
@@ -184,7 +207,7 @@ pub async fn handler(State(state): State<Arc<AppState>>, ApiJson(req): ApiJson<C
     for k in 0..n {
         let mut p = params.clone();
         p.seed = params.seed.wrapping_add(k as u64);
-        let c = collect(state.submit(prompt.clone(), p)?).await?;
+        let c = collect(state.submit(prompt.clone(), p, &client)?).await?;
         let finish = c.finish.as_ref().expect("collected");
         usage.add(finish);
         let logprobs = if req.logprobs {

@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
 use super::json::ApiJson;
+use super::limits::{Client, Limits};
 use super::types::{choices_per_prompt, max_tokens, new_id, unix_now, SamplingFields, StreamOptions, Usage};
 use super::{collect, job_error, logprob_count, queue_comment, with_ticket, AppState};
 use crate::engine::generate::{Event, GenerateParams, TokenLogprob};
@@ -72,8 +73,9 @@ impl LegacyLogprobs {
     }
 }
 
-pub async fn handler(State(state): State<Arc<AppState>>, ApiJson(req): ApiJson<CompletionRequest>) -> Result<Response, ApiError> {
-    state.check_model(req.model.as_deref())?;
+/// Everything in a completion request that can be checked without the model: `n`, the
+/// unsupported fields and the generation parameters. (Also what the HTTP fuzz target runs.)
+pub fn validate(req: &CompletionRequest, n_vocab: usize) -> Result<(usize, GenerateParams), ApiError> {
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::invalid_param("suffix", "suffix (insertion) is not supported by this model"));
     }
@@ -81,14 +83,54 @@ pub async fn handler(State(state): State<Arc<AppState>>, ApiJson(req): ApiJson<C
     if req.best_of.is_some_and(|b| b != n as i64) {
         return Err(ApiError::invalid_param("best_of", "best_of other than n is not supported"));
     }
-    let prompts = prompts(&state, req.prompt.as_ref())?;
-    let n_vocab = state.engine.model.config.n_vocab;
+    let count = match &req.prompt {
+        None => return Err(ApiError::invalid_param("prompt", "prompt is required")),
+        Some(PromptField::Text(_)) | Some(PromptField::Tokens(_)) => 1,
+        Some(PromptField::Texts(v)) => v.len(),
+        Some(PromptField::TokenLists(v)) => v.len(),
+    };
+    if count == 0 || count > MAX_PROMPTS {
+        return Err(ApiError::invalid_param("prompt", format!("give between 1 and {MAX_PROMPTS} prompts")));
+    }
     let mut params = req.sampling.to_params(n_vocab)?;
     params.max_tokens = max_tokens(req.max_tokens, 16, "max_tokens")?;
     params.logprobs = logprob_count(req.logprobs, "logprobs")?;
     if req.echo {
         params.prompt_logprobs = params.logprobs;
     }
+    Ok((n, params))
+}
+
+/// Most prompts in one request.
+const MAX_PROMPTS: usize = 16;
+
+pub async fn handler(
+    State(state): State<Arc<AppState>>,
+    client: Client,
+    ApiJson(req): ApiJson<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    state.check_model(req.model.as_deref())?;
+    let n_ctx = state.engine.n_ctx;
+    let (n, params) = validate(&req, state.engine.model.config.n_vocab)?;
+    // Texts that cannot fit the context are refused before any is tokenized.
+    if let Some(PromptField::Text(t)) = &req.prompt {
+        state.limits.check_text("prompt", t.len(), n_ctx)?;
+    }
+    if let Some(PromptField::Texts(v)) = &req.prompt {
+        for t in v {
+            state.limits.check_text("prompt", t.len(), n_ctx)?;
+        }
+    }
+    let slot = state.limits.admit(&client)?;
+    let (st, field) = (state.clone(), req.prompt.clone());
+    let prompts = state.limits.blocking(move || prompts(&st, field.as_ref())).await??;
+    let (mut tokens, mut entries) = (0usize, 0usize);
+    for p in &prompts {
+        let (t, e) = Limits::cost(n, p.tokens.len(), params.max_tokens, n_ctx, params.logprobs, req.echo);
+        tokens = tokens.saturating_add(t);
+        entries = entries.saturating_add(e);
+    }
+    state.limits.check_budget(prompts.len() * n, tokens, entries)?;
     let model = state.engine.model_id.clone();
     let id = new_id("cmpl");
     let created = unix_now();
@@ -108,14 +150,14 @@ pub async fn handler(State(state): State<Arc<AppState>>, ApiJson(req): ApiJson<C
 
     if req.stream {
         let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
-        return stream(state, runs, id, created, model, req.echo, include_usage).await;
+        return stream(state, client, slot, runs, id, created, model, req.echo, include_usage).await;
     }
 
     let mut choices = vec![];
     let mut usage = Usage::default();
     for (index, prompt, p) in runs {
         let want_lp = p.logprobs.is_some();
-        let rx = state.submit(prompt.tokens.clone(), p)?;
+        let rx = state.submit(prompt.tokens.clone(), p, &client)?;
         let c = collect(rx).await?;
         let finish = c.finish.expect("collected");
         usage.add(&finish);
@@ -158,10 +200,8 @@ pub async fn handler(State(state): State<Arc<AppState>>, ApiJson(req): ApiJson<C
 fn prompts(state: &AppState, field: Option<&PromptField>) -> Result<Vec<Prompt>, ApiError> {
     let tk = &state.engine.tokenizer;
     let n_vocab = state.engine.model.config.n_vocab;
-    let from_text = |s: &str| -> Result<Prompt, ApiError> {
-        let tokens = tk.encode_prompt(s).map_err(|e| ApiError::invalid_param("prompt", e.to_string()))?;
-        Ok(Prompt { tokens, text: s.to_string() })
-    };
+    let from_text =
+        |s: &str| -> Result<Prompt, ApiError> { Ok(Prompt { tokens: state.completion_prompt(s)?, text: s.to_string() }) };
     let from_tokens = |t: &[u32]| -> Result<Prompt, ApiError> {
         if let Some(bad) = t.iter().find(|&&id| id as usize >= n_vocab) {
             return Err(ApiError::invalid_param("prompt", format!("token id {bad} is outside the vocabulary of {n_vocab}")));
@@ -175,8 +215,8 @@ fn prompts(state: &AppState, field: Option<&PromptField>) -> Result<Vec<Prompt>,
         Some(PromptField::Texts(v)) => v.iter().map(|s| from_text(s)).collect::<Result<_, _>>()?,
         Some(PromptField::TokenLists(v)) => v.iter().map(|t| from_tokens(t)).collect::<Result<_, _>>()?,
     };
-    if list.is_empty() || list.len() > 16 {
-        return Err(ApiError::invalid_param("prompt", "give between 1 and 16 prompts"));
+    if list.is_empty() || list.len() > MAX_PROMPTS {
+        return Err(ApiError::invalid_param("prompt", format!("give between 1 and {MAX_PROMPTS} prompts")));
     }
     if list.iter().any(|p| p.tokens.is_empty()) {
         return Err(ApiError::invalid_param("prompt", "the prompt is empty"));
@@ -184,8 +224,11 @@ fn prompts(state: &AppState, field: Option<&PromptField>) -> Result<Vec<Prompt>,
     Ok(list)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn stream(
     state: Arc<AppState>,
+    client: Client,
+    slot: super::limits::ClientSlot,
     runs: Vec<(usize, Prompt, GenerateParams)>,
     id: String,
     created: u64,
@@ -196,8 +239,8 @@ async fn stream(
     // Enqueue the first run now, so a full queue is a 429 rather than a broken stream.
     let mut runs = runs.into_iter();
     let (i0, p0, params0) = runs.next().expect("at least one prompt");
-    let first_rx = state.submit(p0.tokens.clone(), params0.clone())?;
-    let ticket = first_rx.ticket;
+    let first_rx = state.submit(p0.tokens.clone(), params0.clone(), &client)?;
+    let ticket = first_rx.ticket.clone();
     let chunk = move |index: usize, text: String, logprobs: Value, finish: Value| {
         json!({
             "id": id, "object": "text_completion", "created": created, "model": model,
@@ -206,6 +249,8 @@ async fn stream(
         })
     };
     let body = async_stream::stream! {
+        // The client's slot is held for as long as the stream runs.
+        let _slot = slot;
         let mut usage = Usage::default();
         let mut pending = Some((i0, p0, params0, first_rx));
         loop {
@@ -213,7 +258,7 @@ async fn stream(
                 Some(p) => p,
                 None => match runs.next() {
                     None => break,
-                    Some((i, p, pr)) => match state.submit(p.tokens.clone(), pr.clone()) {
+                    Some((i, p, pr)) => match state.submit(p.tokens.clone(), pr.clone(), &client) {
                         Ok(rx) => (i, p, pr, rx),
                         Err(e) => { yield Ok::<_, Infallible>(SseEvent::default().data(e.body().to_string())); break; }
                     },
@@ -266,5 +311,5 @@ async fn stream(
         }
         yield Ok(SseEvent::default().data("[DONE]"));
     };
-    Ok(with_ticket(Sse::new(body).keep_alive(KeepAlive::default()).into_response(), ticket))
+    Ok(with_ticket(Sse::new(body).keep_alive(KeepAlive::default()).into_response(), &ticket))
 }

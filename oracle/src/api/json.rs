@@ -28,19 +28,25 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 ApiError::new(status, "invalid_request_error", rejection.body_text())
             }
         })?;
-        if bytes.is_empty() {
-            return Err(ApiError::invalid("The request body is empty; expected a JSON object"));
-        }
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(de).map(ApiJson).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let message = if inner.is_syntax() || inner.is_eof() {
-                format!("The request body is not valid JSON: {inner}")
-            } else {
-                format!("Invalid request body: {inner}")
-            };
-            ApiError { param: (path != "." && !path.is_empty()).then_some(path), ..ApiError::invalid(message) }
-        })
+        parse_body(&bytes).map(ApiJson)
     }
+}
+
+/// Parses a request body as the API does: JSON whatever the content type, with errors that
+/// name the offending field. (The HTTP fuzz target calls this too.)
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::invalid("The request body is empty; expected a JSON object"));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = if inner.is_syntax() || inner.is_eof() {
+            format!("The request body is not valid JSON: {inner}")
+        } else {
+            format!("Invalid request body: {inner}")
+        };
+        ApiError { param: (path != "." && !path.is_empty()).then_some(path), ..ApiError::invalid(message) }
+    })
 }

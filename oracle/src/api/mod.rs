@@ -6,6 +6,7 @@ pub mod chat;
 pub mod completions;
 pub mod error;
 pub mod json;
+pub mod limits;
 pub mod models;
 pub mod queue;
 pub mod swarm;
@@ -24,6 +25,8 @@ use crate::engine::generate::{Event, Finish, GenerateError, GenerateParams, Toke
 use crate::engine::Engine;
 use crate::queue::{InferenceQueue, JobError, JobEvent, QueueStatus, Submission};
 use error::ApiError;
+use limits::{Client, Limits};
+use shard_shared::chat::ChatMessage;
 
 /// What every handler shares.
 pub struct AppState {
@@ -35,6 +38,8 @@ pub struct AppState {
     pub p2p: Option<P2pState>,
     /// The web app (trunk's output), served at `/` when present.
     pub web_dir: Option<std::path::PathBuf>,
+    /// What one request may cost ([`limits`]).
+    pub limits: Arc<Limits>,
 }
 
 pub struct P2pState {
@@ -63,16 +68,68 @@ impl AppState {
         self.engine.tokenizer.piece(id).unwrap_or_default().to_vec()
     }
 
-    /// Enqueues a generation, turning a full queue into 429.
-    pub fn submit(&self, prompt: Vec<u32>, params: GenerateParams) -> Result<Submission, ApiError> {
+    /// Enqueues a generation for `client`, turning a full queue into 429.
+    pub fn submit(&self, prompt: Vec<u32>, params: GenerateParams, client: &Client) -> Result<Submission, ApiError> {
         if prompt.len() >= self.engine.n_ctx {
             return Err(job_error(JobError::Generate(GenerateError::ContextExceeded {
                 prompt: prompt.len(),
                 n_ctx: self.engine.n_ctx,
             })));
         }
-        self.queue.submit(prompt, params).map_err(|full| ApiError::queue_full(full.retry_after_secs))
+        let key = self.limits.client_key(client.ip);
+        self.queue.submit(prompt, params, key).map_err(|full| ApiError::queue_full(full.retry_after_secs))
     }
+
+    /// Tokenizes a prompt for the completion endpoints (special tokens parsed, as llama.cpp's
+    /// server does), after checking that it can fit the context at all. Blocking work.
+    pub fn completion_prompt(&self, text: &str) -> Result<Vec<u32>, ApiError> {
+        self.limits.check_text("prompt", text.len(), self.engine.n_ctx)?;
+        self.engine.tokenizer.encode_prompt(text).map_err(|e| ApiError::invalid_param("prompt", e.to_string()))
+    }
+
+    /// Renders a conversation with the model's template and tokenizes it ([`chat_prompt`]).
+    pub fn chat_prompt(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, ApiError> {
+        chat_prompt(&self.engine, &self.limits, messages)
+    }
+}
+
+/// Renders a conversation with the model's template and tokenizes it. Message content is
+/// text: control-token text inside a message stays text, so a user cannot open a system turn
+/// by typing its markers. Blocking work.
+pub fn chat_prompt(engine: &Engine, limits: &Limits, messages: &[ChatMessage]) -> Result<Vec<u32>, ApiError> {
+    let n_ctx = engine.n_ctx;
+    let content: usize = messages.iter().map(|m| m.content.len()).sum();
+    limits.check_text("messages", content, n_ctx)?;
+    let segments =
+        engine.chat_template.render_segments(messages, true).map_err(|e| ApiError::invalid_param("messages", e.to_string()))?;
+    let rendered: usize = segments.iter().map(|s| s.text.len()).sum();
+    limits.check_text("messages", rendered, n_ctx)?;
+    let tk = &engine.tokenizer;
+    let err = |e: shard_shared::tokenizer::TokenizerError| ApiError::invalid_param("messages", e.to_string());
+    // Where no content holds control-token text, tokenize the rendered prompt whole, as
+    // llama.cpp does (byte for byte the same tokens); otherwise piece by piece.
+    let mut injected = false;
+    for s in segments.iter().filter(|s| s.content) {
+        if tk.encode(&s.text, false, true).map_err(err)? != tk.encode(&s.text, false, false).map_err(err)? {
+            injected = true;
+            break;
+        }
+    }
+    if !injected {
+        let whole: String = segments.iter().map(|s| s.text.as_str()).collect();
+        return tk.encode_prompt(&whole).map_err(err);
+    }
+    let mut ids = vec![];
+    if tk.add_bos() {
+        ids.extend(tk.bos());
+    }
+    for s in &segments {
+        let piece = tk.encode(&s.text, false, !s.content).map_err(err)?;
+        // The template may write the BOS itself.
+        let skip = usize::from(ids.len() == 1 && piece.first().is_some_and(|t| Some(*t) == tk.bos()));
+        ids.extend_from_slice(&piece[skip..]);
+    }
+    Ok(ids)
 }
 
 /// Builds the router. `max_body_bytes` caps request bodies (413 beyond).
@@ -146,6 +203,7 @@ pub struct Collected {
 
 /// Waits for a job and gathers everything it produced.
 pub async fn collect(mut rx: Submission) -> Result<Collected, ApiError> {
+    // Events are read as they come, so the bounded channel never fills for a collected job.
     let mut out = Collected::default();
     while let Some(ev) = rx.recv().await {
         match ev {
@@ -172,8 +230,10 @@ pub fn queue_comment(status: &QueueStatus) -> axum::response::sse::Event {
 }
 
 /// Names a streamed response's queue ticket (`x-shard-queue-ticket`), for `GET /api/queue/{ticket}`.
-pub fn with_ticket(mut response: axum::response::Response, ticket: u64) -> axum::response::Response {
-    response.headers_mut().insert("x-shard-queue-ticket", axum::http::HeaderValue::from(ticket));
+pub fn with_ticket(mut response: axum::response::Response, ticket: &str) -> axum::response::Response {
+    if let Ok(v) = axum::http::HeaderValue::from_str(ticket) {
+        response.headers_mut().insert("x-shard-queue-ticket", v);
+    }
     response
 }
 

@@ -49,6 +49,7 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
         "queue_capacity": state.queue.capacity,
         "requests_completed": s.completed.load(Ordering::Relaxed),
         "tokens_generated": s.tokens_generated.load(Ordering::Relaxed),
+        "requests_stalled": s.stalled.load(Ordering::Relaxed),
     }))
 }
 
@@ -63,6 +64,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl axum::response:
         s.depth.load(Ordering::SeqCst)
     );
     let _ = writeln!(out, "# HELP shard_requests_completed_total Requests finished.\n# TYPE shard_requests_completed_total counter\nshard_requests_completed_total {}", s.completed.load(Ordering::Relaxed));
+    let _ = writeln!(out, "# HELP shard_requests_stalled_total Requests cancelled because their client stopped reading.\n# TYPE shard_requests_stalled_total counter\nshard_requests_stalled_total {}", s.stalled.load(Ordering::Relaxed));
     s.spec.render(&mut out);
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -1,6 +1,7 @@
 //! `GET /api/queue` (the queue as a whole) and `GET /api/queue/{ticket}` (one request's place in
 //! line). A streamed completion names its ticket in the `x-shard-queue-ticket` header and
-//! also reports its place as SSE comments while it waits.
+//! also reports its place as SSE comments while it waits. Ticket ids are random, so only the
+//! request's own client can look it up.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ pub async fn overview(State(state): State<Arc<AppState>>) -> Json<Value> {
     let q = &state.queue;
     let (issued, finished) = q.tickets();
     // What a request sent now would face.
-    let next = q.status(issued);
+    let next = q.status_of_next();
     Json(json!({
         "depth": q.stats.depth.load(Ordering::SeqCst),
         "capacity": q.capacity,
@@ -31,10 +32,8 @@ pub async fn overview(State(state): State<Arc<AppState>>) -> Json<Value> {
 }
 
 pub async fn ticket(State(state): State<Arc<AppState>>, Path(ticket): Path<String>) -> Result<Json<Value>, ApiError> {
-    let t: u64 = ticket.parse().map_err(|_| ApiError::invalid_param("ticket", format!("{ticket:?} is not a ticket number")))?;
-    let (issued, _) = state.queue.tickets();
-    if t >= issued {
-        return Err(ApiError::not_found_message(format!("no ticket {t} has been issued")));
+    match state.queue.status(&ticket) {
+        Some(status) => Ok(Json(json!(status))),
+        None => Err(ApiError::not_found_message("no such ticket (or it finished a while ago)")),
     }
-    Ok(Json(json!(state.queue.status(t))))
 }

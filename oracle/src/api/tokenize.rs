@@ -29,10 +29,29 @@ fn yes() -> bool {
     true
 }
 
+/// Tokenizes like llama.cpp's server, for texts up to what could fit the context (longer ones
+/// get 400 before any work is spent on them). The work runs on a blocking thread.
 pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<TokenizeRequest>,
 ) -> Result<Json<Value>, ApiError> {
+    if req.content.len() > state.limits.max_text_bytes {
+        return Err(ApiError::invalid_param(
+            "content",
+            format!(
+                "content of {} bytes is longer than this model's context can hold ({} tokens; at most {} bytes are \
+                 tokenized)",
+                req.content.len(),
+                state.engine.n_ctx,
+                state.limits.max_text_bytes
+            ),
+        ));
+    }
+    let st = state.clone();
+    state.limits.blocking(move || tokenize_blocking(&st, &req)).await?
+}
+
+fn tokenize_blocking(state: &AppState, req: &TokenizeRequest) -> Result<Json<Value>, ApiError> {
     let tk = &state.engine.tokenizer;
     let ids = tk
         .encode(&req.content, req.add_special && tk.add_bos(), req.parse_special)
@@ -65,6 +84,13 @@ pub async fn detokenize(
     ApiJson(req): ApiJson<DetokenizeRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let n_vocab = state.engine.tokenizer.n_vocab();
+    let most = 8 * state.engine.n_ctx;
+    if req.tokens.len() > most {
+        return Err(ApiError::invalid_param(
+            "tokens",
+            format!("{} tokens are too many; at most {most} are decoded", req.tokens.len()),
+        ));
+    }
     let mut ids = Vec::with_capacity(req.tokens.len());
     for &t in &req.tokens {
         if t < 0 || t as usize >= n_vocab {

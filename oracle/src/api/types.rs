@@ -41,6 +41,14 @@ pub struct SamplingFields {
 }
 
 pub const MAX_LOGPROBS: usize = 20;
+/// Smallest positive temperature: below it, logits divided by the temperature overflow f32
+/// (0 itself means greedy).
+pub const MIN_TEMPERATURE: f32 = 1e-3;
+/// Longest stop sequence, in bytes: the engine checks the held-back text against every stop
+/// string at every token.
+pub const MAX_STOP_BYTES: usize = 256;
+/// Most `logit_bias` entries (OpenAI's own limit is 300 tokens).
+pub const MAX_LOGIT_BIAS: usize = 1024;
 
 impl SamplingFields {
     /// Validates the fields into generation parameters (max_tokens and logprobs are set by
@@ -51,6 +59,12 @@ impl SamplingFields {
             return Err(ApiError::invalid_param(
                 "temperature",
                 format!("temperature must be between 0 and 2, got {temperature}"),
+            ));
+        }
+        if temperature > 0.0 && temperature < MIN_TEMPERATURE {
+            return Err(ApiError::invalid_param(
+                "temperature",
+                format!("temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {temperature}"),
             ));
         }
         let top_p = self.top_p.unwrap_or(1.0);
@@ -69,10 +83,21 @@ impl SamplingFields {
             }
         }
         let mut logit_bias = vec![];
+        let entries = self.logit_bias.as_ref().map_or(0, |m| m.len());
+        if entries > MAX_LOGIT_BIAS {
+            return Err(ApiError::invalid_param(
+                "logit_bias",
+                format!("logit_bias has {entries} entries; at most {MAX_LOGIT_BIAS} are allowed"),
+            ));
+        }
         for (k, &v) in self.logit_bias.iter().flatten() {
+            // Only the canonical spelling of an id, so that "1", "01" and "+1" cannot add up
+            // three biases on one token.
             let id: u32 = k
                 .parse()
-                .map_err(|_| ApiError::invalid_param("logit_bias", format!("logit_bias key {k:?} is not a token id")))?;
+                .ok()
+                .filter(|id: &u32| id.to_string() == *k)
+                .ok_or_else(|| ApiError::invalid_param("logit_bias", format!("logit_bias key {k:?} is not a token id")))?;
             if id as usize >= n_vocab || !(-100.0..=100.0).contains(&v) {
                 return Err(ApiError::invalid_param("logit_bias", format!("logit_bias {k}: {v} is out of range")));
             }
@@ -85,6 +110,12 @@ impl SamplingFields {
         };
         if stop.len() > 4 {
             return Err(ApiError::invalid_param("stop", "at most 4 stop sequences are allowed"));
+        }
+        if let Some(long) = stop.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(ApiError::invalid_param(
+                "stop",
+                format!("a stop sequence of {} bytes is too long; at most {MAX_STOP_BYTES}", long.len()),
+            ));
         }
         let stop: Vec<String> = stop.into_iter().filter(|s| !s.is_empty()).collect();
         Ok(GenerateParams {

@@ -54,7 +54,8 @@ pub async fn serve_hashed(file: &HashedFile, req: Request<Body>) -> Response<Bod
     resp
 }
 
-/// The web app's files, falling back to `fallback` (the API's JSON 404) for anything else.
+/// The web app's file for a request, or `None` when `dir` has no such file (the caller then
+/// answers with the API's JSON 404).
 pub async fn serve_app(dir: &Path, req: Request<Body>) -> Option<Response<Body>> {
     let path = req.uri().path().to_string();
     let resp = match ServeDir::new(dir).precompressed_gzip().append_index_html_on_directories(true).oneshot(req).await {

@@ -121,7 +121,7 @@ fn bench_model(
 ) -> anyhow::Result<()> {
     let kernel = kernels::select(kernel).map_err(anyhow::Error::msg)?;
     let t0 = Instant::now();
-    let engine = Engine::load(&path, &LoadOptions { kernel, n_ctx: context + decode + 16, alias: None }, |_, _| {})?;
+    let engine = Engine::load(&path, &LoadOptions { n_ctx: context + decode + 16, ..LoadOptions::new(kernel) }, |_, _| {})?;
     let load = t0.elapsed();
     let m = &engine.model;
     let n_vocab = m.config.n_vocab as u32;
@@ -210,7 +210,7 @@ fn bench_spec(
     use shard_oracle::spec::local::LocalDraft;
     use shard_shared::sampling::SamplingParams;
     let kernel = kernels::select(KernelChoice::Auto).map_err(anyhow::Error::msg)?;
-    let opts = LoadOptions { kernel, n_ctx: 0, alias: None };
+    let opts = LoadOptions::new(kernel);
     let t_engine = Engine::load(target, &opts, |_, _| {})?;
     let d_engine = Engine::load(draft, &opts, |_, _| {})?;
     let local = LocalDraft::new(d_engine, &t_engine)?;

@@ -50,10 +50,6 @@ impl KvCache {
         self.len = self.len.min(len);
     }
 
-    pub fn clear(&mut self) {
-        self.len = 0;
-    }
-
     /// Stores keys and values for positions `start..start + n` of one layer (growing the
     /// buffers on demand, so a short conversation does not pay for the whole context).
     pub fn store(&mut self, layer: usize, start: usize, k: &[f32], v: &[f32]) {

@@ -24,7 +24,8 @@ pub struct Engine {
     pub kernel: &'static dyn TernaryKernel,
     /// The name clients use in the `model` field.
     pub model_id: String,
-    /// Context length this server allows (at most the model's training context).
+    /// Context length this server allows: `--ctx-size`, or the model's training context. Like
+    /// llama.cpp, a longer context than the training one is allowed (with a warning at start).
     pub n_ctx: usize,
     /// Every forward pass takes at least this long (`--min-step-ms`; zero: off). It lets the
     /// tiny default target stand in for a large one, whose step costs tens of milliseconds,
@@ -40,6 +41,16 @@ pub struct LoadOptions {
     pub n_ctx: usize,
     /// Overrides the model id (default: the file name without `.gguf`).
     pub alias: Option<String>,
+    /// Overrides the architecture's FFN activation (`--ffn-activation`; llama.cpp has no
+    /// such switch, so this leaves its logits behind).
+    pub activation: Option<config::Activation>,
+}
+
+impl LoadOptions {
+    /// The defaults: the model's own context and activation, the file name as its id.
+    pub fn new(kernel: &'static dyn TernaryKernel) -> Self {
+        Self { kernel, n_ctx: 0, alias: None, activation: None }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +61,8 @@ pub enum EngineError {
     Tokenizer(#[from] shard_shared::tokenizer::TokenizerError),
     #[error("chat template: {0}")]
     Template(#[from] shard_shared::chat::ChatTemplateError),
+    #[error("a context of {0} tokens is too short to decode (at least 2)")]
+    Context(usize),
 }
 
 impl Engine {
@@ -59,7 +72,7 @@ impl Engine {
         let g = Gguf::parse(&map).map_err(LoadError::from)?;
         let total = g.total_tensor_bytes();
         let mut done = 0;
-        let model = BitNetModel::from_gguf(&g, &map, |bytes| {
+        let model = BitNetModel::from_gguf(&g, &map, opts.activation, |bytes| {
             done += bytes;
             progress(done.min(total), total);
         })?;
@@ -70,6 +83,15 @@ impl Engine {
         let template_src = g.get_str("tokenizer.chat_template").unwrap_or(FALLBACK_TEMPLATE);
         let chat_template = ChatTemplate::new(template_src, &token_text(tokenizer.bos()), &token_text(tokenizer.eos()))?;
         let n_ctx = if opts.n_ctx == 0 { model.config.n_ctx_train } else { opts.n_ctx };
+        if n_ctx < 2 {
+            return Err(EngineError::Context(n_ctx));
+        }
+        for key in &model.config.ignored {
+            tracing::warn!(key, arch = %model.config.arch, "metadata key ignored, as llama.cpp ignores it for this architecture");
+        }
+        if let Some(a) = opts.activation {
+            tracing::warn!(activation = ?a, "--ffn-activation overrides the architecture's FFN activation: logits will differ from llama.cpp's");
+        }
         let model_id = opts.alias.clone().unwrap_or_else(|| {
             path.file_name().map(|f| f.to_string_lossy().trim_end_matches(".gguf").to_string()).unwrap_or_else(|| "model".into())
         });

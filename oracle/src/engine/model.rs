@@ -45,13 +45,6 @@ pub enum Linear {
 }
 
 impl Linear {
-    pub fn rows(&self) -> usize {
-        match self {
-            Linear::Ternary(t) => t.rows,
-            Linear::Dense { m, .. } => m.rows,
-        }
-    }
-
     pub fn is_ternary(&self) -> bool {
         matches!(self, Linear::Ternary(_))
     }
@@ -106,8 +99,6 @@ pub struct BitNetModel {
     pub output: Option<DenseMatrix>,
     pub output_norm: Vec<f32>,
     pub layers: Vec<Layer>,
-    /// cos/sin tables per (position-independent) frequency.
-    inv_freq: Vec<f32>,
 }
 
 /// Reads tensors from a parsed file, sharing the memory map.
@@ -175,10 +166,8 @@ impl TensorSource<'_, '_> {
         };
         match TernaryFormat::from_ggml(t.ty) {
             Some(format) => {
-                let mut m =
-                    TernaryMatrix::new(format, rows, cols, self.bytes(t)).map_err(|MatrixError(e)| Self::err(&name, e))?;
-                m.scale *= scale;
-                Ok(Linear::Ternary(m))
+                let m = TernaryMatrix::new(format, rows, cols, self.bytes(t)).map_err(|MatrixError(e)| Self::err(&name, e))?;
+                Ok(Linear::Ternary(m.with_scale(scale)))
             }
             None => Ok(Linear::Dense { m: self.dense_matrix(t, rows, cols)?, scale }),
         }
@@ -186,9 +175,15 @@ impl TensorSource<'_, '_> {
 }
 
 impl BitNetModel {
-    /// Builds the model from a parsed file whose bytes are `map`.
-    pub fn from_gguf(g: &Gguf<'_>, map: &Arc<memmap2::Mmap>, mut progress: impl FnMut(u64)) -> Result<Self, LoadError> {
-        let config = BitNetConfig::from_gguf(g)?;
+    /// Builds the model from a parsed file whose bytes are `map`; `activation` overrides the
+    /// architecture's FFN activation.
+    pub fn from_gguf(
+        g: &Gguf<'_>,
+        map: &Arc<memmap2::Mmap>,
+        activation: Option<Activation>,
+        mut progress: impl FnMut(u64),
+    ) -> Result<Self, LoadError> {
+        let config = BitNetConfig::from_gguf(g, activation)?;
         let src = TensorSource { g, map };
         let c = &config;
         let (e, f, kv) = (c.n_embd, c.n_ff, c.kv_dim());
@@ -197,6 +192,16 @@ impl BitNetModel {
         let tok_embd = src.dense_matrix(embd_info, c.n_vocab, e)?;
         progress(embd_info.size);
         let output = match g.tensor("output.weight") {
+            Some(t) if !c.separate_output => {
+                return Err(TensorSource::err(
+                    &t.name,
+                    format!(
+                        "arch {} ties the output layer to token_embd (llama.cpp refuses a file with this extra \
+                         tensor); a separate output layer is arch bitnet-b1.58",
+                        c.arch
+                    ),
+                ))
+            }
             Some(t) => {
                 TensorSource::expect_dims(t, &[e, c.n_vocab])?;
                 progress(t.size);
@@ -239,9 +244,7 @@ impl BitNetModel {
             progress(layer_bytes);
             layers.push(layer);
         }
-        let half = c.n_rot / 2;
-        let inv_freq = (0..half).map(|i| c.rope_freq_base.powf(-(2.0 * i as f32) / c.n_rot as f32)).collect();
-        Ok(Self { config, tok_embd, output, output_norm, layers, inv_freq })
+        Ok(Self { config, tok_embd, output, output_norm, layers })
     }
 
     /// A fresh cache for up to `capacity` positions.
@@ -340,16 +343,17 @@ impl BitNetModel {
     }
 
     /// Rotary position embedding, NeoX style (dimension i with i + n_rot/2) or interleaved
-    /// (2i with 2i+1), on the first `n_rot` dimensions of each head.
+    /// (2i with 2i+1), on the first `n_rot` dimensions of each head, with the file's position
+    /// scaling ([`shard_shared::hparams::Rope`]).
     fn rope(&self, x: &mut [f32], n_heads: usize, start: usize) {
         let c = &self.config;
-        let half = c.n_rot / 2;
+        let half = c.rope.n_rot / 2;
         let width = n_heads * c.head_dim;
+        let mut angles = Vec::with_capacity(half);
         for (t, row) in x.chunks_exact_mut(width).enumerate() {
-            let pos = (start + t) as f32;
+            c.rope.cos_sin(start + t, &mut angles);
             for head in row.chunks_exact_mut(c.head_dim) {
-                for (i, &freq) in self.inv_freq.iter().enumerate() {
-                    let (sin, cos) = (pos * freq).sin_cos();
+                for (i, &(cos, sin)) in angles.iter().enumerate() {
                     let (ia, ib) = match c.rope_style {
                         RopeStyle::Neox => (i, i + half),
                         RopeStyle::Interleaved => (2 * i, 2 * i + 1),

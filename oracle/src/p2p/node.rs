@@ -4,7 +4,11 @@
 //! Browsers reach it over webrtc-direct (its certhash address is at `GET /api/p2p/addrs`) or
 //! WebSocket; native Scouts over TCP. Every stream speaks the bounded wire frames of
 //! `shard_shared::wire`; a peer that sends a malformed, oversized or out-of-place message is
-//! logged and disconnected, and the node goes on serving the others.
+//! logged, disconnected and banned for a while ([`admission`]), and the node goes on serving
+//! the others. Only the Oracle publishes on gossipsub: a message whose author is anyone else
+//! is rejected (so never relayed) and its sender dropped; peer scoring is on.
+//!
+//! [`admission`]: super::admission
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -26,6 +30,7 @@ use tokio::sync::mpsc;
 use shard_shared::wire::{self, DraftJob, DraftReply, Hello, LoadAnnouncement, Topology, Welcome};
 use shard_shared::wire_codec::{Checked, FrameCodec};
 
+use super::admission::{self, AdmissionConfig};
 use super::scheduler::{Outgoing, ScoutDrafts};
 use crate::queue::QueueStats;
 
@@ -39,10 +44,13 @@ pub struct NodeConfig {
     pub webrtc_port: Option<u16>,
     /// Most draft-protocol messages a peer may start per second before it is dropped.
     pub max_requests_per_sec: u32,
+    /// Per-address connection limits and bans.
+    pub admission: AdmissionConfig,
 }
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    admission: admission::Behaviour,
     limits: connection_limits::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
@@ -68,8 +76,9 @@ pub struct NodeInfo {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PeerEntry {
     pub transport: String,
+    /// The address it connected from (for bans), not shown.
     #[serde(skip)]
-    pub since: Option<Instant>,
+    pub ip: Option<IpAddr>,
 }
 
 /// A running node.
@@ -142,7 +151,7 @@ pub async fn start(
         .with_websocket(noise::Config::new, yamux::Config::default)
         .await
         .map_err(|e| build(&e))?
-        .with_behaviour(|key| behaviour(key))
+        .with_behaviour(|key| behaviour(key, config.admission.clone()))
         .map_err(|e| build(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
         .build();
@@ -192,7 +201,7 @@ pub async fn start(
     Ok(Node { info })
 }
 
-fn behaviour(key: &identity::Keypair) -> Behaviour {
+fn behaviour(key: &identity::Keypair, admission: AdmissionConfig) -> Behaviour {
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_established_per_peer(Some(4))
         .with_max_established(Some(1024))
@@ -204,10 +213,12 @@ fn behaviour(key: &identity::Keypair) -> Behaviour {
         .validate_messages()
         .build()
         .expect("valid gossipsub config");
-    let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)
+    let mut gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)
         .expect("gossipsub with a signing key");
+    gossipsub.with_peer_score(peer_score_params(), gossipsub::PeerScoreThresholds::default()).expect("valid peer score params");
     let rr = request_response::Config::default().with_request_timeout(Duration::from_secs(10));
     Behaviour {
+        admission: admission::Behaviour::new(admission),
         limits: connection_limits::Behaviour::new(limits),
         identify: identify::Behaviour::new(
             identify::Config::new("/shard/id/1".into(), key.public())
@@ -219,6 +230,22 @@ fn behaviour(key: &identity::Keypair) -> Behaviour {
         draft: request_response::Behaviour::new([(StreamProtocol::new(wire::DRAFT_PROTOCOL), ProtocolSupport::Full)], rr.clone()),
         hello: request_response::Behaviour::new([(StreamProtocol::new(wire::HELLO_PROTOCOL), ProtocolSupport::Inbound)], rr),
     }
+}
+
+/// gossipsub's peer scoring, with invalid messages on Shard's topics weighing heavily: a peer
+/// that forwards forged or malformed gossip is soon graylisted by every honest node.
+fn peer_score_params() -> gossipsub::PeerScoreParams {
+    let mut params = gossipsub::PeerScoreParams::default();
+    for topic in [wire::LOAD_TOPIC, wire::TOPOLOGY_TOPIC] {
+        let t = gossipsub::TopicScoreParams {
+            topic_weight: 1.0,
+            invalid_message_deliveries_weight: -100.0,
+            invalid_message_deliveries_decay: 0.9,
+            ..gossipsub::TopicScoreParams::default()
+        };
+        params.topics.insert(gossipsub::IdentTopic::new(topic).hash(), t);
+    }
+    params
 }
 
 struct EventLoop {
@@ -294,7 +321,9 @@ impl EventLoop {
                 .take(wire::MAX_PEERS)
                 .map(|(id, p)| wire::PeerSummary {
                     peer_id: id.clone(),
-                    role: if self.scouts.is_scout(&id.parse().unwrap_or(PeerId::random())) { "scout" } else { "peer" }.into(),
+                    // The map's keys are peer ids the swarm itself wrote; one that does not
+                    // parse (it cannot happen) is simply not a Scout.
+                    role: if id.parse().is_ok_and(|peer| self.scouts.is_scout(&peer)) { "scout" } else { "peer" }.into(),
                     transport: p.transport.clone(),
                 })
                 .collect()
@@ -305,10 +334,15 @@ impl EventLoop {
         let _ = gs.publish(gossipsub::IdentTopic::new(wire::TOPOLOGY_TOPIC), wire::encode(&Topology { peers }));
     }
 
-    /// Logs, counts and drops a misbehaving peer.
+    /// Logs, counts, drops and bans a misbehaving peer.
     fn drop_peer(&mut self, peer: PeerId, why: &str) {
         tracing::warn!(%peer, why, "dropping peer for a protocol violation");
-        self.info.lock().unwrap_or_else(|e| e.into_inner()).dropped_peers += 1;
+        let ip = {
+            let mut info = self.info.lock().unwrap_or_else(|e| e.into_inner());
+            info.dropped_peers += 1;
+            info.peers.get(&peer.to_string()).and_then(|p| p.ip)
+        };
+        self.swarm.behaviour_mut().admission.punish(peer, ip);
         self.scouts.remove_scout(&peer);
         let _ = self.swarm.disconnect_peer_id(peer);
     }
@@ -337,12 +371,13 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
                 let transport = transport_of(endpoint.get_remote_address()).to_string();
+                let ip = admission::ip_of(endpoint.get_remote_address());
                 tracing::debug!(%peer_id, %transport, "peer connected");
                 self.info
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .peers
-                    .insert(peer_id.to_string(), PeerEntry { transport, since: Some(Instant::now()) });
+                    .insert(peer_id.to_string(), PeerEntry { transport, ip });
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 tracing::debug!(%peer_id, "peer gone");
@@ -387,12 +422,15 @@ impl EventLoop {
                 message_id,
                 message,
             })) => {
-                // Peers may gossip load and topology too; anything malformed is rejected.
-                let ok = match message.topic.as_str() {
-                    wire::LOAD_TOPIC => wire::decode::<LoadAnnouncement>(&message.data).is_ok(),
-                    wire::TOPOLOGY_TOPIC => wire::decode::<Topology>(&message.data).is_ok(),
-                    _ => false,
-                };
+                // Only the Oracle speaks on these topics: a message by any other author is
+                // forged (or at best noise) and is rejected, so it is never relayed.
+                let from_us = message.source.as_ref() == Some(self.swarm.local_peer_id());
+                let ok = from_us
+                    && match message.topic.as_str() {
+                        wire::LOAD_TOPIC => wire::decode::<LoadAnnouncement>(&message.data).is_ok(),
+                        wire::TOPOLOGY_TOPIC => wire::decode::<Topology>(&message.data).is_ok(),
+                        _ => false,
+                    };
                 let verdict = if ok { gossipsub::MessageAcceptance::Accept } else { gossipsub::MessageAcceptance::Reject };
                 let _ = self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
                     &message_id,
@@ -400,7 +438,10 @@ impl EventLoop {
                     verdict,
                 );
                 if !ok {
-                    self.drop_peer(propagation_source, "malformed gossip");
+                    self.drop_peer(
+                        propagation_source,
+                        if from_us { "malformed gossip" } else { "gossip not written by the Oracle" },
+                    );
                 }
             }
             _ => {}

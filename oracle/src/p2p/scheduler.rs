@@ -192,18 +192,6 @@ impl ScoutDrafts {
         self.lock().scouts.contains_key(peer)
     }
 
-    /// Counts a protocol violation against a peer; true when it should be dropped.
-    pub fn strike(&self, peer: &PeerId) -> bool {
-        let mut s = self.lock();
-        match s.scouts.get_mut(peer) {
-            Some(scout) => {
-                scout.strikes += 1;
-                scout.strikes >= self.config.max_strikes
-            }
-            None => true,
-        }
-    }
-
     /// A Scout answered a job.
     pub fn on_reply(&self, peer: PeerId, reply: DraftReply) {
         let mut guard = self.lock();

@@ -5,11 +5,23 @@
 //! `Retry-After`), so load never turns into unbounded memory or latency. A request whose
 //! client left while it waited is dropped without running.
 //!
-//! Every accepted request holds a ticket. The worker takes tickets in order, so a request's
-//! place in line is its ticket minus the number of requests finished: a [`Submission`] turns
-//! that into live [`QueueStatus`] updates (the web app's "position 3, about 12 s"), and
-//! `GET /api/queue/{ticket}` answers the same for anyone who holds the ticket number.
+//! Every accepted request holds a ticket: a random id, so that nobody can enumerate other
+//! people's requests, and a place in the order. The worker takes requests in order, so a
+//! request's place in line is its order number minus the number of requests finished: a
+//! [`Submission`] turns that into live [`QueueStatus`] updates (the web app's "position 3,
+//! about 12 s"), and `GET /api/queue/{ticket}` answers the same for whoever holds the id.
+//!
+//! Each request's events go through a bounded channel. A client that stops reading fills it
+//! (the socket's buffers first, then the channel); once it has stayed full for
+//! [`STALL_GRACE`] the job is cancelled and its place freed, so a client that never reads
+//! cannot hold the engine or grow the Oracle's memory.
+//!
+//! The worker's KV cache keeps the previous request's tokens, so that a conversation's next
+//! turn reuses its prefix. That reuse is kept within one client ([`ClientKey`]): another
+//! client's request starts from an empty cache, so neither `cached_tokens` nor timing tells
+//! anyone what the previous request held.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,11 +50,25 @@ pub enum JobError {
     Internal(String),
 }
 
+/// Events a request may have waiting for its client before the job counts as stalled.
+pub const EVENT_BUFFER: usize = 64;
+/// How long a request's event channel may stay full before the job is cancelled.
+pub const STALL_GRACE: Duration = Duration::from_millis(250);
+/// How long a finished ticket still answers `GET /api/queue/{ticket}`.
+const DONE_TICKET_TTL: Duration = Duration::from_secs(120);
+
+/// Who sent a request, as far as reusing cached work goes: an opaque key (a hash of the
+/// client's address or identity). Requests of one client may share a cached prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ClientKey(pub u64);
+
 struct Job {
-    ticket: u64,
+    /// Place in the order of submission.
+    seq: u64,
+    client: ClientKey,
     prompt: Vec<u32>,
     params: GenerateParams,
-    events: mpsc::UnboundedSender<JobEvent>,
+    events: mpsc::Sender<JobEvent>,
 }
 
 /// The queue is full; try again after about `retry_after_secs`.
@@ -58,6 +84,8 @@ pub struct QueueStats {
     pub depth: AtomicUsize,
     pub completed: AtomicU64,
     pub tokens_generated: AtomicU64,
+    /// Jobs cancelled because their client stopped reading (see [`STALL_GRACE`]).
+    pub stalled: AtomicU64,
     /// Exponential moving average of a request's run time, in milliseconds.
     pub avg_job_ms: AtomicU64,
     /// When the running request started (ms since the queue started), for wait estimates.
@@ -80,17 +108,26 @@ pub struct InferenceQueue {
     tx: mpsc::Sender<Job>,
     pub capacity: usize,
     pub stats: Arc<QueueStats>,
-    /// The next ticket to hand out; held while enqueueing so tickets keep the channel's order.
-    next_ticket: Arc<Mutex<u64>>,
-    /// How many tickets are done (run, failed or skipped): the ticket being served.
+    /// The next order number to hand out; held while enqueueing so numbers keep the
+    /// channel's order.
+    next_seq: Arc<Mutex<u64>>,
+    /// How many requests are done (run, failed or skipped): the order number being served.
     finished: watch::Receiver<u64>,
+    /// Ticket ids of live and recently finished requests, and their order numbers.
+    tickets: Arc<Mutex<HashMap<String, TicketEntry>>>,
     epoch: Instant,
 }
 
+struct TicketEntry {
+    seq: u64,
+    issued: Instant,
+}
+
 /// Where a request stands in the queue.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct QueueStatus {
-    pub ticket: u64,
+    /// The request's ticket id (random; `GET /api/queue/{ticket}`).
+    pub ticket: String,
     /// Requests ahead of this one, the running one included; 0 once it runs.
     pub ahead: u64,
     pub state: TicketState,
@@ -110,8 +147,9 @@ pub enum TicketState {
 
 /// An accepted request: its ticket, its events and live queue updates while it waits.
 pub struct Submission {
-    pub ticket: u64,
-    rx: mpsc::UnboundedReceiver<JobEvent>,
+    pub ticket: String,
+    seq: u64,
+    rx: mpsc::Receiver<JobEvent>,
     finished: watch::Receiver<u64>,
     queue: InferenceQueue,
     waiting: bool,
@@ -141,15 +179,15 @@ impl Submission {
             changed = self.finished.changed() => {
                 // The worker is gone: nothing more will change while waiting.
                 self.waiting &= changed.is_ok();
-                Some(Update::Queued(self.queue.status(self.ticket)))
+                Some(Update::Queued(self.status()))
             }
-            _ = tick => Some(Update::Queued(self.queue.status(self.ticket))),
+            _ = tick => Some(Update::Queued(self.status())),
         }
     }
 
     /// Where this request stands now.
     pub fn status(&self) -> QueueStatus {
-        self.queue.status(self.ticket)
+        self.queue.status_of(self.seq, &self.ticket)
     }
 
     /// The next job event, skipping queue updates (for answers that are not streamed).
@@ -172,21 +210,36 @@ impl InferenceQueue {
             .name("shard-engine".into())
             .spawn(move || worker(engine, rx, worker_stats, spec, finished_tx, epoch))
             .expect("spawn engine worker");
-        Self { tx, capacity, stats, next_ticket: Arc::new(Mutex::new(0)), finished, epoch }
+        Self {
+            tx,
+            capacity,
+            stats,
+            next_seq: Arc::new(Mutex::new(0)),
+            finished,
+            tickets: Arc::new(Mutex::new(HashMap::new())),
+            epoch,
+        }
     }
 
-    /// Enqueues a generation; its events and queue updates come through the [`Submission`].
-    pub fn submit(&self, prompt: Vec<u32>, params: GenerateParams) -> Result<Submission, QueueFull> {
-        let (events, rx) = mpsc::unbounded_channel();
-        let mut next = self.next_ticket.lock().unwrap_or_else(|e| e.into_inner());
-        let ticket = *next;
+    /// Enqueues a generation for `client`; its events and queue updates come through the
+    /// [`Submission`].
+    pub fn submit(&self, prompt: Vec<u32>, params: GenerateParams, client: ClientKey) -> Result<Submission, QueueFull> {
+        let (events, rx) = mpsc::channel(EVENT_BUFFER);
+        let mut next = self.next_seq.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = *next;
         let ahead = self.stats.depth.fetch_add(1, Ordering::SeqCst);
-        match self.tx.try_send(Job { ticket, prompt, params, events }) {
+        match self.tx.try_send(Job { seq, client, prompt, params, events }) {
             Ok(()) => {
                 *next += 1;
                 drop(next);
-                let finished = self.finished.clone();
-                Ok(Submission { ticket, rx, finished, queue: self.clone(), waiting: true })
+                let ticket = format!("{:016x}{:016x}", rand08::random::<u64>(), rand08::random::<u64>());
+                let mut tickets = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
+                let finished = *self.finished.borrow();
+                // Forget tickets that finished long ago (a live one is never dropped).
+                tickets.retain(|_, t| t.seq >= finished || t.issued.elapsed() < DONE_TICKET_TTL);
+                tickets.insert(ticket.clone(), TicketEntry { seq, issued: Instant::now() });
+                drop(tickets);
+                Ok(Submission { ticket, seq, rx, finished: self.finished.clone(), queue: self.clone(), waiting: true })
             }
             Err(_) => {
                 self.stats.depth.fetch_sub(1, Ordering::SeqCst);
@@ -197,10 +250,22 @@ impl InferenceQueue {
         }
     }
 
-    /// Where `ticket` stands: waiting (with the requests ahead), running or done.
-    pub fn status(&self, ticket: u64) -> QueueStatus {
+    /// Where the request holding ticket id `ticket` stands, if it is live or recent.
+    pub fn status(&self, ticket: &str) -> Option<QueueStatus> {
+        let seq = self.tickets.lock().unwrap_or_else(|e| e.into_inner()).get(ticket)?.seq;
+        Some(self.status_of(seq, ticket))
+    }
+
+    /// What a request submitted now would face.
+    pub fn status_of_next(&self) -> QueueStatus {
+        let seq = *self.next_seq.lock().unwrap_or_else(|e| e.into_inner());
+        self.status_of(seq, "")
+    }
+
+    /// Where order number `seq` stands: waiting (with the requests ahead), running or done.
+    fn status_of(&self, seq: u64, ticket: &str) -> QueueStatus {
         let finished = *self.finished.borrow();
-        let (ahead, state) = match ticket.checked_sub(finished) {
+        let (ahead, state) = match seq.checked_sub(finished) {
             None => (0, TicketState::Done),
             Some(0) => (0, TicketState::Running),
             Some(n) => (n, TicketState::Waiting),
@@ -219,16 +284,33 @@ impl InferenceQueue {
             let ran = now.saturating_sub(self.stats.running_since_ms.load(Ordering::Relaxed));
             avg.saturating_sub(ran).max(avg / 10) + (ahead - 1) * avg
         };
-        QueueStatus { ticket, ahead, state, est_wait_ms, tier: "leech" }
+        QueueStatus { ticket: ticket.to_string(), ahead, state, est_wait_ms, tier: "leech" }
     }
 
-    /// Tickets handed out so far, and how many of them are done.
+    /// Requests accepted so far, and how many of them are done.
     pub fn tickets(&self) -> (u64, u64) {
-        (*self.next_ticket.lock().unwrap_or_else(|e| e.into_inner()), *self.finished.borrow())
+        (*self.next_seq.lock().unwrap_or_else(|e| e.into_inner()), *self.finished.borrow())
     }
+}
 
-    pub fn depth(&self) -> usize {
-        self.stats.depth.load(Ordering::SeqCst)
+/// Sends an event to a request's client, waiting up to [`STALL_GRACE`] while its channel is
+/// full; false when the client is gone or has stopped reading.
+fn send_event(events: &mpsc::Sender<JobEvent>, mut event: JobEvent, stats: &QueueStats) -> bool {
+    let deadline = Instant::now() + STALL_GRACE;
+    loop {
+        match events.try_send(event) {
+            Ok(()) => return true,
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Err(mpsc::error::TrySendError::Full(back)) => {
+                if Instant::now() >= deadline {
+                    stats.stalled.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!("cancelling a request whose client stopped reading");
+                    return false;
+                }
+                event = back;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
     }
 }
 
@@ -241,16 +323,23 @@ fn worker(
     epoch: Instant,
 ) {
     let mut session = Session::new(&engine);
+    // Whose tokens the session's cache holds.
+    let mut owner = ClientKey::default();
     let mut sequence = 0u64;
     let pace = Pace::new();
     while let Some(job) = rx.blocking_recv() {
         sequence += 1;
-        // Tickets are taken in order: this one is served, every earlier one is done.
-        finished.send_replace(job.ticket);
+        // Requests are taken in order: this one is served, every earlier one is done.
+        finished.send_replace(job.seq);
         if job.events.is_closed() {
             stats.depth.fetch_sub(1, Ordering::SeqCst);
-            finished.send_replace(job.ticket + 1);
+            finished.send_replace(job.seq + 1);
             continue;
+        }
+        if job.client != owner {
+            // Another client's prefix is not reused (nor reported as cached).
+            session.truncate(0);
+            owner = job.client;
         }
         let started = Instant::now();
         stats.running_since_ms.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -263,7 +352,7 @@ fn worker(
                 pace: s.paced.then_some(&pace),
             });
             generate(&engine, &mut session, &job.prompt, &job.params, speculation, &mut |e| {
-                events.send(JobEvent::Event(e)).is_ok()
+                send_event(&events, JobEvent::Event(e), &stats)
             })
         }));
         if let Some(s) = &spec {
@@ -294,7 +383,7 @@ fn worker(
         stats.avg_job_ms.store(if old == 0 { ms } else { (old * 7 + ms) / 8 }, Ordering::Relaxed);
         stats.completed.fetch_add(1, Ordering::Relaxed);
         stats.depth.fetch_sub(1, Ordering::SeqCst);
-        let _ = job.events.send(JobEvent::Finished(result));
-        finished.send_replace(job.ticket + 1);
+        let _ = send_event(&job.events, JobEvent::Finished(result), &stats);
+        finished.send_replace(job.seq + 1);
     }
 }

@@ -34,10 +34,6 @@ impl DraftLength {
         k
     }
 
-    pub fn acceptance(&self) -> f64 {
-        self.alpha
-    }
-
     /// The draft length with the most expected tokens per millisecond under `costs`: a pass
     /// with k drafted tokens yields 1 + α + … + α^k tokens and takes
     /// `step + k · (extra_per_token + draft_per_token)`. 0 means a plain decoding step.

@@ -1,8 +1,8 @@
 //! Speculative decoding: a cheap draft proposes tokens, the target checks them all in one
 //! forward pass and keeps what it would have produced anyway.
 //!
-//! * [`draft`]: the [`draft::DraftSource`] trait that every draft provider implements (the
-//!   in-process draft model today; libp2p Scouts plug into the same trait).
+//! * [`draft`]: the [`draft::DraftSource`] trait that every draft provider implements: the
+//!   in-process draft model ([`local`]) and the libp2p Scouts (`p2p::scheduler`).
 //! * [`accept`]: the acceptance rules, lossless for greedy and sampled requests.
 //! * [`local`]: the in-process draft source (`shard-oracle --draft-model`).
 //! * [`adaptive`]: the draft length, adapted to the acceptance observed.

@@ -28,21 +28,25 @@ pub use formats::TernaryFormat;
 pub const ACT_BLOCK: usize = 256;
 
 /// Several tokens' activations, quantized to int8 in blocks of [`ACT_BLOCK`].
+///
+/// The fields are private so that their lengths always agree (`n_tokens * cols` values,
+/// `n_tokens * cols / ACT_BLOCK` scales and sums): the SIMD kernels read them through raw
+/// pointers and rely on it.
 #[derive(Debug, Clone, Default)]
 pub struct QuantizedActivations {
-    pub n_tokens: usize,
-    pub cols: usize,
+    n_tokens: usize,
+    cols: usize,
     /// `n_tokens * cols` values, token-major.
-    pub qs: Vec<i8>,
+    qs: Vec<i8>,
     /// The same values with each 256-block reordered as eight 32-value pieces
     /// `[0, 4, 1, 5, 2, 6, 3, 7]`, so that one 512-bit load meets the weights a 512-bit code
     /// vector holds (weights `32l..` and `128+32l..`).
-    pub interleaved: Vec<i8>,
+    interleaved: Vec<i8>,
     /// One scale per block: value = q * scale.
-    pub scales: Vec<f32>,
+    scales: Vec<f32>,
     /// Sum of the block's quantized values, which the kernels use to turn the stored
     /// weight codes 0, 1, 2 into -1, 0, +1 with one subtraction.
-    pub sums: Vec<i32>,
+    sums: Vec<i32>,
 }
 
 impl QuantizedActivations {
@@ -105,6 +109,35 @@ impl QuantizedActivations {
         self.cols / ACT_BLOCK
     }
 
+    pub fn n_tokens(&self) -> usize {
+        self.n_tokens
+    }
+
+    /// Values per token.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Every token's values, token-major.
+    pub fn values(&self) -> &[i8] {
+        &self.qs
+    }
+
+    /// Every token's values, each 256-block in the AVX-512 kernel's order (see the field).
+    pub fn interleaved(&self) -> &[i8] {
+        &self.interleaved
+    }
+
+    /// Every block's scale, token-major.
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+
+    /// Every block's sum of values, token-major.
+    pub fn sums(&self) -> &[i32] {
+        &self.sums
+    }
+
     /// Token `t`'s quantized values.
     pub fn token(&self, t: usize) -> &[i8] {
         &self.qs[t * self.cols..(t + 1) * self.cols]
@@ -155,14 +188,17 @@ impl std::fmt::Debug for WeightBytes {
 }
 
 /// A ternary weight matrix in one of the supported layouts: `rows` outputs of `cols` inputs.
+///
+/// Built only by [`TernaryMatrix::new`], which checks the bytes against the layout; the fields
+/// are private so that the check holds for as long as the matrix lives.
 #[derive(Debug, Clone)]
 pub struct TernaryMatrix {
-    pub format: TernaryFormat,
-    pub rows: usize,
-    pub cols: usize,
-    pub data: WeightBytes,
+    format: TernaryFormat,
+    rows: usize,
+    cols: usize,
+    data: WeightBytes,
     /// Multiplies every output: I2_S's tensor scale times any `.scale` tensor.
-    pub scale: f32,
+    scale: f32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +225,29 @@ impl TernaryMatrix {
         Ok(Self { format, rows, cols, data, scale })
     }
 
+    pub fn format(&self) -> TernaryFormat {
+        self.format
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// What every output is multiplied by.
+    pub fn scale(&self) -> f32 {
+        self.scale
+    }
+
+    /// Multiplies the output scale by `factor` (a `.scale` tensor beside the weights).
+    pub fn with_scale(mut self, factor: f32) -> Self {
+        self.scale *= factor;
+        self
+    }
+
     /// The bytes of one row (I2_S rows have no per-row scale; TQ rows carry their block scales).
     pub fn row_bytes(&self, r: usize) -> &[u8] {
         let n = self.format.row_bytes(self.cols);
@@ -204,11 +263,11 @@ impl TernaryMatrix {
         let rows_per_task = rows_per_task(self.rows, self.cols * n);
         let mut by_row = vec![0f32; self.rows * n];
         if rows_per_task >= self.rows {
-            kernel.gemm(self, 0..self.rows, x, &mut by_row);
+            gemm(kernel, self, 0..self.rows, x, &mut by_row);
         } else {
             by_row.par_chunks_mut(rows_per_task * n).enumerate().for_each(|(i, chunk)| {
                 let start = i * rows_per_task;
-                kernel.gemm(self, start..start + chunk.len() / n, x, chunk);
+                gemm(kernel, self, start..start + chunk.len() / n, x, chunk);
             });
         }
         for r in 0..self.rows {
@@ -235,12 +294,31 @@ pub fn rows_per_task(rows: usize, work_per_row: usize) -> usize {
 }
 
 /// A ternary GEMM implementation.
+///
+/// Safe code calls it through [`gemm`], which checks the shapes; the SIMD implementations read
+/// rows and activations through raw pointers bounded by those checks.
 pub trait TernaryKernel: Send + Sync {
     fn name(&self) -> &'static str;
 
-    /// For each row `r` in `rows` and token `t`, writes `W[r] · x_t` (without `w.scale`) to
-    /// `out[(r - rows.start) * x.n_tokens + t]`.
-    fn gemm(&self, w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32]);
+    /// For each row `r` in `rows` and token `t`, writes `W[r] · x_t` (without `w.scale()`) to
+    /// `out[(r - rows.start) * x.n_tokens() + t]`.
+    ///
+    /// # Safety
+    /// `rows.end <= w.rows()`, `x.cols() == w.cols()` and
+    /// `out.len() == rows.len() * x.n_tokens()`. (The types' own invariants, held by their
+    /// private fields, cover the rest: each row has the layout's byte length, each token
+    /// `cols` values and `cols / ACT_BLOCK` scales and sums.)
+    unsafe fn gemm_unchecked(&self, w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32]);
+}
+
+/// `kernel`'s product of rows `rows` of `w` with every token of `x` into `out`, after checking
+/// the shapes that [`TernaryKernel::gemm_unchecked`] relies on.
+pub fn gemm(kernel: &dyn TernaryKernel, w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32]) {
+    assert!(rows.start <= rows.end && rows.end <= w.rows, "rows {rows:?} outside a matrix of {}", w.rows);
+    assert_eq!(x.cols, w.cols, "activation length does not match the matrix");
+    assert_eq!(out.len(), rows.len() * x.n_tokens, "output length does not match rows x tokens");
+    // SAFETY: the three conditions of the contract were just checked.
+    unsafe { kernel.gemm_unchecked(w, rows, x, out) }
 }
 
 impl std::fmt::Debug for dyn TernaryKernel {
@@ -363,12 +441,31 @@ mod tests {
         #[test]
         fn activation_quantization_is_q8k(xs in proptest::collection::vec(-100f32..100f32, ACT_BLOCK)) {
             let q = QuantizedActivations::quantize(&xs, 1, ACT_BLOCK);
-            let d = q.scales[0];
+            let d = q.scales()[0];
             for (i, &v) in xs.iter().enumerate() {
-                prop_assert!((q.qs[i] as f32 * d - v).abs() <= d.abs() * 0.5 + 1e-4);
+                prop_assert!((q.values()[i] as f32 * d - v).abs() <= d.abs() * 0.5 + 1e-4);
             }
-            prop_assert_eq!(q.sums[0], q.qs.iter().map(|&v| v as i32).sum::<i32>());
+            prop_assert_eq!(q.sums()[0], q.values().iter().map(|&v| v as i32).sum::<i32>());
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "outside a matrix")]
+    fn gemm_refuses_rows_past_the_matrix() {
+        let m = matrix(TernaryFormat::TQ2_0, 2, 256, &[0; 512], &[1.0, 1.0]);
+        let x = QuantizedActivations::quantize(&[1.0; 256], 1, 256);
+        let mut out = vec![0f32; 3];
+        for kernel in available() {
+            gemm(kernel, &m, 0..3, &x, &mut out);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "activation length")]
+    fn gemm_refuses_activations_of_another_length() {
+        let m = matrix(TernaryFormat::TQ2_0, 1, 512, &[0; 512], &[1.0, 1.0]);
+        let x = QuantizedActivations::quantize(&[1.0; 256], 1, 256);
+        gemm(*available().last().unwrap(), &m, 0..1, &x, &mut [0f32; 1]);
     }
 
     #[test]

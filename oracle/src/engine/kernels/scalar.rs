@@ -12,15 +12,16 @@ impl TernaryKernel for Scalar {
         "scalar"
     }
 
-    fn gemm(&self, w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32]) {
-        let f = w.format;
+    /// Safe in itself (every access is bounds-checked); `unsafe` only by the trait's contract.
+    unsafe fn gemm_unchecked(&self, w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32]) {
+        let f = w.format();
         let (bl, bb) = (f.block_len(), f.block_bytes());
-        let n = x.n_tokens;
+        let n = x.n_tokens();
         let mut decoded = vec![0i8; bl];
         for (ri, r) in rows.enumerate() {
             let row = w.row_bytes(r);
             let mut acc = vec![0f32; n];
-            for b in 0..w.cols / bl {
+            for b in 0..w.cols() / bl {
                 f.decode_block(&row[b * bb..(b + 1) * bb], &mut decoded);
                 let d_w = f.block_scale(row, b);
                 for (t, acc_t) in acc.iter_mut().enumerate() {

@@ -28,19 +28,18 @@ impl TernaryKernel for Avx2 {
         "avx2"
     }
 
-    fn gemm(&self, w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32]) {
+    unsafe fn gemm_unchecked(&self, w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32]) {
         assert!(Self::detected(), "AVX2 kernel called on a CPU without AVX2/FMA/F16C");
-        assert_eq!(out.len(), rows.len() * x.n_tokens);
-        // SAFETY: the CPU supports AVX2, FMA and F16C (checked above). TernaryMatrix::new checked
-        // the row bytes against the layout and `matmul` the activation shape, which bound
-        // every raw load below.
+        // SAFETY: the CPU supports AVX2, FMA and F16C (checked above). The caller upholds the
+        // shape contract of `gemm_unchecked`, and the types' invariants bound every raw load:
+        // rows have the layout's length, each token `cols` values and `cols / 256` scales.
         unsafe { gemm(w, rows, x, out) }
     }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gemm(w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32]) {
-    match w.format {
+    match w.format() {
         TernaryFormat::TQ2_0 => gemm_with(w, rows, x, out, tq2_block),
         TernaryFormat::I2S => gemm_with(w, rows, x, out, i2s_block),
         TernaryFormat::TQ1_0 => gemm_with(w, rows, x, out, tq1_block),
@@ -53,17 +52,17 @@ type BlockDecoder = unsafe fn(*const u8, usize) -> ([__m256i; 4], [__m256i; 4], 
 
 #[inline(always)]
 unsafe fn gemm_with(w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32], decode: BlockDecoder) {
-    let n = x.n_tokens;
+    let n = x.n_tokens();
     for (ri, r) in rows.enumerate() {
         let row = w.row_bytes(r).as_ptr();
         let mut t0 = 0;
         while t0 < n {
             let dst = &mut out[ri * n + t0..];
             match n - t0 {
-                1 => t0 += row_tile::<1>(row, w.cols, x, t0, dst, decode),
-                2 => t0 += row_tile::<2>(row, w.cols, x, t0, dst, decode),
-                3 => t0 += row_tile::<3>(row, w.cols, x, t0, dst, decode),
-                _ => t0 += row_tile::<TILE>(row, w.cols, x, t0, dst, decode),
+                1 => t0 += row_tile::<1>(row, w.cols(), x, t0, dst, decode),
+                2 => t0 += row_tile::<2>(row, w.cols(), x, t0, dst, decode),
+                3 => t0 += row_tile::<3>(row, w.cols(), x, t0, dst, decode),
+                _ => t0 += row_tile::<TILE>(row, w.cols(), x, t0, dst, decode),
             }
         }
     }
@@ -80,10 +79,10 @@ unsafe fn row_tile<const N: usize>(
     decode: BlockDecoder,
 ) -> usize {
     let nb = cols / ACT_BLOCK;
-    debug_assert!(t0 + N <= x.n_tokens && x.cols == cols);
-    let ys: [*const i8; N] = std::array::from_fn(|k| x.qs.as_ptr().add((t0 + k) * cols));
-    let ds: [*const f32; N] = std::array::from_fn(|k| x.scales.as_ptr().add((t0 + k) * nb));
-    let ss: [*const i32; N] = std::array::from_fn(|k| x.sums.as_ptr().add((t0 + k) * nb));
+    debug_assert!(t0 + N <= x.n_tokens() && x.cols() == cols);
+    let ys: [*const i8; N] = std::array::from_fn(|k| x.values().as_ptr().add((t0 + k) * cols));
+    let ds: [*const f32; N] = std::array::from_fn(|k| x.scales().as_ptr().add((t0 + k) * nb));
+    let ss: [*const i32; N] = std::array::from_fn(|k| x.sums().as_ptr().add((t0 + k) * nb));
     let mut acc = [_mm256_setzero_ps(); N];
     let mut corr = [0f32; N];
     for b in 0..nb {
@@ -219,11 +218,10 @@ impl TernaryKernel for Avx512Vnni {
         "avx512vnni"
     }
 
-    fn gemm(&self, w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32]) {
+    unsafe fn gemm_unchecked(&self, w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32]) {
         assert!(Self::detected(), "AVX-512 VNNI kernel called on a CPU without it");
-        assert_eq!(out.len(), rows.len() * x.n_tokens);
-        assert_eq!(x.interleaved.len(), x.qs.len());
-        // SAFETY: as for the AVX2 kernel; the interleaved activations have the same length.
+        // SAFETY: as for the AVX2 kernel; the interleaved activations have the same length
+        // as the plain ones (both are written by `requantize`).
         unsafe { gemm512(w, rows, x, out) }
     }
 }
@@ -232,7 +230,7 @@ type Decoder512 = unsafe fn(*const u8, usize) -> ([__m512i; 4], f32);
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 unsafe fn gemm512(w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32]) {
-    match w.format {
+    match w.format() {
         TernaryFormat::TQ2_0 => gemm512_with(w, rows, x, out, tq2_block512),
         TernaryFormat::I2S => gemm512_with(w, rows, x, out, i2s_block512),
         TernaryFormat::TQ1_0 => gemm512_with(w, rows, x, out, tq1_block512),
@@ -241,21 +239,21 @@ unsafe fn gemm512(w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivation
 
 #[inline(always)]
 unsafe fn gemm512_with(w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32], decode: Decoder512) {
-    let n = x.n_tokens;
+    let n = x.n_tokens();
     for (ri, r) in rows.enumerate() {
         let row = w.row_bytes(r).as_ptr();
         let mut t0 = 0;
         while t0 < n {
             let dst = &mut out[ri * n + t0..];
             t0 += match n - t0 {
-                1 => row_tile512::<1>(row, w.cols, x, t0, dst, decode),
-                2 => row_tile512::<2>(row, w.cols, x, t0, dst, decode),
-                3 => row_tile512::<3>(row, w.cols, x, t0, dst, decode),
-                4 => row_tile512::<4>(row, w.cols, x, t0, dst, decode),
-                5 => row_tile512::<5>(row, w.cols, x, t0, dst, decode),
-                6 => row_tile512::<6>(row, w.cols, x, t0, dst, decode),
-                7 => row_tile512::<7>(row, w.cols, x, t0, dst, decode),
-                _ => row_tile512::<8>(row, w.cols, x, t0, dst, decode),
+                1 => row_tile512::<1>(row, w.cols(), x, t0, dst, decode),
+                2 => row_tile512::<2>(row, w.cols(), x, t0, dst, decode),
+                3 => row_tile512::<3>(row, w.cols(), x, t0, dst, decode),
+                4 => row_tile512::<4>(row, w.cols(), x, t0, dst, decode),
+                5 => row_tile512::<5>(row, w.cols(), x, t0, dst, decode),
+                6 => row_tile512::<6>(row, w.cols(), x, t0, dst, decode),
+                7 => row_tile512::<7>(row, w.cols(), x, t0, dst, decode),
+                _ => row_tile512::<8>(row, w.cols(), x, t0, dst, decode),
             };
         }
     }
@@ -271,9 +269,9 @@ unsafe fn row_tile512<const N: usize>(
     decode: Decoder512,
 ) -> usize {
     let nb = cols / ACT_BLOCK;
-    let ys: [*const i8; N] = std::array::from_fn(|k| x.interleaved.as_ptr().add((t0 + k) * cols));
-    let ds: [*const f32; N] = std::array::from_fn(|k| x.scales.as_ptr().add((t0 + k) * nb));
-    let ss: [*const i32; N] = std::array::from_fn(|k| x.sums.as_ptr().add((t0 + k) * nb));
+    let ys: [*const i8; N] = std::array::from_fn(|k| x.interleaved().as_ptr().add((t0 + k) * cols));
+    let ds: [*const f32; N] = std::array::from_fn(|k| x.scales().as_ptr().add((t0 + k) * nb));
+    let ss: [*const i32; N] = std::array::from_fn(|k| x.sums().as_ptr().add((t0 + k) * nb));
     let mut acc = [_mm512_setzero_ps(); N];
     let mut corr = [0f32; N];
     for b in 0..nb {
