@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use shard_tests::{default_pair, fresh_dir, get_json, post_json, Oracle, Scout};
 
-const SLOW: [&str; 4] = ["--kernel", "scalar", "--threads", "1"];
+/// A slow target (so Scouts' drafts matter), taking every test request from this one host.
+const SLOW: [&str; 6] = ["--kernel", "scalar", "--threads", "1", "--max-requests-per-client", "128"];
 
 fn completions(oracle_url: &str, n: usize) -> Vec<String> {
     let handles: Vec<_> = (0..n)

@@ -55,11 +55,17 @@ fn three_scouts_serve_fifty_concurrent_completions_losslessly() {
     let client = reqwest::blocking::Client::new();
 
     // The reference: the same Oracle build with no Scouts at all.
-    let plain = Oracle::start(&target, &["--no-p2p", "--queue-capacity", "128", "--kernel", "scalar", "--threads", "1"]);
+    let plain = Oracle::start(
+        &target,
+        &["--no-p2p", "--queue-capacity", "128", "--max-requests-per-client", "128", "--kernel", "scalar", "--threads", "1"],
+    );
     let expected = complete_all(&plain);
     drop(plain);
 
-    let oracle = Oracle::start(&target, &["--queue-capacity", "128", "--kernel", "scalar", "--threads", "1"]);
+    let oracle = Oracle::start(
+        &target,
+        &["--queue-capacity", "128", "--max-requests-per-client", "128", "--kernel", "scalar", "--threads", "1"],
+    );
     let addrs = get_json(&client, &oracle.endpoint("/api/p2p/addrs"));
     let tcp: Vec<String> = addrs["tcp"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
     assert!(!tcp.is_empty() && addrs["webrtc_direct"][0].as_str().unwrap().contains("/certhash/"), "{addrs}");
