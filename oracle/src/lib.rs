@@ -11,6 +11,7 @@ pub mod engine;
 pub mod p2p;
 pub mod queue;
 pub mod spec;
+pub mod trust;
 
 /// Reported as `system_fingerprint` in API responses.
 pub const FINGERPRINT: &str = concat!("shard-", env!("CARGO_PKG_VERSION"));

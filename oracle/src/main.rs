@@ -17,6 +17,8 @@ use shard_oracle::p2p::node::{self, NodeConfig};
 use shard_oracle::p2p::scheduler::{SchedulerConfig, ScoutDrafts};
 use shard_oracle::queue::{InferenceQueue, SpecConfig};
 use shard_oracle::spec::local::LocalDraft;
+use shard_oracle::trust::store::TrustStore;
+use shard_oracle::trust::{ScoutText, Trust, TrustConfig};
 use shard_shared::wire::ModelRef;
 
 /// The Shard Oracle: serves a ternary BitNet b1.58 model over an OpenAI-compatible API.
@@ -100,9 +102,31 @@ struct Args {
     #[arg(long)]
     log_json: bool,
 
-    /// Where the Oracle keeps its state: the libp2p key (its peer id) and webrtc certificate.
-    #[arg(long, env = "SHARD_STATE_DIR", default_value = "shard-state")]
+    /// Where the Oracle keeps its state: the libp2p key (its peer id), the webrtc certificate
+    /// and the trust store (operator keys, Scout credits).
+    #[arg(long, env = "SHARD_STATE_DIR", default_value = "shard-state", global = true)]
     state_dir: PathBuf,
+
+    /// Credits a Scout earns per drafted token the Oracle accepts.
+    #[arg(long, default_value_t = 1)]
+    credits_per_accepted_token: i64,
+
+    /// Credits a Scout-tier request spends per generated token (a Scout with fewer is served
+    /// as a Leech).
+    #[arg(long, default_value_t = 1)]
+    credits_per_generated_token: i64,
+
+    /// Which requests' text may go to Scouts, who read what they draft: none, trusted (Scouts
+    /// in good standing that have earned credits) or any Scout.
+    #[arg(long, value_enum, default_value_t = ScoutText::Any)]
+    scout_text: ScoutText,
+
+    /// Let Scouts draft operator-key (Oracle tier) requests too.
+    #[arg(long)]
+    scout_oracle_requests: bool,
+
+    #[command(subcommand)]
+    command: Option<Command>,
 
     /// Run without the libp2p node (no Scouts).
     #[arg(long)]
@@ -150,9 +174,52 @@ struct Args {
     scout_k: usize,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Operator API keys: `Authorization: Bearer <key>` puts a request in the Oracle tier. They
+    /// are kept hashed in the trust store in --state-dir; manage them while the Oracle is
+    /// stopped (the store is one process's at a time).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum KeysAction {
+    /// Creates a key and prints it, alone, on stdout (it is not shown again).
+    Add { name: String },
+    /// Lists the keys: name, created, revoked.
+    List,
+    /// Revokes a key: requests bearing it get 401.
+    Revoke { name: String },
+}
+
+/// `shard-oracle keys …`.
+fn keys(state_dir: &std::path::Path, action: KeysAction) -> anyhow::Result<()> {
+    let store = TrustStore::open(&state_dir.join("trust.redb"))?;
+    match action {
+        KeysAction::Add { name } => println!("{}", store.add_key(&name)?),
+        KeysAction::List => {
+            for k in store.list_keys()? {
+                let revoked = k.revoked.map_or(String::new(), |t| format!("\trevoked {t}"));
+                println!("{}\tcreated {}{revoked}", k.name, k.created);
+            }
+        }
+        KeysAction::Revoke { name } => {
+            anyhow::ensure!(store.revoke_key(&name)?, "no live key named {name:?}");
+            eprintln!("revoked {name}");
+        }
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::Keys { action }) = args.command {
+        return keys(&args.state_dir, action);
+    }
     // WebRTC's DTLS needs a process-wide rustls crypto provider before the first handshake.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let filter = EnvFilter::try_from_env("SHARD_LOG").unwrap_or_else(|_| EnvFilter::new("info,tower_http=info"));
@@ -203,6 +270,34 @@ async fn main() -> anyhow::Result<()> {
         activation = ?c.activation, "model loaded"
     );
 
+    // Who the Oracle is (its peer id, which Scouts' proofs are bound to) and what it trusts.
+    let oracle_key = shard_shared::key_file::load_or_create(&args.state_dir.join("oracle.key"))?;
+    let trust_config = TrustConfig {
+        earn_per_token: args.credits_per_accepted_token.max(0),
+        spend_per_token: args.credits_per_generated_token.max(0),
+        scout_text: args.scout_text,
+        oracle_requests_to_scouts: args.scout_oracle_requests,
+    };
+    let trust = Arc::new(
+        Trust::open(&args.state_dir, oracle_key.public().to_peer_id().to_string(), trust_config)
+            .context("opening the trust store")?,
+    );
+    tracing::info!(store = %trust.store.path().display(), peers = trust.store.peers()?.len(), "trust store open");
+    {
+        // Credits earned while drafting are committed a few times a second.
+        let trust = trust.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                let t = trust.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || t.flush()).await {
+                    tracing::error!("committing credits failed (kept for the next try): {e}");
+                }
+            }
+        });
+    }
+
     // The Scouts' draft source, when the node runs and no in-process draft is chosen.
     let scouts = if args.no_p2p {
         None
@@ -213,7 +308,7 @@ async fn main() -> anyhow::Result<()> {
                     job_k: args.scout_k.clamp(1, shard_shared::wire::MAX_DRAFT_TOKENS),
                     ..SchedulerConfig::default()
                 };
-                let (scouts, outbox) = ScoutDrafts::new(model, engine.model.config.n_vocab, config);
+                let (scouts, outbox) = ScoutDrafts::new(model, engine.model.config.n_vocab, config, Some(trust.clone()));
                 Some((Arc::new(scouts), outbox, file))
             }
             Err(e) => {
@@ -227,6 +322,7 @@ async fn main() -> anyhow::Result<()> {
             source: s.clone() as Arc<dyn shard_oracle::spec::draft::DraftSource>,
             k_max: args.draft_max.max(1),
             paced: false,
+            reads_text: true,
         }),
         Some(path) => {
             let opts = LoadOptions { n_ctx: engine.n_ctx, ..LoadOptions::new(kernel) };
@@ -238,12 +334,13 @@ async fn main() -> anyhow::Result<()> {
                 source: Arc::new(local) as Arc<dyn shard_oracle::spec::draft::DraftSource>,
                 k_max: args.draft_max.max(1),
                 paced: true,
+                reads_text: false,
             })
         }
     };
     let single_step = engine.time_single_step();
     let engine = Arc::new(engine);
-    let queue = InferenceQueue::start(engine.clone(), args.queue_capacity, spec);
+    let queue = InferenceQueue::start(engine.clone(), args.queue_capacity, spec, Some(trust.clone()));
     queue.stats.spec.single_step_micros.store(single_step.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
     let p2p = match scouts {
         None => None,
@@ -283,7 +380,7 @@ async fn main() -> anyhow::Result<()> {
         request_tokens,
         args.max_requests_per_client.max(1),
     ));
-    let state = Arc::new(AppState { engine, queue, started: api::types::unix_now(), p2p, web_dir, limits });
+    let state = Arc::new(AppState { engine, queue, started: api::types::unix_now(), p2p, web_dir, limits, trust });
     let app = api::router(state, args.max_body_bytes);
 
     let addr: SocketAddr = format!("{}:{}", args.host, args.port).parse().context("parsing --host/--port")?;

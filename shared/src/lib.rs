@@ -6,8 +6,11 @@ pub mod chat;
 pub mod dequant;
 pub mod gguf;
 pub mod hparams;
+#[cfg(all(feature = "p2p", not(target_arch = "wasm32")))]
+pub mod key_file;
 pub mod sampling;
 pub mod tokenizer;
+pub mod trust;
 pub mod wire;
 #[cfg(feature = "p2p")]
 pub mod wire_codec;

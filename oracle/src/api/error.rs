@@ -66,6 +66,11 @@ impl ApiError {
         }
     }
 
+    /// 401: a credential was sent and is not valid.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self { code: Some("invalid_api_key"), ..Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message) }
+    }
+
     /// 503: the server cannot take the request right now.
     pub fn busy(message: impl Into<String>) -> Self {
         Self { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message) }

@@ -12,8 +12,9 @@
 //! * **Amplification.** One request's runs (prompts × `n`) may cost at most
 //!   [`Limits::max_request_tokens`] prompt and new tokens together, and its response at most
 //!   [`Limits::max_response_entries`] logprob entries. The error names the budget.
-//! * **Concurrency per client.** A client (an address, until identities land) may have at
-//!   most [`Limits::max_per_client`] generation requests queued or running ([`ClientSlot`]).
+//! * **Concurrency per client.** A client (its proven identity, else its address) may have at
+//!   most [`Limits::max_per_client`] generation requests queued or running ([`ClientSlot`]);
+//!   operator keys are not limited.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -27,6 +28,7 @@ use tokio::sync::Semaphore;
 
 use super::error::ApiError;
 use crate::queue::ClientKey;
+use crate::trust::Caller;
 
 /// Most messages in one chat request (each is rendered by the template).
 pub const MAX_MESSAGES: usize = 1024;
@@ -43,7 +45,7 @@ pub struct Limits {
     /// Generation requests one client may have queued or running at once.
     pub max_per_client: usize,
     blocking: Semaphore,
-    per_client: Mutex<HashMap<IpAddr, usize>>,
+    per_client: Mutex<HashMap<Identity, usize>>,
     /// Keys client addresses with a per-process secret, so a [`ClientKey`] says nothing.
     hasher: std::hash::RandomState,
 }
@@ -135,9 +137,12 @@ impl Limits {
 
     /// Takes one of `client`'s generation slots, released when the returned guard drops.
     pub fn admit(self: &Arc<Self>, client: &Client) -> Result<ClientSlot, ApiError> {
-        let Some(ip) = client.ip else { return Ok(ClientSlot { limits: self.clone(), ip: None }) };
+        let id = client.identity();
+        if matches!(id, Identity::Key(_) | Identity::Unknown) {
+            return Ok(ClientSlot { limits: self.clone(), id: None });
+        }
         let mut map = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
-        let n = map.entry(ip).or_insert(0);
+        let n = map.entry(id.clone()).or_insert(0);
         if *n >= self.max_per_client {
             return Err(ApiError::too_many_requests(
                 format!("This client already has {} requests queued or running; wait for one to finish", *n),
@@ -145,47 +150,88 @@ impl Limits {
             ));
         }
         *n += 1;
-        Ok(ClientSlot { limits: self.clone(), ip: Some(ip) })
+        Ok(ClientSlot { limits: self.clone(), id: Some(id) })
     }
 
-    /// The cache key for a client's requests.
-    pub fn client_key(&self, ip: Option<IpAddr>) -> ClientKey {
-        ClientKey(ip.map_or(0, |ip| self.hasher.hash_one(ip) | 1))
+    /// The cache key for a client's requests: a keyed hash of who it is.
+    pub fn client_key(&self, client: &Client) -> ClientKey {
+        match client.identity() {
+            Identity::Unknown => ClientKey(0),
+            id => ClientKey(self.hasher.hash_one(id) | 1),
+        }
     }
 }
 
 /// One of a client's generation slots; dropping it frees the slot.
 pub struct ClientSlot {
     limits: Arc<Limits>,
-    ip: Option<IpAddr>,
+    id: Option<Identity>,
 }
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        if let Some(ip) = self.ip {
+        if let Some(id) = &self.id {
             let mut map = self.limits.per_client.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(n) = map.get_mut(&ip) {
+            if let Some(n) = map.get_mut(id) {
                 *n -= 1;
                 if *n == 0 {
-                    map.remove(&ip);
+                    map.remove(id);
                 }
             }
         }
     }
 }
 
-/// Who sent a request: the peer address of its connection. (`X-Forwarded-For` and the like
-/// are never read: a client sets them for itself.)
-#[derive(Debug, Clone, Copy)]
+/// Who a client is, for limits and cache reuse: the strongest thing it proved.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Identity {
+    Key(String),
+    Peer(libp2p::PeerId),
+    Ip(IpAddr),
+    Unknown,
+}
+
+/// Who sent a request: what it proved ([`Caller`], put in the request by the auth layer) and
+/// the peer address of its connection. (`X-Forwarded-For` and the like are never read: a
+/// client sets them for itself.)
+#[derive(Debug, Clone)]
 pub struct Client {
     pub ip: Option<IpAddr>,
+    pub caller: Caller,
+    /// The request asked that Scouts not read it (`x-shard-private: true`).
+    pub private: bool,
+}
+
+impl Client {
+    pub fn identity(&self) -> Identity {
+        match (&self.caller.key_name, &self.caller.peer, self.ip) {
+            (Some(k), _, _) => Identity::Key(k.clone()),
+            (None, Some(p), _) => Identity::Peer(*p),
+            (None, None, Some(ip)) => Identity::Ip(ip),
+            _ => Identity::Unknown,
+        }
+    }
+
+    /// An anonymous client at `ip` (for tests).
+    pub fn at(ip: IpAddr) -> Self {
+        Self { ip: Some(ip), caller: Caller::anonymous(), private: false }
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Client {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Client { ip: parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()) })
+        let private = parts
+            .headers
+            .get("x-shard-private")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes"));
+        Ok(Client {
+            ip: parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip()),
+            caller: parts.extensions.get::<Caller>().cloned().unwrap_or_else(Caller::anonymous),
+            private,
+        })
     }
 }
 
@@ -196,8 +242,8 @@ mod tests {
     #[test]
     fn slots_are_counted_per_address_and_freed_on_drop() {
         let limits = Arc::new(Limits::new(512, 16, 8192, 2));
-        let a = Client { ip: Some("10.0.0.1".parse().unwrap()) };
-        let b = Client { ip: Some("10.0.0.2".parse().unwrap()) };
+        let a = Client::at("10.0.0.1".parse().unwrap());
+        let b = Client::at("10.0.0.2".parse().unwrap());
         let s1 = limits.admit(&a).unwrap();
         let _s2 = limits.admit(&a).unwrap();
         assert!(limits.admit(&a).is_err(), "a third request of one client is refused");

@@ -7,6 +7,7 @@ pub mod completions;
 pub mod error;
 pub mod json;
 pub mod limits;
+pub mod me;
 pub mod models;
 pub mod queue;
 pub mod swarm;
@@ -23,7 +24,8 @@ use tower_http::trace::TraceLayer;
 
 use crate::engine::generate::{Event, Finish, GenerateError, GenerateParams, TokenLogprob};
 use crate::engine::Engine;
-use crate::queue::{InferenceQueue, JobError, JobEvent, QueueStatus, Submission};
+use crate::queue::{InferenceQueue, JobError, JobEvent, Placement, QueueStatus, Submission, Tier};
+use crate::trust::Trust;
 use error::ApiError;
 use limits::{Client, Limits};
 use shard_shared::chat::ChatMessage;
@@ -40,6 +42,8 @@ pub struct AppState {
     pub web_dir: Option<std::path::PathBuf>,
     /// What one request may cost ([`limits`]).
     pub limits: Arc<Limits>,
+    /// Operator keys, Scout identities and credits.
+    pub trust: Arc<Trust>,
 }
 
 pub struct P2pState {
@@ -76,8 +80,17 @@ impl AppState {
                 n_ctx: self.engine.n_ctx,
             })));
         }
-        let key = self.limits.client_key(client.ip);
-        self.queue.submit(prompt, params, key).map_err(|full| ApiError::queue_full(full.retry_after_secs))
+        let tier = client.caller.tier;
+        let cfg = &self.trust.config;
+        let placement = Placement {
+            tier,
+            client: self.limits.client_key(client),
+            payer: (tier == Tier::Scout).then_some(client.caller.peer).flatten(),
+            scouts_may_read: !client.private
+                && cfg.scout_text != crate::trust::ScoutText::None
+                && (tier != Tier::Oracle || cfg.oracle_requests_to_scouts),
+        };
+        self.queue.submit(prompt, params, placement).map_err(|full| ApiError::queue_full(full.retry_after_secs))
     }
 
     /// Tokenizes a prompt for the completion endpoints (special tokens parsed, as llama.cpp's
@@ -148,12 +161,36 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/api/scout", get(swarm::scout))
         .route("/api/queue", get(queue::overview))
         .route("/api/queue/{ticket}", get(queue::ticket))
+        .route("/api/me", get(me::me))
         .route("/models/{file}", get(model_file))
         .fallback(app_or_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Proves who every request is from (see `trust::auth`) before any route runs: a bad
+/// credential is a 401 in OpenAI's shape on every route, a good one travels with the request
+/// as a [`crate::trust::Caller`].
+async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let header = req.headers().get(axum::http::header::AUTHORIZATION).map(|v| v.as_bytes().to_vec());
+    match state.trust.authenticate(header.as_deref()) {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(crate::trust::auth::AuthError::Store(e)) => {
+            ApiError::internal(format!("checking credentials failed: {e}")).into_response()
+        }
+        Err(e) => ApiError::unauthorized(e.to_string()).into_response(),
+    }
 }
 
 /// `GET /models/{file}`: the Scouts' draft model, by its file name.

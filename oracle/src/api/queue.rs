@@ -12,22 +12,36 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::AppState;
+use crate::queue::Tier;
 
 pub async fn overview(State(state): State<Arc<AppState>>) -> Json<Value> {
     let q = &state.queue;
-    let (issued, finished) = q.tickets();
-    // What a request sent now would face.
-    let next = q.status_of_next();
+    let (waiting, running) = q.rooms();
+    let tiers: Vec<Value> = Tier::ALL
+        .iter()
+        .zip(waiting)
+        .enumerate()
+        .map(|(i, (tier, n))| {
+            json!({
+                "tier": tier,
+                "waiting": n,
+                "capacity": q.capacity,
+                "refused": q.stats.refused[i].load(Ordering::Relaxed),
+                // What a request of this tier sent now would face.
+                "est_wait_ms": q.status_of_next(*tier).est_wait_ms,
+            })
+        })
+        .collect();
     Json(json!({
         "depth": q.stats.depth.load(Ordering::SeqCst),
         "capacity": q.capacity,
-        "running": issued > finished,
-        "waiting": issued.saturating_sub(finished).saturating_sub(1),
-        "tickets_issued": issued,
-        "tickets_done": finished,
+        "running": running,
+        "waiting": waiting.iter().sum::<usize>(),
+        "accepted": q.accepted(),
+        "completed": q.stats.completed.load(Ordering::Relaxed),
         "avg_request_ms": q.stats.avg_job_ms.load(Ordering::Relaxed),
-        "est_wait_ms": next.est_wait_ms,
-        "tiers": [{"tier": "leech", "depth": q.stats.depth.load(Ordering::SeqCst)}],
+        "est_wait_ms": q.status_of_next(Tier::Leech).est_wait_ms,
+        "tiers": tiers,
     }))
 }
 

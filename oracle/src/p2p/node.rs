@@ -89,7 +89,7 @@ pub struct Node {
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error(transparent)]
-    Identity(#[from] super::identity::IdentityError),
+    Identity(#[from] shard_shared::key_file::IdentityError),
     #[error("webrtc certificate {path}: {reason}")]
     Certificate { path: String, reason: String },
     #[error("building the libp2p swarm: {0}")]
@@ -135,7 +135,7 @@ pub async fn start(
     queue: Arc<QueueStats>,
     queue_capacity: usize,
 ) -> Result<Node, NodeError> {
-    let key = super::identity::load_or_create(key_path)?;
+    let key = shard_shared::key_file::load_or_create(key_path)?;
     let cert = load_or_create_certificate(&key_path.with_extension("webrtc.pem"))?;
     let build = |e: &dyn std::fmt::Display| NodeError::Build(e.to_string());
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)

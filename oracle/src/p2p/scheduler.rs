@@ -12,7 +12,7 @@
 //! its verification.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use shard_shared::wire::{Context, DraftJob, DraftOutcome, DraftReply, ModelRef, Refusal, WireSampling, MAX_DRAFT_TOKENS};
 
 use crate::spec::draft::{Draft, DraftRequest, DraftSource};
+use crate::trust::Trust;
 
 /// A job for the node task to send.
 #[derive(Debug)]
@@ -88,6 +89,8 @@ pub struct ScoutView {
     pub sequences: usize,
     pub acceptance_rate: f64,
     pub strikes: u32,
+    /// Committed credits (filled in from the trust store).
+    pub credits: i64,
     #[serde(flatten)]
     pub stats: ScoutStats,
 }
@@ -143,12 +146,19 @@ pub struct ScoutDrafts {
     model: ModelRef,
     n_vocab: usize,
     config: SchedulerConfig,
+    /// Credits for accepted drafts, and who may read request text.
+    trust: Option<Arc<Trust>>,
 }
 
 impl ScoutDrafts {
-    pub fn new(model: ModelRef, n_vocab: usize, config: SchedulerConfig) -> (Self, mpsc::UnboundedReceiver<Outgoing>) {
+    pub fn new(
+        model: ModelRef,
+        n_vocab: usize,
+        config: SchedulerConfig,
+        trust: Option<Arc<Trust>>,
+    ) -> (Self, mpsc::UnboundedReceiver<Outgoing>) {
         let (outbox, rx) = mpsc::unbounded_channel();
-        (Self { state: Mutex::new(State::default()), outbox, model, n_vocab, config }, rx)
+        (Self { state: Mutex::new(State::default()), outbox, model, n_vocab, config, trust }, rx)
     }
 
     pub fn model(&self) -> &ModelRef {
@@ -290,6 +300,7 @@ impl ScoutDrafts {
                     sc.stats.tokens_accepted as f64 / sc.stats.tokens_proposed as f64
                 },
                 strikes: sc.strikes,
+                credits: self.trust.as_ref().map_or(0, |t| t.credits(peer)),
                 stats: sc.stats.clone(),
             })
             .collect();
@@ -315,7 +326,8 @@ impl ScoutDrafts {
             seq.in_flight = None;
             seq.scout = None;
         }
-        let eligible = |p: &PeerId, sc: &Scout| sc.strikes < max_strikes && scouts_ok(p);
+        let trust = self.trust.as_deref();
+        let eligible = |p: &PeerId, sc: &Scout| sc.strikes < max_strikes && trust.is_none_or(|t| t.may_read_text(p));
         let keep = seq.scout.filter(|p| scouts.get(p).is_some_and(|sc| eligible(p, sc)));
         let peer = match keep {
             Some(p) => p,
@@ -393,11 +405,6 @@ impl ScoutDrafts {
     }
 }
 
-/// Room for a future reputation check (banned peers get no work).
-fn scouts_ok(_peer: &PeerId) -> bool {
-    true
-}
-
 impl DraftSource for ScoutDrafts {
     fn name(&self) -> &str {
         "scouts"
@@ -441,6 +448,9 @@ impl DraftSource for ScoutDrafts {
         if let Some(sc) = s.scouts.get_mut(&peer) {
             sc.stats.tokens_accepted += accepted as u64;
         }
+        if let Some(t) = &self.trust {
+            t.earn(peer, accepted);
+        }
     }
 
     fn finished(&self, sequence: u64) {
@@ -458,7 +468,7 @@ mod tests {
     use shard_shared::sampling::SamplingParams;
 
     fn setup() -> (ScoutDrafts, mpsc::UnboundedReceiver<Outgoing>, PeerId) {
-        let (s, rx) = ScoutDrafts::new(ModelRef { id: "d".into(), sha256: [0; 32] }, 100, SchedulerConfig::default());
+        let (s, rx) = ScoutDrafts::new(ModelRef { id: "d".into(), sha256: [0; 32] }, 100, SchedulerConfig::default(), None);
         let peer = PeerId::random();
         s.add_scout(peer, "tcp".into(), "cpu".into(), "test".into());
         (s, rx, peer)

@@ -1,15 +1,19 @@
-//! The request queue in front of the engine.
+//! The request queue in front of the engine: priority tiers, bounded rooms, live positions.
 //!
-//! One worker thread owns the model's session and runs one generation at a time; requests
-//! wait in a bounded queue. A full queue refuses new work at once (the API answers 429 with
-//! `Retry-After`), so load never turns into unbounded memory or latency. A request whose
+//! One worker thread owns the model's session and runs one generation at a time. Requests wait
+//! in one bounded room per [`Tier`] (Oracle > Scout > Leech), so under load the Leech room
+//! fills and refuses first (the API answers 429 with `Retry-After`) while Oracle and Scout
+//! requests are still admitted. The worker takes the highest tier's oldest request, except
+//! that every [`LOWER_SHARE`]-th pick goes to the oldest request of a lower tier while one
+//! waits: Leeches are slowed by a crowd of higher tiers, never starved by it. A request whose
 //! client left while it waited is dropped without running.
 //!
 //! Every accepted request holds a ticket: a random id, so that nobody can enumerate other
-//! people's requests, and a place in the order. The worker takes requests in order, so a
-//! request's place in line is its order number minus the number of requests finished: a
-//! [`Submission`] turns that into live [`QueueStatus`] updates (the web app's "position 3,
-//! about 12 s"), and `GET /api/queue/{ticket}` answers the same for whoever holds the id.
+//! people's requests. Its place in line is counted from the rooms themselves (the running
+//! request, every request waiting in a higher tier, and the older ones in its own), so it
+//! stays right when a higher tier jumps ahead; a [`Submission`] turns it into live
+//! [`QueueStatus`] updates (the web app's "position 3, about 12 s"), and
+//! `GET /api/queue/{ticket}` answers the same for whoever holds the id.
 //!
 //! Each request's events go through a bounded channel. A client that stops reading fills it
 //! (the socket's buffers first, then the channel); once it has stayed full for
@@ -21,12 +25,14 @@
 //! client's request starts from an empty cache, so neither `cached_tokens` nor timing tells
 //! anyone what the previous request held.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use libp2p::PeerId;
 use serde::Serialize;
+pub use shard_shared::trust::{TicketState, Tier};
 use tokio::sync::{mpsc, watch};
 
 use crate::engine::generate::{generate, Event, Finish, GenerateError, GenerateParams, Session, Speculation};
@@ -34,6 +40,7 @@ use crate::engine::Engine;
 use crate::spec::adaptive::Pace;
 use crate::spec::draft::DraftSource;
 use crate::spec::metrics::SpecMetrics;
+use crate::trust::Trust;
 
 /// What a queued request hears back from the worker.
 #[derive(Debug)]
@@ -54,6 +61,8 @@ pub enum JobError {
 pub const EVENT_BUFFER: usize = 64;
 /// How long a request's event channel may stay full before the job is cancelled.
 pub const STALL_GRACE: Duration = Duration::from_millis(250);
+/// One pick in this many goes to a lower tier while one waits.
+pub const LOWER_SHARE: u64 = 4;
 /// How long a finished ticket still answers `GET /api/queue/{ticket}`.
 const DONE_TICKET_TTL: Duration = Duration::from_secs(120);
 
@@ -62,18 +71,38 @@ const DONE_TICKET_TTL: Duration = Duration::from_secs(120);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct ClientKey(pub u64);
 
+/// How a request is queued and run.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub tier: Tier,
+    pub client: ClientKey,
+    /// The Scout whose credits pay for a Scout-tier request.
+    pub payer: Option<PeerId>,
+    /// Whether Scouts may read (and draft) this request's text.
+    pub scouts_may_read: bool,
+}
+
+impl Placement {
+    /// An anonymous Leech request from `client`.
+    pub fn leech(client: ClientKey) -> Self {
+        Self { tier: Tier::Leech, client, payer: None, scouts_may_read: true }
+    }
+}
+
 struct Job {
     /// Place in the order of submission.
     seq: u64,
-    client: ClientKey,
+    ticket: String,
+    placement: Placement,
     prompt: Vec<u32>,
     params: GenerateParams,
     events: mpsc::Sender<JobEvent>,
 }
 
-/// The queue is full; try again after about `retry_after_secs`.
+/// The request's tier room is full; try again after about `retry_after_secs`.
 #[derive(Debug, Clone, Copy)]
 pub struct QueueFull {
+    pub tier: Tier,
     pub retry_after_secs: u64,
 }
 
@@ -86,6 +115,8 @@ pub struct QueueStats {
     pub tokens_generated: AtomicU64,
     /// Jobs cancelled because their client stopped reading (see [`STALL_GRACE`]).
     pub stalled: AtomicU64,
+    /// Requests refused because their tier's room was full, per tier.
+    pub refused: [AtomicU64; 3],
     /// Exponential moving average of a request's run time, in milliseconds.
     pub avg_job_ms: AtomicU64,
     /// When the running request started (ms since the queue started), for wait estimates.
@@ -101,26 +132,88 @@ pub struct SpecConfig {
     /// Time drafting and verification, and draft only as far as it pays: for a source that
     /// drafts on the Oracle's own cores (`--draft-model`).
     pub paced: bool,
+    /// The source sends request text to other machines (Scouts): requests that may not be
+    /// read there are decoded without it.
+    pub reads_text: bool,
 }
 
-#[derive(Clone)]
-pub struct InferenceQueue {
-    tx: mpsc::Sender<Job>,
-    pub capacity: usize,
-    pub stats: Arc<QueueStats>,
-    /// The next order number to hand out; held while enqueueing so numbers keep the
-    /// channel's order.
-    next_seq: Arc<Mutex<u64>>,
-    /// How many requests are done (run, failed or skipped): the order number being served.
-    finished: watch::Receiver<u64>,
-    /// Ticket ids of live and recently finished requests, and their order numbers.
-    tickets: Arc<Mutex<HashMap<String, TicketEntry>>>,
-    epoch: Instant,
+fn tier_index(t: Tier) -> usize {
+    match t {
+        Tier::Oracle => 0,
+        Tier::Scout => 1,
+        Tier::Leech => 2,
+    }
+}
+
+/// The waiting rooms and what runs.
+#[derive(Default)]
+struct Rooms {
+    waiting: [VecDeque<Job>; 3],
+    running: Option<(u64, Tier)>,
+    picks: u64,
+}
+
+impl Rooms {
+    fn len(&self) -> usize {
+        self.waiting.iter().map(VecDeque::len).sum()
+    }
+
+    /// The next request to run (see the module docs for the order).
+    fn pick(&mut self) -> Option<Job> {
+        let highest = (0..3).find(|&t| !self.waiting[t].is_empty())?;
+        self.picks += 1;
+        let lower =
+            (highest + 1..3).filter(|&t| !self.waiting[t].is_empty()).min_by_key(|&t| self.waiting[t].front().map(|j| j.seq));
+        let room = match lower {
+            Some(t) if self.picks % LOWER_SHARE == 0 => t,
+            _ => highest,
+        };
+        self.waiting[room].pop_front()
+    }
+
+    /// Requests that run before `seq` of tier `tier` as things stand, the running one
+    /// included; `None` when it is not waiting.
+    fn ahead_of(&self, seq: u64, tier: Tier) -> Option<u64> {
+        let t = tier_index(tier);
+        let pos = self.waiting[t].iter().position(|j| j.seq == seq)?;
+        let higher: usize = self.waiting[..t].iter().map(VecDeque::len).sum();
+        Some(self.running.is_some() as u64 + higher as u64 + pos as u64)
+    }
+}
+
+struct Shared {
+    rooms: Mutex<Rooms>,
+    wake: Condvar,
+    tickets: Mutex<HashMap<String, TicketEntry>>,
+}
+
+impl Shared {
+    fn rooms(&self) -> std::sync::MutexGuard<'_, Rooms> {
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn tickets(&self) -> std::sync::MutexGuard<'_, HashMap<String, TicketEntry>> {
+        self.tickets.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 struct TicketEntry {
     seq: u64,
+    tier: Tier,
     issued: Instant,
+    done: bool,
+}
+
+#[derive(Clone)]
+pub struct InferenceQueue {
+    shared: Arc<Shared>,
+    /// Requests each tier's room holds.
+    pub capacity: usize,
+    pub stats: Arc<QueueStats>,
+    next_seq: Arc<AtomicU64>,
+    /// Bumped whenever a request starts or finishes, so waiting requests recount.
+    changed: watch::Receiver<u64>,
+    epoch: Instant,
 }
 
 /// Where a request stands in the queue.
@@ -128,29 +221,20 @@ struct TicketEntry {
 pub struct QueueStatus {
     /// The request's ticket id (random; `GET /api/queue/{ticket}`).
     pub ticket: String,
-    /// Requests ahead of this one, the running one included; 0 once it runs.
+    /// Requests that run before this one, the running one included; 0 once it runs.
     pub ahead: u64,
     pub state: TicketState,
     /// A rough wait until it starts: the requests ahead times the average run time.
     pub est_wait_ms: u64,
-    /// The priority tier it waits in. Every request is a Leech until tiers are proven by keys.
-    pub tier: &'static str,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TicketState {
-    Waiting,
-    Running,
-    Done,
+    /// The priority tier it waits in.
+    pub tier: Tier,
 }
 
 /// An accepted request: its ticket, its events and live queue updates while it waits.
 pub struct Submission {
     pub ticket: String,
-    seq: u64,
     rx: mpsc::Receiver<JobEvent>,
-    finished: watch::Receiver<u64>,
+    changed: watch::Receiver<u64>,
     queue: InferenceQueue,
     waiting: bool,
 }
@@ -176,7 +260,7 @@ impl Submission {
                 self.waiting = false;
                 ev.map(Update::Job)
             }
-            changed = self.finished.changed() => {
+            changed = self.changed.changed() => {
                 // The worker is gone: nothing more will change while waiting.
                 self.waiting &= changed.is_ok();
                 Some(Update::Queued(self.status()))
@@ -187,7 +271,7 @@ impl Submission {
 
     /// Where this request stands now.
     pub fn status(&self) -> QueueStatus {
-        self.queue.status_of(self.seq, &self.ticket)
+        self.queue.status(&self.ticket).expect("a live submission's ticket is known")
     }
 
     /// The next job event, skipping queue updates (for answers that are not streamed).
@@ -198,114 +282,128 @@ impl Submission {
 }
 
 impl InferenceQueue {
-    /// Starts the worker thread. `capacity` bounds waiting requests; `spec` turns on
-    /// speculative decoding.
-    pub fn start(engine: Arc<Engine>, capacity: usize, spec: Option<SpecConfig>) -> Self {
-        let (tx, rx) = mpsc::channel::<Job>(capacity.max(1));
+    /// Starts the worker thread. `capacity` bounds each tier's waiting room; `spec` turns on
+    /// speculative decoding; `trust` charges Scout-tier requests.
+    pub fn start(engine: Arc<Engine>, capacity: usize, spec: Option<SpecConfig>, trust: Option<Arc<Trust>>) -> Self {
+        let shared = Arc::new(Shared { rooms: Mutex::default(), wake: Condvar::new(), tickets: Mutex::default() });
         let stats = Arc::new(QueueStats::default());
-        let (finished_tx, finished) = watch::channel(0u64);
+        let (changed_tx, changed) = watch::channel(0u64);
         let epoch = Instant::now();
-        let worker_stats = stats.clone();
-        std::thread::Builder::new()
-            .name("shard-engine".into())
-            .spawn(move || worker(engine, rx, worker_stats, spec, finished_tx, epoch))
-            .expect("spawn engine worker");
-        Self {
-            tx,
-            capacity,
-            stats,
-            next_seq: Arc::new(Mutex::new(0)),
-            finished,
-            tickets: Arc::new(Mutex::new(HashMap::new())),
-            epoch,
-        }
+        let worker = Worker { engine, shared: shared.clone(), stats: stats.clone(), spec, trust, changed: changed_tx, epoch };
+        std::thread::Builder::new().name("shard-engine".into()).spawn(move || worker.run()).expect("spawn engine worker");
+        Self { shared, capacity: capacity.max(1), stats, next_seq: Arc::new(AtomicU64::new(0)), changed, epoch }
     }
 
-    /// Enqueues a generation for `client`; its events and queue updates come through the
-    /// [`Submission`].
-    pub fn submit(&self, prompt: Vec<u32>, params: GenerateParams, client: ClientKey) -> Result<Submission, QueueFull> {
+    /// Enqueues a generation; its events and queue updates come through the [`Submission`].
+    pub fn submit(&self, prompt: Vec<u32>, params: GenerateParams, placement: Placement) -> Result<Submission, QueueFull> {
+        let tier = placement.tier;
         let (events, rx) = mpsc::channel(EVENT_BUFFER);
-        let mut next = self.next_seq.lock().unwrap_or_else(|e| e.into_inner());
-        let seq = *next;
-        let ahead = self.stats.depth.fetch_add(1, Ordering::SeqCst);
-        match self.tx.try_send(Job { seq, client, prompt, params, events }) {
-            Ok(()) => {
-                *next += 1;
-                drop(next);
-                let ticket = format!("{:016x}{:016x}", rand08::random::<u64>(), rand08::random::<u64>());
-                let mut tickets = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
-                let finished = *self.finished.borrow();
-                // Forget tickets that finished long ago (a live one is never dropped).
-                tickets.retain(|_, t| t.seq >= finished || t.issued.elapsed() < DONE_TICKET_TTL);
-                tickets.insert(ticket.clone(), TicketEntry { seq, issued: Instant::now() });
-                drop(tickets);
-                Ok(Submission { ticket, seq, rx, finished: self.finished.clone(), queue: self.clone(), waiting: true })
-            }
-            Err(_) => {
-                self.stats.depth.fetch_sub(1, Ordering::SeqCst);
-                let avg_ms = self.stats.avg_job_ms.load(Ordering::Relaxed).max(500);
-                let secs = (avg_ms * (ahead as u64 + 1)).div_ceil(1000);
-                Err(QueueFull { retry_after_secs: secs.clamp(1, 600) })
-            }
+        let ticket = format!("{:016x}{:016x}", rand08::random::<u64>(), rand08::random::<u64>());
+        let mut rooms = self.shared.rooms();
+        let room = &mut rooms.waiting[tier_index(tier)];
+        if room.len() >= self.capacity {
+            let ahead = rooms.len() as u64 + rooms.running.is_some() as u64;
+            drop(rooms);
+            self.stats.refused[tier_index(tier)].fetch_add(1, Ordering::Relaxed);
+            let avg_ms = self.stats.avg_job_ms.load(Ordering::Relaxed).max(500);
+            let secs = (avg_ms * (ahead + 1)).div_ceil(1000);
+            return Err(QueueFull { tier, retry_after_secs: secs.clamp(1, 600) });
         }
+        let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+        {
+            let mut tickets = self.shared.tickets();
+            // Forget tickets that finished long ago (a live one is never dropped).
+            tickets.retain(|_, t| !t.done || t.issued.elapsed() < DONE_TICKET_TTL);
+            tickets.insert(ticket.clone(), TicketEntry { seq, tier, issued: Instant::now(), done: false });
+        }
+        room.push_back(Job { seq, ticket: ticket.clone(), placement, prompt, params, events });
+        self.stats.depth.fetch_add(1, Ordering::SeqCst);
+        drop(rooms);
+        self.shared.wake.notify_one();
+        Ok(Submission { ticket, rx, changed: self.changed.clone(), queue: self.clone(), waiting: true })
     }
 
     /// Where the request holding ticket id `ticket` stands, if it is live or recent.
     pub fn status(&self, ticket: &str) -> Option<QueueStatus> {
-        let seq = self.tickets.lock().unwrap_or_else(|e| e.into_inner()).get(ticket)?.seq;
-        Some(self.status_of(seq, ticket))
-    }
-
-    /// What a request submitted now would face.
-    pub fn status_of_next(&self) -> QueueStatus {
-        let seq = *self.next_seq.lock().unwrap_or_else(|e| e.into_inner());
-        self.status_of(seq, "")
-    }
-
-    /// Where order number `seq` stands: waiting (with the requests ahead), running or done.
-    fn status_of(&self, seq: u64, ticket: &str) -> QueueStatus {
-        let finished = *self.finished.borrow();
-        let (ahead, state) = match seq.checked_sub(finished) {
-            None => (0, TicketState::Done),
-            Some(0) => (0, TicketState::Running),
-            Some(n) => (n, TicketState::Waiting),
+        let (seq, tier, done) = {
+            let tickets = self.shared.tickets();
+            let t = tickets.get(ticket)?;
+            (t.seq, t.tier, t.done)
         };
-        let est_wait_ms = if ahead == 0 {
-            0
+        let rooms = self.shared.rooms();
+        let (ahead, state) = if done {
+            (0, TicketState::Done)
+        } else if rooms.running.is_some_and(|(s, _)| s == seq) {
+            (0, TicketState::Running)
         } else {
-            // The running request's remaining time, then a full average for each one after it.
-            // Before any request has finished, guess one of 128 single decoding steps.
-            let guess = self.stats.spec.single_step_micros.load(Ordering::Relaxed) * 128 / 1000;
-            let avg = match self.stats.avg_job_ms.load(Ordering::Relaxed) {
-                0 => guess.max(1),
-                ms => ms,
-            };
-            let now = self.epoch.elapsed().as_millis() as u64;
-            let ran = now.saturating_sub(self.stats.running_since_ms.load(Ordering::Relaxed));
-            avg.saturating_sub(ran).max(avg / 10) + (ahead - 1) * avg
+            match rooms.ahead_of(seq, tier) {
+                Some(n) => (n, TicketState::Waiting),
+                // Between leaving its room and being marked running or done.
+                None => (0, TicketState::Running),
+            }
         };
-        QueueStatus { ticket: ticket.to_string(), ahead, state, est_wait_ms, tier: "leech" }
+        drop(rooms);
+        Some(QueueStatus { ticket: ticket.to_string(), ahead, state, est_wait_ms: self.wait_for(ahead), tier })
     }
 
-    /// Requests accepted so far, and how many of them are done.
-    pub fn tickets(&self) -> (u64, u64) {
-        (*self.next_seq.lock().unwrap_or_else(|e| e.into_inner()), *self.finished.borrow())
+    /// What a request of `tier` submitted now would face.
+    pub fn status_of_next(&self, tier: Tier) -> QueueStatus {
+        let rooms = self.shared.rooms();
+        let t = tier_index(tier);
+        let ahead = rooms.running.is_some() as u64 + rooms.waiting[..=t].iter().map(VecDeque::len).sum::<usize>() as u64;
+        drop(rooms);
+        QueueStatus { ticket: String::new(), ahead, state: TicketState::Waiting, est_wait_ms: self.wait_for(ahead), tier }
+    }
+
+    /// A rough wait behind `ahead` requests: the running one's remaining time, then a full
+    /// average for each one after it. Before any request has finished, a guess of 128 steps.
+    fn wait_for(&self, ahead: u64) -> u64 {
+        if ahead == 0 {
+            return 0;
+        }
+        let guess = self.stats.spec.single_step_micros.load(Ordering::Relaxed) * 128 / 1000;
+        let avg = match self.stats.avg_job_ms.load(Ordering::Relaxed) {
+            0 => guess.max(1),
+            ms => ms,
+        };
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let ran = now.saturating_sub(self.stats.running_since_ms.load(Ordering::Relaxed));
+        avg.saturating_sub(ran).max(avg / 10) + (ahead - 1) * avg
+    }
+
+    /// Requests waiting per tier (Oracle, Scout, Leech), and whether one runs.
+    pub fn rooms(&self) -> ([usize; 3], bool) {
+        let rooms = self.shared.rooms();
+        ([rooms.waiting[0].len(), rooms.waiting[1].len(), rooms.waiting[2].len()], rooms.running.is_some())
+    }
+
+    /// Requests accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.next_seq.load(Ordering::SeqCst)
     }
 }
 
+/// What became of an event sent to a request's client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Delivered,
+    /// The client went away.
+    Gone,
+    /// The client's channel stayed full for [`STALL_GRACE`]: it stopped reading.
+    Stalled,
+}
+
 /// Sends an event to a request's client, waiting up to [`STALL_GRACE`] while its channel is
-/// full; false when the client is gone or has stopped reading.
-fn send_event(events: &mpsc::Sender<JobEvent>, mut event: JobEvent, stats: &QueueStats) -> bool {
+/// full.
+fn send_event(events: &mpsc::Sender<JobEvent>, mut event: JobEvent) -> Sent {
     let deadline = Instant::now() + STALL_GRACE;
     loop {
         match events.try_send(event) {
-            Ok(()) => return true,
-            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Ok(()) => return Sent::Delivered,
+            Err(mpsc::error::TrySendError::Closed(_)) => return Sent::Gone,
             Err(mpsc::error::TrySendError::Full(back)) => {
                 if Instant::now() >= deadline {
-                    stats.stalled.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!("cancelling a request whose client stopped reading");
-                    return false;
+                    return Sent::Stalled;
                 }
                 event = back;
                 std::thread::sleep(Duration::from_millis(2));
@@ -314,76 +412,166 @@ fn send_event(events: &mpsc::Sender<JobEvent>, mut event: JobEvent, stats: &Queu
     }
 }
 
-fn worker(
+struct Worker {
     engine: Arc<Engine>,
-    mut rx: mpsc::Receiver<Job>,
+    shared: Arc<Shared>,
     stats: Arc<QueueStats>,
     spec: Option<SpecConfig>,
-    finished: watch::Sender<u64>,
+    trust: Option<Arc<Trust>>,
+    changed: watch::Sender<u64>,
     epoch: Instant,
-) {
-    let mut session = Session::new(&engine);
-    // Whose tokens the session's cache holds.
-    let mut owner = ClientKey::default();
-    let mut sequence = 0u64;
-    let pace = Pace::new();
-    while let Some(job) = rx.blocking_recv() {
-        sequence += 1;
-        // Requests are taken in order: this one is served, every earlier one is done.
-        finished.send_replace(job.seq);
-        if job.events.is_closed() {
-            stats.depth.fetch_sub(1, Ordering::SeqCst);
-            finished.send_replace(job.seq + 1);
-            continue;
-        }
-        if job.client != owner {
-            // Another client's prefix is not reused (nor reported as cached).
-            session.truncate(0);
-            owner = job.client;
-        }
-        let started = Instant::now();
-        stats.running_since_ms.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let events = job.events.clone();
-        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let speculation = spec.as_ref().map(|s| Speculation {
-                source: s.source.as_ref(),
-                k_max: s.k_max,
-                sequence,
-                pace: s.paced.then_some(&pace),
-            });
-            generate(&engine, &mut session, &job.prompt, &job.params, speculation, &mut |e| {
-                send_event(&events, JobEvent::Event(e), &stats)
-            })
-        }));
-        if let Some(s) = &spec {
-            s.source.finished(sequence);
-        }
-        let result = match run {
-            Ok(r) => r.map_err(JobError::from),
-            Err(panic) => {
-                let msg = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "panic".into());
-                tracing::error!(%msg, "generation panicked; resetting the session");
-                session = Session::new(&engine);
-                Err(JobError::Internal(msg))
+}
+
+impl Worker {
+    fn next_job(&self) -> Job {
+        let mut rooms = self.shared.rooms();
+        loop {
+            if let Some(job) = rooms.pick() {
+                rooms.running = Some((job.seq, job.placement.tier));
+                return job;
             }
-        };
-        if let Ok(f) = &result {
-            stats.tokens_generated.fetch_add(f.completion_tokens as u64, Ordering::Relaxed);
-            stats.spec.record(&f.spec, f.completion_tokens, f.decode_time.as_micros() as u64);
-            if let Some(c) = pace.costs() {
-                stats.spec.set_pace(&c);
-            }
+            rooms = self.shared.wake.wait(rooms).unwrap_or_else(|e| e.into_inner());
         }
-        let ms = started.elapsed().as_millis() as u64;
-        let old = stats.avg_job_ms.load(Ordering::Relaxed);
-        stats.avg_job_ms.store(if old == 0 { ms } else { (old * 7 + ms) / 8 }, Ordering::Relaxed);
-        stats.completed.fetch_add(1, Ordering::Relaxed);
-        stats.depth.fetch_sub(1, Ordering::SeqCst);
-        let _ = send_event(&job.events, JobEvent::Finished(result), &stats);
-        finished.send_replace(job.seq + 1);
+    }
+
+    /// Marks the running job done and tells the waiting ones to recount.
+    fn done(&self, job: &Job) {
+        self.shared.rooms().running = None;
+        if let Some(t) = self.shared.tickets().get_mut(&job.ticket) {
+            t.done = true;
+        }
+        self.stats.depth.fetch_sub(1, Ordering::SeqCst);
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    fn run(self) {
+        let engine = &self.engine;
+        let stats = &self.stats;
+        let mut session = Session::new(engine);
+        // Whose tokens the session's cache holds.
+        let mut owner = ClientKey::default();
+        let mut sequence = 0u64;
+        let pace = Pace::new();
+        loop {
+            let job = self.next_job();
+            self.changed.send_modify(|v| *v += 1);
+            sequence += 1;
+            if job.events.is_closed() {
+                self.done(&job);
+                continue;
+            }
+            if job.placement.client != owner {
+                // Another client's prefix is not reused (nor reported as cached).
+                session.truncate(0);
+                owner = job.placement.client;
+            }
+            let started = Instant::now();
+            stats.running_since_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+            let events = job.events.clone();
+            let mut stalled = false;
+            let spec = self.spec.as_ref().filter(|s| !s.reads_text || job.placement.scouts_may_read);
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let speculation = spec.map(|s| Speculation {
+                    source: s.source.as_ref(),
+                    k_max: s.k_max,
+                    sequence,
+                    pace: s.paced.then_some(&pace),
+                });
+                generate(engine, &mut session, &job.prompt, &job.params, speculation, &mut |e| match send_event(
+                    &events,
+                    JobEvent::Event(e),
+                ) {
+                    Sent::Delivered => true,
+                    Sent::Gone => false,
+                    Sent::Stalled => {
+                        stalled = true;
+                        false
+                    }
+                })
+            }));
+            if let Some(s) = spec {
+                s.source.finished(sequence);
+            }
+            let result = match run {
+                Ok(r) => r.map_err(JobError::from),
+                Err(panic) => {
+                    let msg = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "panic".into());
+                    tracing::error!(%msg, "generation panicked; resetting the session");
+                    session = Session::new(engine);
+                    Err(JobError::Internal(msg))
+                }
+            };
+            if let Ok(f) = &result {
+                stats.tokens_generated.fetch_add(f.completion_tokens as u64, Ordering::Relaxed);
+                stats.spec.record(&f.spec, f.completion_tokens, f.decode_time.as_micros() as u64);
+                if let Some(c) = pace.costs() {
+                    stats.spec.set_pace(&c);
+                }
+                // A Scout-tier request is paid for with the Scout's credits.
+                if let (Tier::Scout, Some(peer), Some(trust)) = (job.placement.tier, &job.placement.payer, &self.trust) {
+                    if let Err(e) = trust.spend(peer, f.completion_tokens) {
+                        tracing::error!(%peer, "charging a Scout-tier request failed: {e}");
+                    }
+                }
+            }
+            let ms = started.elapsed().as_millis() as u64;
+            let old = stats.avg_job_ms.load(Ordering::Relaxed);
+            stats.avg_job_ms.store(if old == 0 { ms } else { (old * 7 + ms) / 8 }, Ordering::Relaxed);
+            stats.completed.fetch_add(1, Ordering::Relaxed);
+            if stalled {
+                stats.stalled.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("cancelled a request whose client stopped reading");
+            } else {
+                let _ = send_event(&job.events, JobEvent::Finished(result));
+            }
+            self.done(&job);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(seq: u64, tier: Tier) -> Job {
+        let (events, _) = mpsc::channel(1);
+        Job {
+            seq,
+            ticket: seq.to_string(),
+            placement: Placement { tier, ..Placement::leech(ClientKey(1)) },
+            prompt: vec![1],
+            params: GenerateParams {
+                max_tokens: 1,
+                sampling: Default::default(),
+                seed: 0,
+                stop: vec![],
+                logprobs: None,
+                prompt_logprobs: None,
+            },
+            events,
+        }
+    }
+
+    #[test]
+    fn higher_tiers_first_with_a_share_for_the_rest() {
+        let mut rooms = Rooms::default();
+        for s in 0..6 {
+            rooms.waiting[2].push_back(job(s, Tier::Leech));
+        }
+        for s in 6..14 {
+            rooms.waiting[0].push_back(job(s, Tier::Oracle));
+        }
+        rooms.waiting[1].push_back(job(14, Tier::Scout));
+        assert_eq!(rooms.ahead_of(14, Tier::Scout), Some(8), "behind every Oracle request");
+        assert_eq!(rooms.ahead_of(0, Tier::Leech), Some(9));
+        let order: Vec<u64> = std::iter::from_fn(|| rooms.pick().map(|j| j.seq)).collect();
+        // Every fourth pick takes the oldest lower-tier request (Leech 0 is older than Scout 14).
+        assert_eq!(order[..8], [6, 7, 8, 0, 9, 10, 11, 1]);
+        assert_eq!(order.len(), 15);
+        assert!(order.iter().position(|&s| s == 14).unwrap() < order.iter().position(|&s| s == 5).unwrap());
     }
 }

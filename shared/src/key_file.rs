@@ -1,5 +1,8 @@
-//! The Oracle's libp2p identity: an ed25519 key kept in a file, so its peer id (and the
-//! addresses Scouts remember) survive restarts.
+//! A libp2p identity kept in a file: an ed25519 key, so a node's peer id survives restarts.
+//! The Oracle keeps its key this way (the addresses Scouts remember stay valid), and so does
+//! the native Scout (its credits and standing are tied to its peer id).
+//!
+//! The one module of this crate that touches files: native builds with feature `p2p` only.
 
 use std::path::Path;
 
