@@ -33,11 +33,27 @@ pub struct ScoutConfig {
     /// First and longest wait before redialling.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// The Scout's key (its peer id, which its credits and standing belong to); a fresh one
+    /// for each run when `None`.
+    pub identity: Option<identity::Keypair>,
 }
 
 impl ScoutConfig {
     pub fn new(oracle: Vec<Multiaddr>, backend: String, agent: String) -> Self {
-        Self { oracle, backend, agent, backoff_min: Duration::from_millis(250), backoff_max: Duration::from_secs(10) }
+        Self {
+            oracle,
+            backend,
+            agent,
+            backoff_min: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(10),
+            identity: None,
+        }
+    }
+
+    /// The same, as the Scout whose key is `key`.
+    pub fn with_identity(mut self, key: identity::Keypair) -> Self {
+        self.identity = Some(key);
+        self
     }
 }
 
@@ -114,10 +130,10 @@ fn behaviour(key: &identity::Keypair, agent: &str) -> ScoutBehaviour {
 
 /// TCP and WebSocket on tokio.
 #[cfg(not(target_arch = "wasm32"))]
-async fn new_swarm(agent: &str) -> Result<Swarm<ScoutBehaviour>, ClientError> {
+async fn new_swarm(agent: &str, key: identity::Keypair) -> Result<Swarm<ScoutBehaviour>, ClientError> {
     use libp2p::{noise, tcp, yamux};
     let err = |e: &dyn std::fmt::Display| ClientError::Build(e.to_string());
-    Ok(libp2p::SwarmBuilder::with_new_identity()
+    Ok(libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .map_err(|e| err(&e))?
@@ -134,13 +150,13 @@ async fn new_swarm(agent: &str) -> Result<Swarm<ScoutBehaviour>, ClientError> {
 
 /// webrtc-direct and WebSocket in the browser.
 #[cfg(target_arch = "wasm32")]
-async fn new_swarm(agent: &str) -> Result<Swarm<ScoutBehaviour>, ClientError> {
+async fn new_swarm(agent: &str, key: identity::Keypair) -> Result<Swarm<ScoutBehaviour>, ClientError> {
     use libp2p::core::muxing::StreamMuxerBox;
     use libp2p::core::upgrade::Version;
     use libp2p::core::Transport;
     use libp2p::{noise, yamux};
     let err = |e: &dyn std::fmt::Display| ClientError::Build(e.to_string());
-    Ok(libp2p::SwarmBuilder::with_new_identity()
+    Ok(libp2p::SwarmBuilder::with_existing_identity(key)
         .with_wasm_bindgen()
         .with_other_transport(|key| {
             libp2p_webrtc_websys::Transport::new(libp2p_webrtc_websys::Config::new(key))
@@ -195,7 +211,8 @@ pub async fn run(
         return Err(ClientError::NoAddress);
     }
     let oracle = peer_of(&config.oracle[0]).ok_or_else(|| ClientError::NoPeerId(config.oracle[0].to_string()))?;
-    let mut swarm = new_swarm(&config.agent).await?;
+    let key = config.identity.clone().unwrap_or_else(identity::Keypair::generate_ed25519);
+    let mut swarm = new_swarm(&config.agent, key).await?;
     on_event(ScoutEvent::Started { peer_id: *swarm.local_peer_id() });
     for topic in [wire::LOAD_TOPIC, wire::TOPOLOGY_TOPIC] {
         let _ = swarm.behaviour_mut().gossipsub.subscribe(&gossipsub::IdentTopic::new(topic));

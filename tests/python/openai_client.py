@@ -1,7 +1,8 @@
 """The official `openai` Python client, unchanged, against a running shard-oracle.
 
-Usage: python tests/python/openai_client.py BASE_URL [--expect-speculative]
-Exits non-zero on the first failed check. Run by tests/tests/openai_client.rs.
+Usage: python tests/python/openai_client.py BASE_URL [--expect-speculative] [--api-key KEY]
+Exits non-zero on the first failed check. Run by tests/tests/openai_client.rs, and with an
+operator key by tests/tests/trust.rs (then a wrong key must be refused with 401 too).
 """
 
 import sys
@@ -10,8 +11,17 @@ import openai
 from openai import OpenAI
 
 
-def main(base_url: str, expect_speculative: bool) -> None:
-    client = OpenAI(base_url=base_url.rstrip("/") + "/v1", api_key="not-needed", max_retries=0, timeout=120)
+def main(base_url: str, expect_speculative: bool, api_key: str | None) -> None:
+    base = base_url.rstrip("/") + "/v1"
+    client = OpenAI(base_url=base, api_key=api_key or "not-needed", max_retries=0, timeout=120)
+    if api_key:
+        wrong = OpenAI(base_url=base, api_key="sk-shard-" + "0" * 64, max_retries=0, timeout=120)
+        try:
+            wrong.models.list()
+            raise AssertionError("a wrong API key was accepted")
+        except openai.AuthenticationError as e:
+            assert e.status_code == 401, e
+        print("a wrong key: 401")
 
     models = client.models.list()
     model = models.data[0].id
@@ -91,4 +101,6 @@ def main(base_url: str, expect_speculative: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], "--expect-speculative" in sys.argv[2:])
+    args = sys.argv[2:]
+    key = args[args.index("--api-key") + 1] if "--api-key" in args else None
+    main(sys.argv[1], "--expect-speculative" in args, key)

@@ -219,10 +219,17 @@ pub struct Scout {
 }
 
 impl Scout {
-    /// Starts a Scout that dials `oracle` (multiaddrs ending in `/p2p/<id>`) with the default draft.
+    /// Starts a Scout that dials `oracle` (multiaddrs ending in `/p2p/<id>`) with the default
+    /// draft, as a new identity.
     pub fn start(oracle: &[String]) -> Self {
+        Self::start_in(oracle, &fresh_dir("scout-state"))
+    }
+
+    /// Starts a Scout whose key lives in `state_dir` (the same directory is the same Scout).
+    pub fn start_in(oracle: &[String], state_dir: &Path) -> Self {
         let mut cmd = Command::new(binary("shard-scout"));
         cmd.args(["--model", default_pair().1.to_str().unwrap()]);
+        cmd.arg("--state-dir").arg(state_dir);
         for a in oracle {
             cmd.args(["--oracle", a]);
         }

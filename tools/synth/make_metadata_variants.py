@@ -8,7 +8,8 @@ with keys added, replaced or dropped. llama.cpp's loader decides what they mean:
   give llama.cpp's logits on each: `tests/fixtures/llamacpp-bitnet-metadata.json`, recorded by
   `tools/conformance/llamacpp_reference.py`, checked by `tests/tests/metadata.rs`.
 * `refuse-*` files hold keys Shard cannot run as llama.cpp would, or that make no model.
-  Shard must refuse each at load with an error that names the key.
+  Shard must refuse each at load with an error that names the key. They are the two-layer
+  preset over a 24-token vocabulary: only their metadata matters, so they stay small.
 
 Usage:
   python tools/synth/make_metadata_variants.py --vocab-from SmolLM2.gguf --out-dir work-data/synth
@@ -53,7 +54,7 @@ VARIANTS = {
     "refuse-output-tensor": ["+output"],
     "refuse-head-size": [f"{A}attention.key_length=u32:32"],
     "refuse-non-causal": [f"{A}attention.causal=bool:false"],
-    "refuse-ff-per-layer": [f"{A}feed_forward_length=u32s:768,768,768,512"],
+    "refuse-ff-per-layer": [f"{A}feed_forward_length=u32s:512,256"],
     "refuse-context-0": [f"{A}context_length=u32:0"],
     "refuse-context-1": [f"{A}context_length=u32:1"],
     "refuse-no-rms-eps": [f"-{A}attention.layer_norm_rms_epsilon"],
@@ -67,7 +68,8 @@ def main() -> None:
     p.add_argument("--out-dir", required=True)
     a = p.parse_args()
     for name, changes in VARIANTS.items():
-        argv = ["--vocab-from", a.vocab_from, "--out-dir", a.out_dir, "--types", "tq2_0", "--name", name]
+        vocab = ["--small-vocab", "24", "--preset", "small"] if name.startswith("refuse-") else ["--vocab-from", a.vocab_from]
+        argv = vocab + ["--out-dir", a.out_dir, "--types", "tq2_0", "--name", name]
         for c in changes:
             if c == "+output":
                 argv.append("--output-tensor")

@@ -301,6 +301,23 @@ impl TrustStore {
         Ok(balances)
     }
 
+    /// Bans `peer` until `until` (unix seconds; `None` lifts a ban), creating its record if
+    /// need be.
+    pub fn set_ban(&self, peer: &[u8], until: Option<u64>) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut peers = txn.open_table(PEERS).map_err(db_err)?;
+            let current = peers.get(peer).map_err(db_err)?.map(|v| v.value().to_vec());
+            let mut rec: PeerRecord = match current {
+                Some(bytes) => decode(&bytes, || "a peer".into())?,
+                None => PeerRecord { first_seen: unix_ms() / 1000, ..PeerRecord::default() },
+            };
+            rec.banned_until = until;
+            peers.insert(peer, encode(&rec).as_slice()).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)
+    }
+
     /// A peer's journal, oldest first.
     pub fn journal(&self, peer: &[u8]) -> Result<Vec<JournalEntry>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;

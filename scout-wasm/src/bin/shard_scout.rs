@@ -36,6 +36,11 @@ mod native {
         /// Run the model on the GPU through burn's wgpu backend (built with `--features wgpu`).
         #[arg(long)]
         gpu: bool,
+
+        /// Where the Scout keeps its key (`scout.key`): its peer id, which the credits it earns
+        /// and its standing belong to, survives restarts and redials.
+        #[arg(long, env = "SHARD_SCOUT_STATE_DIR", default_value = "shard-scout-state")]
+        state_dir: PathBuf,
     }
 
     #[tokio::main(flavor = "current_thread")]
@@ -58,8 +63,13 @@ mod native {
         tracing::info!(model = %model_ref.id, backend = %backend.kind, layers = model.config.n_layer, "draft model loaded");
         let runner = JobRunner::new(Drafter::new(model), model_ref);
 
+        let key_path = args.state_dir.join("scout.key");
+        let key =
+            shard_shared::key_file::load_or_create(&key_path).with_context(|| format!("the Scout key {}", key_path.display()))?;
+        tracing::info!(peer_id = %key.public().to_peer_id(), key = %key_path.display(), "scout identity");
         let config =
-            ScoutConfig::new(args.oracle, backend.kind.to_string(), format!("shard-scout/{} native", env!("CARGO_PKG_VERSION")));
+            ScoutConfig::new(args.oracle, backend.kind.to_string(), format!("shard-scout/{} native", env!("CARGO_PKG_VERSION")))
+                .with_identity(key);
         let stop = async {
             let _ = tokio::signal::ctrl_c().await;
         };
