@@ -145,6 +145,16 @@ impl ScoutProof {
     }
 }
 
+/// Signs a proof for the Oracle `oracle_peer_id` with the Scout's `key`, made at `time_ms`
+/// with a fresh random `nonce`: the header value to send as `Authorization: Bearer`.
+#[cfg(feature = "p2p")]
+pub fn sign_proof(key: &libp2p::identity::Keypair, oracle_peer_id: &str, time_ms: u64, nonce: [u8; 16]) -> String {
+    let peer = key.public().to_peer_id().to_string();
+    let message = ScoutProof::signed_bytes(oracle_peer_id, &peer, time_ms, &nonce);
+    let sig: [u8; 64] = key.sign(&message).expect("ed25519 signs").try_into().expect("ed25519 signatures are 64 bytes");
+    ScoutProof::encode(&peer, time_ms, &nonce, &sig)
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -102,6 +102,9 @@ async function leech() {
   });
   results.paint = paint;
   results.app_ready_ms = await page.evaluate(() => performance.now());
+  // Before the first message the chat says that volunteers' machines may read it.
+  const notice = await page.$('[data-testid=privacy-notice]');
+  check(!!notice && (await notice.innerText()).includes('volunteers'), 'no notice that Scouts may read the conversation');
   // Streamed: record the answer's length at every DOM change; it must grow in several steps.
   await page.evaluate(() => {
     window.__lengths = [];
@@ -249,6 +252,27 @@ async function scout({ webgpu, transport }) {
   results.accepted_over_time = accepted;
   results.chat_seconds = (Date.now() - start) / 1000;
   check(rose, `the Scout's accepted tokens did not rise during the chat: ${JSON.stringify(accepted)}`);
+
+  // Accepted drafts earn credits, shown in /api/swarm and on the dashboard (from /api/me with
+  // the tab's signed proof); the chat tab on the same origin uses the same IndexedDB key and is
+  // then served in the Scout tier.
+  const credits = await until('credits for the accepted drafts', async () => {
+    const c = (await json('/api/swarm')).scouts.find((x) => x.peer_id === peer.peer_id)?.credits ?? 0;
+    return c > 0 ? c : null;
+  }, 60_000, 500);
+  results.credits_in_swarm = credits;
+  await until('the dashboard to show the credits', async () =>
+    Number(await page.locator('[data-testid=scout-credits]').getAttribute('data-value')) > 0, 30_000);
+  results.dashboard_credits = await page.locator('[data-testid=scout-credits]').innerText();
+  results.dashboard_tier = await page.locator('[data-testid=scout-tier]').getAttribute('data-tier');
+  check(results.dashboard_tier === 'scout', `the dashboard says this browser's chats are served as ${results.dashboard_tier}`);
+  const chatTab = await openApp(context);
+  await sendChat(chatTab, 'Tell me about the land of Egypt.');
+  await until('the chat to say its tier', async () => !!(await chatTab.$('[data-testid=served-tier]')), 60_000);
+  results.chat_tier = await chatTab.locator('[data-testid=served-tier]').getAttribute('data-tier');
+  check(results.chat_tier === 'scout', `the chat tab was served as ${results.chat_tier}`);
+  await waitAnswerDone(chatTab);
+  await chatTab.close();
   results.swarm_entry = (await json('/api/swarm')).scouts.find((x) => x.peer_id === peer.peer_id);
   results.drafting_tok_s = Number(await page.locator('[data-testid=scout-tok-s]').getAttribute('data-value'));
   const jobs = Number(await page.locator('[data-testid=scout-jobs]').innerText());
@@ -286,6 +310,12 @@ async function scout({ webgpu, transport }) {
       (await page.locator('[data-testid=model-source]').innerText()).startsWith('from this browser'), 60_000);
     check(modelRequests.length === 1, `the model was downloaded ${modelRequests.length} times`);
     results.cached_reload = true;
+    // The reloaded tab is the same Scout: its key came back from IndexedDB.
+    await until('the reloaded Scout to connect', async () =>
+      (await page.locator('[data-testid=scout-connection]').innerText()).startsWith(want), 120_000);
+    const again = await page.locator('[data-testid=scout-peer]').getAttribute('data-peer');
+    check(again === peerId, `the reloaded tab is another Scout: ${again} vs ${peerId}`);
+    results.same_peer_after_reload = again === peerId;
     // The in-page measurement: drafting speed, and on WebGPU the distance from the CPU logits.
     await page.click('[data-testid=scout-stop]');
     await page.click('[data-testid=scout-measure]');

@@ -88,12 +88,17 @@ fn scout_on_webgpu_drafts_accepted_tokens_over_webrtc_direct() {
     let r = run_scenario("scout-webgpu", &["--min-step-ms", "1000"]);
     assert_eq!(r["backend"], "WebGPU", "{r}");
     assert_eq!(r["transport"], "webrtc-direct", "{r}");
+    // Accepted drafts earned credits, and the chat tab was then served in the Scout tier.
+    assert!(r["credits_in_swarm"].as_i64().unwrap() > 0 && r["chat_tier"] == "scout", "{r}");
+    assert_eq!(r["same_peer_after_reload"], true, "{r}");
 }
 
 #[test]
 fn scout_without_webgpu_falls_back_to_the_cpu() {
     let r = run_scenario("scout-cpu", &["--min-step-ms", "80"]);
     assert!(r["backend"].as_str().unwrap().starts_with("CPU"), "{r}");
+    assert!(r["credits_in_swarm"].as_i64().unwrap() > 0 && r["chat_tier"] == "scout", "{r}");
+    assert_eq!(r["same_peer_after_reload"], true, "{r}");
 }
 
 #[test]

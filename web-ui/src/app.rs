@@ -9,7 +9,7 @@ use leptos::task::spawn_local;
 
 use crate::chat::ChatView;
 use crate::network::{NetworkView, HISTORY};
-use crate::oracle_api::Swarm;
+use crate::oracle_api::{Me, Swarm};
 use crate::scout::{Scout, ScoutView};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +36,21 @@ pub struct UiState {
     pub swarm: RwSignal<Option<Swarm>>,
     pub swarm_error: RwSignal<Option<String>>,
     pub tok_s_history: RwSignal<Vec<f64>>,
+    /// This browser's Scout key, once it has been a Scout ([`crate::identity`]).
+    pub identity: RwSignal<Option<libp2p::identity::Keypair>>,
+    /// The Oracle's peer id, which proofs are bound to.
+    pub oracle_peer_id: RwSignal<Option<String>>,
+    /// What the Oracle makes of this browser's credentials (`/api/me`).
+    pub me: RwSignal<Option<Me>>,
+}
+
+impl UiState {
+    /// A fresh proof of this browser's Scout identity for `Authorization: Bearer`, if it has one.
+    pub fn proof(&self) -> Option<String> {
+        let key = self.identity.get_untracked()?;
+        let oracle = self.oracle_peer_id.get_untracked()?;
+        Some(crate::identity::proof(&key, &oracle))
+    }
 }
 
 const SWARM_POLL: Duration = Duration::from_secs(2);
@@ -56,6 +71,9 @@ async fn poll_swarm(ui: UiState, scout: Scout) {
         }
         Err(e) => ui.swarm_error.set(Some(format!("The swarm is not visible: {e}"))),
     }
+    if let Ok(me) = crate::http::get_json_as::<Me>("/api/me", ui.proof().as_deref()).await {
+        ui.me.set(Some(me));
+    }
 }
 
 #[component]
@@ -69,8 +87,21 @@ pub fn App() -> impl IntoView {
         swarm: RwSignal::new(None),
         swarm_error: RwSignal::new(None),
         tok_s_history: RwSignal::new(vec![]),
+        identity: RwSignal::new(None),
+        oracle_peer_id: RwSignal::new(None),
+        me: RwSignal::new(None),
     };
-    let scout = Scout::new();
+    // Who the Oracle is, and whether this browser has a Scout identity already.
+    spawn_local(async move {
+        if let Ok(v) = crate::http::get_json::<serde_json::Value>("/api/p2p/addrs").await {
+            ui.oracle_peer_id.set(v["peer_id"].as_str().map(str::to_string));
+        }
+        match crate::identity::load().await {
+            Ok(key) => ui.identity.set(key),
+            Err(e) => web_sys::console::warn_1(&format!("no Scout identity: {e}").into()),
+        }
+    });
+    let scout = Scout::new(ui.identity);
     provide_context(ui);
     provide_context(scout);
     let model = RwSignal::new(String::new());

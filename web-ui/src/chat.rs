@@ -16,6 +16,7 @@ use crate::http;
 use crate::oracle_api::{ChatChunk, QueueStatus};
 use crate::scout::Scout;
 use crate::sse::{SseItem, SseParser};
+use shard_shared::trust::{TicketState, Tier};
 
 /// Characters of history sent with a question (the default model's context is 512 tokens, at
 /// about 3.9 characters a token, and the answer needs room too).
@@ -48,6 +49,8 @@ enum Interrupted {
 async fn stream_answer(
     conversation: RwSignal<Conversation>,
     queue: RwSignal<Option<QueueStatus>>,
+    served_as: RwSignal<Option<Tier>>,
+    auth: Option<String>,
     signal: web_sys::AbortSignal,
 ) -> Result<(), Interrupted> {
     let messages = conversation.with_untracked(|c| {
@@ -59,7 +62,7 @@ async fn stream_answer(
         "messages": messages, "stream": true, "max_tokens": MAX_TOKENS, "temperature": 0.5, "top_p": 0.9,
     });
     let aborted = |e: String| if signal.aborted() { Interrupted::Stopped } else { Interrupted::Failed(e) };
-    let mut reader = http::post_stream("/v1/chat/completions", &body, &signal).await.map_err(aborted)?;
+    let mut reader = http::post_stream("/v1/chat/completions", &body, &signal, auth.as_deref()).await.map_err(aborted)?;
     let mut parser = SseParser::new();
     while let Some(chunk) = reader.next().await.map_err(aborted)? {
         let items = parser.push(&chunk).map_err(|_| Interrupted::Failed("the stream sent an endless line".into()))?;
@@ -67,7 +70,8 @@ async fn stream_answer(
             match item {
                 SseItem::Comment(c) => {
                     if let Some(status) = QueueStatus::from_comment(&c) {
-                        queue.set((status.state == "waiting").then_some(status));
+                        served_as.set(Some(status.tier));
+                        queue.set((status.state == TicketState::Waiting).then_some(status));
                     }
                 }
                 SseItem::Data(d) => match ChatChunk::parse(&d) {
@@ -99,6 +103,8 @@ pub fn ChatView() -> impl IntoView {
     let draft = RwSignal::new(String::new());
     let streaming = RwSignal::new(false);
     let queue = RwSignal::new(None::<QueueStatus>);
+    // The tier the last answer was served in (from its queue updates).
+    let served_as = RwSignal::new(None::<Tier>);
     let abort = StoredValue::new_local(None::<AbortController>);
     let log_ref = NodeRef::<html::Div>::new();
 
@@ -118,7 +124,7 @@ pub fn ChatView() -> impl IntoView {
             let controller = AbortController::new().ok();
             abort.set_value(controller.clone());
             let Some(controller) = controller else { return };
-            let result = stream_answer(conversation, queue, controller.signal()).await;
+            let result = stream_answer(conversation, queue, served_as, ui.proof(), controller.signal()).await;
             queue.set(None);
             conversation.update(|c| {
                 if let Some(m) = c.messages.last_mut() {
@@ -197,12 +203,16 @@ pub fn ChatView() -> impl IntoView {
             <div class="log" node_ref=log_ref role="log" aria-live="polite" aria-relevant="additions" data-testid="chat-log">
                 <Show when=move || conversation.with(|c| c.messages.is_empty())>
                     <p class="empty">"Ask the Oracle anything. The default model is a tiny one trained on the Brown corpus and the King James Bible, so expect prose in that voice rather than facts."</p>
+                    <p class="notice" data-testid="privacy-notice">"Before you write: to answer faster, the Oracle may send your conversation to volunteers' machines (Scouts), which read it to draft the next words. Do not share anything private here."</p>
                 </Show>
                 {messages}
             </div>
+            {move || served_as.get().map(|t| view! {
+                <p class="served" data-testid="served-tier" data-tier=t.as_str()>{format!("Served as: {}", tier_name(t))}</p>
+            })}
             {move || queue.get().map(|q| view! {
                 <p class="queue" role="status" data-testid="queue-status" data-ahead=q.ahead.to_string() data-wait-ms=q.est_wait_ms.to_string()>
-                    {format!("In the queue: {} ahead of you · {} · tier: {}", q.ahead, format::wait(q.est_wait_ms), tier_name(&q.tier))}
+                    {format!("In the queue: {} ahead of you · {} · tier: {}", q.ahead, format::wait(q.est_wait_ms), tier_name(q.tier))}
                 </p>
             })}
             <form class="composer" on:submit=move |ev| { ev.prevent_default(); send(); }>
@@ -240,7 +250,8 @@ pub fn ChatView() -> impl IntoView {
                         "Lend this tab's GPU: Scout mode downloads a "
                         {move || format::bytes(scout.model_bytes.get().max(6_105_856))}
                         " draft model once, runs it on WebGPU (or on your CPU where WebGPU is missing), and drafts tokens that the Oracle checks. "
-                        "Answers get faster for everyone."
+                        "Answers get faster for everyone, and every drafted token the Oracle accepts earns this browser a credit. "
+                        "Credits put your own chats in the Scout tier, served ahead of anonymous ones (one credit per token of the answer)."
                     </p>
                     <button class="primary" data-testid="become-scout" on:click=move |_| { scout.start(); ui.tab.set(Tab::Scout); }>"Become a Scout"</button>
                 </aside>
@@ -249,10 +260,10 @@ pub fn ChatView() -> impl IntoView {
     }
 }
 
-fn tier_name(tier: &str) -> &'static str {
+fn tier_name(tier: Tier) -> &'static str {
     match tier {
-        "oracle" => "Oracle (operator)",
-        "scout" => "Scout",
-        _ => "Leech (anonymous)",
+        Tier::Oracle => "Oracle (operator)",
+        Tier::Scout => "Scout",
+        Tier::Leech => "Leech (anonymous)",
     }
 }

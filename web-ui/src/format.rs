@@ -47,6 +47,23 @@ pub fn short_peer(id: &str) -> String {
     }
 }
 
+/// A Unix time as `YYYY-MM-DD HH:MM UTC` (civil-from-days, no time-zone database).
+pub fn unix_time(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let (h, m) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02} UTC")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,5 +79,11 @@ mod tests {
         assert_eq!(rate(12.345), "12.3");
         assert_eq!(percent(0.8), "80%");
         assert_eq!(short_peer("12D3KooWAbCdEfGhIjKlMn"), "12D3Ko…IjKlMn");
+    }
+
+    #[test]
+    fn unix_times_read_as_dates() {
+        assert_eq!(unix_time(0), "1970-01-01 00:00 UTC");
+        assert_eq!(unix_time(1_795_000_000), "2026-11-18 11:06 UTC");
     }
 }

@@ -42,7 +42,15 @@ async fn failure(resp: &Response) -> String {
 
 /// GETs JSON.
 pub async fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> Result<T, String> {
+    get_json_as(url, None).await
+}
+
+/// GETs JSON with `Authorization: Bearer <auth>` when given.
+pub async fn get_json_as<T: serde::de::DeserializeOwned>(url: &str, auth: Option<&str>) -> Result<T, String> {
     let request = Request::new_with_str(url).map_err(js_error)?;
+    if let Some(a) = auth {
+        request.headers().set("authorization", &format!("Bearer {a}")).map_err(js_error)?;
+    }
     let resp = fetch(&request).await?;
     if !resp.ok() {
         return Err(failure(&resp).await);
@@ -74,14 +82,23 @@ impl BodyReader {
     }
 }
 
-/// POSTs JSON and hands back the body as a stream; `signal` aborts it (the Stop button).
-pub async fn post_stream(url: &str, body: &serde_json::Value, signal: &AbortSignal) -> Result<BodyReader, String> {
+/// POSTs JSON and hands back the body as a stream; `signal` aborts it (the Stop button);
+/// `auth`, when given, goes as `Authorization: Bearer`.
+pub async fn post_stream(
+    url: &str,
+    body: &serde_json::Value,
+    signal: &AbortSignal,
+    auth: Option<&str>,
+) -> Result<BodyReader, String> {
     let init = RequestInit::new();
     init.set_method("POST");
     init.set_body(&JsValue::from_str(&body.to_string()));
     init.set_signal(Some(signal));
     let request = Request::new_with_str_and_init(url, &init).map_err(js_error)?;
     request.headers().set("content-type", "application/json").map_err(js_error)?;
+    if let Some(a) = auth {
+        request.headers().set("authorization", &format!("Bearer {a}")).map_err(js_error)?;
+    }
     request.headers().set("accept", "text/event-stream").map_err(js_error)?;
     let resp = fetch(&request).await?;
     if !resp.ok() {

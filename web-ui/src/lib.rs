@@ -7,6 +7,7 @@
 //! * `scout`: Scout mode (WebGPU or CPU, model download and cache, the libp2p client).
 //! * `network`: peers and load.
 //! * `http`, `model_store`: fetch, streams, the Cache API.
+//! * `identity`: this browser's Scout key in IndexedDB, and the proofs signed with it.
 
 pub mod format;
 pub mod history;
@@ -19,6 +20,8 @@ pub mod app;
 mod chat;
 #[cfg(target_arch = "wasm32")]
 mod http;
+#[cfg(target_arch = "wasm32")]
+mod identity;
 #[cfg(target_arch = "wasm32")]
 mod model_store;
 #[cfg(target_arch = "wasm32")]

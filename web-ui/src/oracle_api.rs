@@ -4,6 +4,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
+use shard_shared::trust::{TicketState, Tier};
 
 /// A request's place in line (the Oracle's `: queue {...}` SSE comments).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -11,9 +12,28 @@ pub struct QueueStatus {
     /// The request's ticket id (random, so it cannot be guessed).
     pub ticket: String,
     pub ahead: u64,
-    pub state: String,
+    pub state: TicketState,
     pub est_wait_ms: u64,
-    pub tier: String,
+    pub tier: Tier,
+}
+
+/// `GET /api/me`: what the Oracle makes of this browser's credentials.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Me {
+    pub tier: Tier,
+    pub peer_id: Option<String>,
+    #[serde(default)]
+    pub credits: i64,
+    #[serde(default)]
+    pub credits_earned: u64,
+    #[serde(default)]
+    pub credits_spent: u64,
+    #[serde(default)]
+    pub reputation: Option<f64>,
+    #[serde(default)]
+    pub banned_until: Option<u64>,
+    #[serde(default)]
+    pub credits_per_generated_token: i64,
 }
 
 impl QueueStatus {
@@ -143,6 +163,8 @@ pub struct ScoutRow {
     pub acceptance_rate: f64,
     pub latency_ms: f64,
     pub strikes: u32,
+    #[serde(default)]
+    pub credits: i64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -161,7 +183,8 @@ mod tests {
         let q = QueueStatus::from_comment(
             r#"queue {"ticket":"9f0c2b7a11d4e3a8","ahead":2,"state":"waiting","est_wait_ms":900,"tier":"leech"}"#,
         );
-        assert_eq!(q.unwrap().ahead, 2);
+        let q = q.unwrap();
+        assert_eq!((q.ahead, q.state, q.tier), (2, TicketState::Waiting, Tier::Leech));
         assert_eq!(QueueStatus::from_comment("keep-alive"), None);
         assert_eq!(
             ChatChunk::parse(r#"{"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#),

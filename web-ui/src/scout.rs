@@ -64,6 +64,8 @@ pub struct Scout {
     pub bench_tok_s: RwSignal<f64>,
     /// On WebGPU: the largest logprob difference from the CPU reference in that measurement.
     pub bench_delta: RwSignal<Option<f64>>,
+    /// This browser's Scout key (shared with the chat, which proves it to the Oracle).
+    identity: RwSignal<Option<libp2p::identity::Keypair>>,
     runtime: StoredValue<Runtime, LocalStorage>,
 }
 
@@ -79,7 +81,7 @@ struct Runtime {
 }
 
 impl Scout {
-    pub fn new() -> Self {
+    pub fn new(identity: RwSignal<Option<libp2p::identity::Keypair>>) -> Self {
         let scout = Self {
             phase: RwSignal::new(Phase::Off),
             backend: RwSignal::new(None),
@@ -93,6 +95,7 @@ impl Scout {
             bench: RwSignal::new(None),
             bench_tok_s: RwSignal::new(0.0),
             bench_delta: RwSignal::new(None),
+            identity,
             runtime: StoredValue::new_local(Runtime::default()),
         };
         scout.pause_with_the_page();
@@ -279,7 +282,16 @@ impl Scout {
             let choice = TransportChoice::from_query(query_param("transport").as_deref());
             let addrs: Vec<libp2p::Multiaddr> = setup.addrs.dial_order(choice).iter().filter_map(|a| a.parse().ok()).collect();
             let backend_name = if backend == "WebGPU" { "gpu (webgpu)" } else { "cpu (wasm ndarray)" };
-            let config = ScoutConfig::new(addrs, backend_name.into(), "shard-web/0.1 (browser scout)".into());
+            // The same key every time (IndexedDB), so credits and standing follow this browser.
+            let key = match crate::identity::load_or_create().await {
+                Ok(k) => k,
+                Err(e) => {
+                    self.phase.set(Phase::Failed(format!("no place to keep this Scout's key: {e}")));
+                    return;
+                }
+            };
+            self.identity.set(Some(key.clone()));
+            let config = ScoutConfig::new(addrs, backend_name.into(), "shard-web/0.1 (browser scout)".into()).with_identity(key);
             self.phase.set(Phase::Running);
             let result = client::run(config, runner, move |ev| self.on_event(ev), async {
                 let _ = stop_rx.await;
@@ -368,6 +380,8 @@ fn transport_of(addr: &str) -> &'static str {
 #[component]
 pub fn ScoutView() -> impl IntoView {
     let scout = expect_context::<Scout>();
+    let ui = expect_context::<crate::app::UiState>();
+    let me = move || ui.me.get();
     let phase_text = move || match scout.phase.get() {
         Phase::Off => "off".to_string(),
         Phase::Detecting => "looking for WebGPU…".into(),
@@ -443,8 +457,19 @@ pub fn ScoutView() -> impl IntoView {
                 <div><dt>"Acceptance rate"</dt><dd>{move || oracle().map_or("–".into(), |o| format::percent(o.acceptance_rate))}</dd></div>
                 <div><dt>"Round trip"</dt><dd>{move || oracle().map_or("–".into(), |o| format!("{:.0} ms", o.latency_ms))}</dd></div>
                 <div><dt>"Standing"</dt><dd>{move || oracle().map_or("–".into(), |o| if o.strikes == 0 { "good (no strikes)".into() } else { format!("{} strikes", o.strikes) })}</dd></div>
+                <div><dt>"Credits"</dt><dd data-testid="scout-credits" data-value=move || me().map_or(0, |m| m.credits).to_string()>
+                    {move || me().filter(|m| m.peer_id.is_some()).map_or("–".into(), |m| format!("{} (earned {}, spent {})", m.credits, m.credits_earned, m.credits_spent))}
+                </dd></div>
+                <div><dt>"Your chats"</dt><dd data-testid="scout-tier" data-tier=move || me().map_or("leech", |m| m.tier.as_str())>
+                    {move || me().map_or("–".into(), |m| match m.tier {
+                        shard_shared::trust::Tier::Scout => "served in the Scout tier, ahead of anonymous chats".to_string(),
+                        shard_shared::trust::Tier::Oracle => "served in the operator tier".to_string(),
+                        shard_shared::trust::Tier::Leech => "served as a Leech until you have credits".to_string(),
+                    })}
+                </dd></div>
+                <div><dt>"Ban"</dt><dd data-testid="scout-ban">{move || me().and_then(|m| m.banned_until).map_or("none".into(), |t| format!("banned until {}", format::unix_time(t)))}</dd></div>
             </dl>
-            <p class="fineprint">"Reputation and credits are not kept by this Oracle yet; the Oracle's own count of your accepted tokens is shown above."</p>
+            <p class="fineprint">"Every drafted token the Oracle accepts earns one credit, kept by the Oracle under this browser's Scout key; each token of your own answers spends one. Credits cannot be moved to anyone else."</p>
         </section>
     }
 }

@@ -116,13 +116,7 @@ impl ProofVerifier {
     }
 }
 
-/// Signs a proof for `oracle_peer_id` with `key` (what a Scout does; also the tests').
-pub fn sign_proof(key: &libp2p::identity::Keypair, oracle_peer_id: &str, time_ms: u64, nonce: [u8; 16]) -> String {
-    let peer = key.public().to_peer_id().to_string();
-    let message = ScoutProof::signed_bytes(oracle_peer_id, &peer, time_ms, &nonce);
-    let sig: [u8; 64] = key.sign(&message).expect("ed25519 signs").try_into().expect("ed25519 signatures are 64 bytes");
-    ScoutProof::encode(&peer, time_ms, &nonce, &sig)
-}
+pub use shard_shared::trust::sign_proof;
 
 #[cfg(test)]
 mod tests {
