@@ -9,6 +9,9 @@ cd "$SHARD_ROOT"
 
 log "cargo fmt --check"
 cargo fmt --all --check
+log "container files: hadolint (no errors) and the compose file's structure"
+"$SHARD_VENV/bin/hadolint" --failure-threshold error Dockerfile
+"$SHARD_PYTHON" tools/ops/check_compose.py docker-compose.yml
 log "building the Oracle and the native Scout"
 cargo build --locked -p shard-oracle -p shard-scout
 # The browser crates for wasm32, as the web app the Oracle serves in the browser tests.

@@ -37,11 +37,11 @@ struct Args {
     model: PathBuf,
 
     /// Address to listen on.
-    #[arg(long, env = "SHARD_HOST", default_value = "127.0.0.1")]
+    #[arg(long, env = "SHARD_HOST", default_value = "127.0.0.1", global = true)]
     host: String,
 
     /// Port to listen on (0 picks a free one).
-    #[arg(long, env = "SHARD_PORT", default_value_t = 8080)]
+    #[arg(long, env = "SHARD_PORT", default_value_t = 8080, global = true)]
     port: u16,
 
     /// Threads for the kernels (default: all cores).
@@ -183,6 +183,13 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Exits 0 when the Oracle at --host/--port answers `GET /health` with "ok" (for container
+    /// health checks: it needs no shell, curl or network tools in the image).
+    Healthcheck {
+        /// Print the Oracle's libp2p peer id (from `/api/p2p/addrs`) too, for a Scout's dial.
+        #[arg(long)]
+        print_peer_id: bool,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -193,6 +200,37 @@ enum KeysAction {
     List,
     /// Revokes a key: requests bearing it get 401.
     Revoke { name: String },
+}
+
+/// A plain HTTP/1.0 GET on the Oracle's own port: (status, body).
+fn http_get(host: &str, port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    // A server bound to every address is reached on loopback.
+    let host = if host == "0.0.0.0" || host == "::" { "127.0.0.1" } else { host };
+    let addr = (host, port).to_socket_addrs()?.next().with_context(|| format!("{host} does not resolve"))?;
+    let timeout = std::time::Duration::from_secs(4);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.take(1 << 20).read_to_string(&mut response)?;
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).context("not an HTTP answer")?;
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    Ok((status, body))
+}
+
+/// `shard-oracle healthcheck`.
+fn healthcheck(host: &str, port: u16, print_peer_id: bool) -> anyhow::Result<()> {
+    let (status, body) = http_get(host, port, "/health")?;
+    let health: serde_json::Value = serde_json::from_str(&body).context("/health did not answer JSON")?;
+    anyhow::ensure!(status == 200 && health["status"] == "ok", "/health answered {status}: {body}");
+    if print_peer_id {
+        let (_, body) = http_get(host, port, "/api/p2p/addrs")?;
+        let addrs: serde_json::Value = serde_json::from_str(&body).context("/api/p2p/addrs did not answer JSON")?;
+        println!("{}", addrs["peer_id"].as_str().context("the Oracle runs without its p2p node")?);
+    }
+    Ok(())
 }
 
 /// `shard-oracle keys …`.
@@ -217,8 +255,10 @@ fn keys(state_dir: &std::path::Path, action: KeysAction) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(Command::Keys { action }) = args.command {
-        return keys(&args.state_dir, action);
+    match args.command {
+        Some(Command::Keys { action }) => return keys(&args.state_dir, action),
+        Some(Command::Healthcheck { print_peer_id }) => return healthcheck(&args.host, args.port, print_peer_id),
+        None => {}
     }
     // WebRTC's DTLS needs a process-wide rustls crypto provider before the first handshake.
     let _ = rustls::crypto::ring::default_provider().install_default();

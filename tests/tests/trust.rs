@@ -274,6 +274,7 @@ fn wait_for_credits(oracle: &Oracle, n: usize, within: Duration) -> Value {
 #[test]
 fn native_scouts_earn_credits_that_buy_the_scout_tier() {
     let state = State::new();
+    let ops_key = state.store().add_key("ops").unwrap();
     let (target, _) = default_pair();
     let oracle = Oracle::start(&target, &["--state-dir", &state.arg(), "--min-step-ms", "60"]);
     let addrs = get_json(&client(), &oracle.endpoint("/api/p2p/addrs"));
@@ -299,6 +300,24 @@ fn native_scouts_earn_credits_that_buy_the_scout_tier() {
         .unwrap();
     let body = r.text().unwrap();
     assert!(body.contains("\"tier\":\"scout\""), "the request waited in the Scout tier: {body:.400}");
+    // Whose text goes to Scouts: a Leech request is drafted by them; an operator-key request and
+    // a request marked private are not (the default `--scout-text any`, no `--scout-oracle-requests`).
+    let drafted = |auth: Option<&str>, private: bool| -> u64 {
+        let mut req = client()
+            .post(oracle.endpoint("/v1/completions"))
+            .json(&json!({"prompt": "And the LORD spake unto Moses", "max_tokens": 24, "temperature": 0}));
+        if let Some(a) = auth {
+            req = req.header("authorization", format!("Bearer {a}"));
+        }
+        if private {
+            req = req.header("x-shard-private", "true");
+        }
+        let v: Value = req.send().unwrap().json().unwrap();
+        v["usage"]["speculative"]["drafted_tokens"].as_u64().unwrap_or(0)
+    };
+    assert!(drafted(None, false) > 0, "Scouts draft Leech requests");
+    assert_eq!(drafted(Some(&ops_key), false), 0, "an Oracle-tier request went to Scouts");
+    assert_eq!(drafted(None, true), 0, "a private request went to Scouts");
     // A restarted Scout is the same peer.
     scouts[0].kill();
     scouts[0] = Scout::start_in(&tcp, &dirs[0]);

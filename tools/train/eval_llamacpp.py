@@ -42,6 +42,11 @@ GEN_PROMPTS = [
 ]
 FIXTURE_PROMPTS = ["In the beginning God created", "The jury said that the city"]
 FIXTURE_CHAT = "Tell me about the king of Israel."
+# The conversations of tests/tests/default_pair.rs (3 and 5 turns).
+MULTI_TURN = [
+    ["Tell me about the land of Egypt.", "And it came to pass", "What did the people say?"],
+    ["The jury said that the city", "And it came to pass", "Tell me more.", "She looked at him and", "What happened next?"],
+]
 
 
 def open_model(path: str) -> Llama:
@@ -186,6 +191,19 @@ def main() -> None:
         chats.append({"user": user, "assistant": text_of(target, [t for t in out if t != EOS])})
     report["chat"] = chats
     print(chats, flush=True)
+    # Multi-turn: each greedy answer becomes history for the next turn, as the web app sends it.
+    conversations = []
+    for turns in MULTI_TURN:
+        messages, shown = [], []
+        for user in turns:
+            messages.append({"role": "user", "content": user})
+            ids = [BOS] + target.tokenize(render_chat(target, messages).encode(), add_bos=False, special=True)
+            answer = text_of(target, [t for t in greedy(target, ids, 40, stop=EOS) if t != EOS])
+            messages.append({"role": "assistant", "content": answer})
+            shown.append({"user": user, "assistant": answer})
+        conversations.append(shown)
+    report["multi_turn"] = conversations
+    print(conversations, flush=True)
 
     prompts_json = json.load(open(os.path.join(a.data, "heldout_prompts.json")))
     rng = np.random.default_rng(0)

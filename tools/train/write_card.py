@@ -148,6 +148,10 @@ def main() -> None:
         f"| `{g['prompt']}` | {g['target'].strip()!r} | {g['draft'].strip()!r} |".replace("\n", "\\n")
         for g in ev["generations"])
     chats = "\n".join(f"- **user:** {c['user']}\n  **assistant:** {c['assistant'].strip()!r}" for c in ev["chat"])
+    multi = "\n\n".join(
+        f"*{len(conv)} turns:*\n\n" + "\n".join(f"{i + 1}. **user:** {t['user']}\n   **assistant:** {t['assistant'].strip()!r}"
+                                                for i, t in enumerate(conv))
+        for conv in ev.get("multi_turn", []))
     device = ("one NVIDIA GPU (CUDA)" if tr["device"] == "cuda"
               else f"the CPU ({tr.get('threads', 1)} thread{'s' if tr.get('threads', 1) > 1 else ''} of a two-core machine)")
     cpu_note = ("" if tr["device"] == "cuda" else
@@ -236,11 +240,15 @@ Chat template (`tokenizer.chat_template`):
 ```
 
 A chat prompt is therefore `<|endoftext|><|user|>…<|end|><|assistant|>`, and the answer ends
-with `<|end|>`. **How chat was trained:** the corpus holds no dialogue, so 15% of the training
-tokens are samples cut from training documents in exactly that format: the user turn holds the
-opening of a passage (one or two sentences, or a fragment) and the assistant turn its
-continuation (30 to 90 words), sometimes after a short system turn. So the model answers a chat
-request by continuing in the corpus's voice.
+with `<|end|>`; a conversation repeats `<|user|>…<|end|><|assistant|>…<|end|>` per turn.
+**How chat was trained:** the corpus holds no dialogue, so 20% of the training tokens are
+conversations cut from training documents in exactly that format: one to five turns (weights
+3:3:2:1:1), each turn's user message the opening of a passage (one or two sentences, or a
+fragment) and the assistant's the continuation (up to 90 words for one turn, 40 for five),
+each turn picking up a little further along the same document, sometimes after a short system
+turn; a conversation never exceeds the 512-token context. So the model answers every turn of a
+chat by continuing in the corpus's voice. (The first pair was trained on single turns only, and
+answered a second turn with spaced single letters: `t h e   t h e …`.)
 
 ## Training
 
@@ -286,6 +294,11 @@ blocks of 256 (Q8_K) rather than per token and keeps its KV cache in F16, hence 
 **Chat** (target, through the chat template, greedy):
 
 {chats}
+
+**Multi-turn chat** (target, greedy, 40 tokens a turn, each answer kept as history; the
+conversations `tests/tests/default_pair.rs` runs):
+
+{multi}
 
 **Draft acceptance rate: {acc['rate']:.3f}** (k = {acc['k']}), measured with llama.cpp on both
 shipped files by `tools/train/eval_llamacpp.py`: {acc['prompts']} prompts, each BOS plus the first twelve
