@@ -183,6 +183,9 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Prints the API's OpenAPI description (what `GET /openapi.json` serves; committed as
+    /// docs/openapi.json).
+    Openapi,
     /// Exits 0 when the Oracle at --host/--port answers `GET /health` with "ok" (for container
     /// health checks: it needs no shell, curl or network tools in the image).
     Healthcheck {
@@ -258,6 +261,10 @@ async fn main() -> anyhow::Result<()> {
     match args.command {
         Some(Command::Keys { action }) => return keys(&args.state_dir, action),
         Some(Command::Healthcheck { print_peer_id }) => return healthcheck(&args.host, args.port, print_peer_id),
+        Some(Command::Openapi) => {
+            println!("{}", api::openapi::json());
+            return Ok(());
+        }
         None => {}
     }
     // WebRTC's DTLS needs a process-wide rustls crypto provider before the first handshake.

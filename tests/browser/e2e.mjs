@@ -225,9 +225,10 @@ async function scout({ webgpu, transport }) {
   check(peer.transport === (transport === 'websocket' ? 'websocket' : 'webrtc-direct'), `transport ${peer.transport}`);
   check(peer.backend === (webgpu ? 'gpu (webgpu)' : 'cpu (wasm ndarray)'), `scout backend ${peer.backend}`);
 
-  // A second tab chats while the Scout drafts; the Oracle's count of this Scout's accepted
-  // tokens must rise during the chat.
-  const leechPage = await openApp(context);
+  // Someone else (another browser, so another user) chats while the Scout drafts; the Oracle's
+  // count of this Scout's accepted tokens must rise during the chat.
+  const leechContext = await launch({ webgpu: false });
+  const leechPage = await openApp(leechContext);
   const accepted = [];
   const start = Date.now();
   const prompts = ['In the beginning', 'And it came to pass', 'The man said', 'She looked at the'];
@@ -249,6 +250,7 @@ async function scout({ webgpu, transport }) {
       await waitAnswerDone(leechPage);
     }
   }
+  await leechContext.close();
   results.accepted_over_time = accepted;
   results.chat_seconds = (Date.now() - start) / 1000;
   check(rose, `the Scout's accepted tokens did not rise during the chat: ${JSON.stringify(accepted)}`);
@@ -263,6 +265,7 @@ async function scout({ webgpu, transport }) {
   results.credits_in_swarm = credits;
   await until('the dashboard to show the credits', async () =>
     Number(await page.locator('[data-testid=scout-credits]').getAttribute('data-value')) > 0, 30_000);
+  results.credits_earned = Number(await page.locator('[data-testid=scout-credits]').getAttribute('data-earned'));
   results.dashboard_credits = await page.locator('[data-testid=scout-credits]').innerText();
   results.dashboard_tier = await page.locator('[data-testid=scout-tier]').getAttribute('data-tier');
   check(results.dashboard_tier === 'scout', `the dashboard says this browser's chats are served as ${results.dashboard_tier}`);

@@ -328,3 +328,35 @@ fn full_queue_is_429_with_retry_after() {
         assert_eq!(e["code"], "queue_full");
     }
 }
+
+/// The served OpenAPI description is the committed one (regenerate with
+/// `shard-oracle openapi > docs/openapi.json`), and it names every route the server answers.
+#[test]
+fn the_served_openapi_spec_is_the_committed_one() {
+    let served: Value = client().get(oracle().endpoint("/openapi.json")).send().unwrap().json().unwrap();
+    let path = shard_tests::repo_root().join("docs/openapi.json");
+    let committed: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(served == committed, "docs/openapi.json is stale: run `shard-oracle openapi > docs/openapi.json`");
+    let paths: Vec<&str> = served["paths"].as_object().unwrap().keys().map(String::as_str).collect();
+    for p in [
+        "/v1/models",
+        "/v1/models/{id}",
+        "/v1/completions",
+        "/v1/chat/completions",
+        "/tokenize",
+        "/detokenize",
+        "/health",
+        "/metrics",
+        "/api/queue",
+        "/api/queue/{ticket}",
+        "/api/swarm",
+        "/api/p2p/addrs",
+        "/api/scout",
+        "/api/me",
+        "/models/{file}",
+        "/openapi.json",
+    ] {
+        assert!(paths.contains(&p), "{p} is missing from the spec");
+    }
+    assert_eq!(served["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+}

@@ -457,7 +457,8 @@ pub fn ScoutView() -> impl IntoView {
                 <div><dt>"Acceptance rate"</dt><dd>{move || oracle().map_or("–".into(), |o| format::percent(o.acceptance_rate))}</dd></div>
                 <div><dt>"Round trip"</dt><dd>{move || oracle().map_or("–".into(), |o| format!("{:.0} ms", o.latency_ms))}</dd></div>
                 <div><dt>"Standing"</dt><dd>{move || oracle().map_or("–".into(), |o| if o.strikes == 0 { "good (no strikes)".into() } else { format!("{} strikes", o.strikes) })}</dd></div>
-                <div><dt>"Credits"</dt><dd data-testid="scout-credits" data-value=move || me().map_or(0, |m| m.credits).to_string()>
+                <div><dt>"Credits"</dt><dd data-testid="scout-credits" data-value=move || me().map_or(0, |m| m.credits).to_string()
+                    data-earned=move || me().map_or(0, |m| m.credits_earned).to_string()>
                     {move || me().filter(|m| m.peer_id.is_some()).map_or("–".into(), |m| format!("{} (earned {}, spent {})", m.credits, m.credits_earned, m.credits_spent))}
                 </dd></div>
                 <div><dt>"Your chats"</dt><dd data-testid="scout-tier" data-tier=move || me().map_or("leech", |m| m.tier.as_str())>

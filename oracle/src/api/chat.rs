@@ -15,12 +15,13 @@ use shard_shared::chat::ChatMessage;
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::limits::{Client, Limits, MAX_MESSAGES};
+use super::openapi::{ChatResponse, ErrorBody};
 use super::types::{choices_per_prompt, max_tokens, new_id, unix_now, SamplingFields, StreamOptions, Usage};
 use super::{collect, job_error, logprob_count, queue_comment, with_ticket, AppState};
 use crate::engine::generate::{Event, GenerateParams, TokenLogprob};
 use crate::queue::{JobEvent, Update};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ChatRequest {
     pub model: Option<String>,
     pub messages: Vec<MessageIn>,
@@ -38,7 +39,7 @@ pub struct ChatRequest {
     pub user: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct MessageIn {
     pub role: String,
     #[serde(default)]
@@ -47,14 +48,14 @@ pub struct MessageIn {
 }
 
 /// Message content: a string, or a list of typed parts of which only text is supported.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Content {
     Text(String),
     Parts(Vec<Part>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Part {
     #[serde(rename = "type")]
     pub kind: String,
@@ -132,6 +133,22 @@ pub fn validate(req: &ChatRequest, n_vocab: usize, n_ctx: usize) -> Result<(Vec<
     Ok((msgs, n, params))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "openai",
+    request_body = ChatRequest,
+    responses(
+        (status = 200, description = "The chat completion, or with `stream` server-sent events of `chat.completion.chunk` chunks ending in `data: [DONE]`", content((ChatResponse = "application/json"), (String = "text/event-stream"))),
+        (status = 404, description = "Another model was named", body = ErrorBody),
+        (status = 400, description = "A malformed body or a parameter out of bounds", body = ErrorBody),
+        (status = 401, description = "An invalid credential", body = ErrorBody),
+        (status = 413, description = "The body is over --max-body-bytes", body = ErrorBody),
+        (status = 429, description = "The tier's room is full, or this client has too many requests; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Request preparation could not start in time", body = ErrorBody)
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn handler(
     State(state): State<Arc<AppState>>,
     client: Client,

@@ -13,12 +13,13 @@ use serde_json::{json, Map, Value};
 use super::error::ApiError;
 use super::json::ApiJson;
 use super::limits::{Client, Limits};
+use super::openapi::{CompletionResponse, ErrorBody};
 use super::types::{choices_per_prompt, max_tokens, new_id, unix_now, SamplingFields, StreamOptions, Usage};
 use super::{collect, job_error, logprob_count, queue_comment, with_ticket, AppState};
 use crate::engine::generate::{Event, GenerateParams, TokenLogprob};
 use crate::queue::{JobEvent, Update};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CompletionRequest {
     pub model: Option<String>,
     pub prompt: Option<PromptField>,
@@ -38,7 +39,7 @@ pub struct CompletionRequest {
 }
 
 /// A prompt as text, token ids, or a list of either.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum PromptField {
     Text(String),
@@ -104,6 +105,22 @@ pub fn validate(req: &CompletionRequest, n_vocab: usize) -> Result<(usize, Gener
 /// Most prompts in one request.
 const MAX_PROMPTS: usize = 16;
 
+#[utoipa::path(
+    post,
+    path = "/v1/completions",
+    tag = "openai",
+    request_body = CompletionRequest,
+    responses(
+        (status = 200, description = "The completion, or with `stream` server-sent events of `text_completion` chunks ending in `data: [DONE]`", content((CompletionResponse = "application/json"), (String = "text/event-stream"))),
+        (status = 404, description = "Another model was named", body = ErrorBody),
+        (status = 400, description = "A malformed body or a parameter out of bounds", body = ErrorBody),
+        (status = 401, description = "An invalid credential", body = ErrorBody),
+        (status = 413, description = "The body is over --max-body-bytes", body = ErrorBody),
+        (status = 429, description = "The tier's room is full, or this client has too many requests; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Request preparation could not start in time", body = ErrorBody)
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn handler(
     State(state): State<Arc<AppState>>,
     client: Client,

@@ -8,8 +8,19 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::limits::Client;
+use super::openapi::{ErrorBody, Me};
 use super::AppState;
 
+#[utoipa::path(
+    get,
+    path = "/api/me",
+    tag = "shard",
+    responses(
+        (status = 200, description = "What the caller's credentials prove", body = Me),
+        (status = 401, description = "An invalid credential", body = ErrorBody)
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn me(State(state): State<Arc<AppState>>, client: Client) -> Json<Value> {
     let c = &client.caller;
     let r = c.record.clone().unwrap_or_default();

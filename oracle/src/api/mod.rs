@@ -9,6 +9,7 @@ pub mod json;
 pub mod limits;
 pub mod me;
 pub mod models;
+pub mod openapi;
 pub mod queue;
 pub mod swarm;
 pub mod tokenize;
@@ -18,9 +19,11 @@ pub mod web;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::routing::{get, post};
 use axum::Router;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::engine::generate::{Event, Finish, GenerateError, GenerateParams, TokenLogprob};
 use crate::engine::Engine;
@@ -145,24 +148,34 @@ pub fn chat_prompt(engine: &Engine, limits: &Limits, messages: &[ChatMessage]) -
     Ok(ids)
 }
 
+/// Every API route with its OpenAPI entry ([`openapi`]): a route is registered with its
+/// description or not at all.
+pub fn routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(models::list))
+        .routes(routes!(models::get_one))
+        .routes(routes!(completions::handler))
+        .routes(routes!(chat::handler))
+        .routes(routes!(tokenize::tokenize))
+        .routes(routes!(tokenize::detokenize))
+        .routes(routes!(models::health))
+        .routes(routes!(models::metrics))
+        .routes(routes!(swarm::swarm))
+        .routes(routes!(swarm::addrs))
+        .routes(routes!(swarm::scout))
+        .routes(routes!(queue::overview))
+        .routes(routes!(queue::ticket))
+        .routes(routes!(me::me))
+        .routes(routes!(model_file))
+        .routes(routes!(openapi_json))
+}
+
 /// Builds the router. `max_body_bytes` caps request bodies (413 beyond).
 pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
-    Router::new()
-        .route("/v1/models", get(models::list))
-        .route("/v1/models/{id}", get(models::get_one))
-        .route("/v1/completions", post(completions::handler))
-        .route("/v1/chat/completions", post(chat::handler))
-        .route("/tokenize", post(tokenize::tokenize))
-        .route("/detokenize", post(tokenize::detokenize))
-        .route("/health", get(models::health))
-        .route("/metrics", get(models::metrics))
-        .route("/api/swarm", get(swarm::swarm))
-        .route("/api/p2p/addrs", get(swarm::addrs))
-        .route("/api/scout", get(swarm::scout))
-        .route("/api/queue", get(queue::overview))
-        .route("/api/queue/{ticket}", get(queue::ticket))
-        .route("/api/me", get(me::me))
-        .route("/models/{file}", get(model_file))
+    let (router, api) = routes().split_for_parts();
+    let spec = Arc::new(api.to_pretty_json().expect("the spec serializes"));
+    router
+        .layer(axum::Extension(OpenApiSpec(spec)))
         .fallback(app_or_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
@@ -193,7 +206,42 @@ async fn authenticate(
     }
 }
 
+/// The served spec, made once at start-up.
+#[derive(Clone)]
+struct OpenApiSpec(Arc<String>);
+
+/// `GET /openapi.json`: this API's OpenAPI 3.1 description.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "shard",
+    responses(
+        (status = 200, description = "The OpenAPI description of this API", body = Object, content_type = "application/json"),
+        (status = 401, description = "An invalid credential", body = openapi::ErrorBody)
+    ),
+    security((), ("bearer" = []))
+)]
+async fn openapi_json(axum::Extension(OpenApiSpec(spec)): axum::Extension<OpenApiSpec>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], spec.as_str().to_owned()).into_response()
+}
+
 /// `GET /models/{file}`: the Scouts' draft model, by its file name.
+#[utoipa::path(
+    get,
+    path = "/models/{file}",
+    tag = "shard",
+    params(("file" = String, Path, description = "The draft model's file name, as /api/scout names it")),
+    responses(
+        (status = 200, description = "The file (ranges and a strong ETag supported)", body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 206, description = "The requested range", body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 304, description = "Not modified (If-None-Match)"),
+        (status = 404, description = "No such file", body = openapi::ErrorBody),
+        (status = 416, description = "A range outside the file"),
+        (status = 401, description = "An invalid credential", body = openapi::ErrorBody)
+    ),
+    security((), ("bearer" = []))
+)]
 async fn model_file(
     State(state): State<Arc<AppState>>,
     axum::extract::Path(file): axum::extract::Path<String>,

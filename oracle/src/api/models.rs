@@ -8,6 +8,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::openapi::{ErrorBody, Health, ModelCard, ModelList};
 use super::AppState;
 
 fn model_object(state: &AppState) -> Value {
@@ -29,10 +30,32 @@ fn model_object(state: &AppState) -> Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "openai",
+    responses(
+        (status = 200, description = "The loaded model", body = ModelList),
+        (status = 401, description = "An invalid credential", body = ErrorBody)
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn list(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({ "object": "list", "data": [model_object(&state)] }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/models/{id}",
+    tag = "openai",
+    params(("id" = String, Path, description = "The model id")),
+    responses(
+        (status = 200, description = "The model", body = ModelCard),
+        (status = 404, description = "No such model", body = ErrorBody),
+        (status = 401, description = "An invalid credential", body = ErrorBody)
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn get_one(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     if id != state.engine.model_id {
         return Err(ApiError::model_not_found(&id));
@@ -40,6 +63,16 @@ pub async fn get_one(State(state): State<Arc<AppState>>, Path(id): Path<String>)
     Ok(Json(model_object(&state)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "shard",
+    responses(
+        (status = 200, description = "The Oracle is up", body = Health),
+        (status = 401, description = "An invalid credential", body = ErrorBody)
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
     let s = &state.queue.stats;
     Json(json!({
@@ -54,6 +87,16 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
 }
 
 /// Prometheus text exposition of the queue and speculative-decoding counters.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "shard",
+    responses(
+        (status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain"),
+        (status = 401, description = "An invalid credential", body = ErrorBody)
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl axum::response::IntoResponse {
     use std::fmt::Write;
     let s = &state.queue.stats;

@@ -11,9 +11,20 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::openapi::{ErrorBody, QueueOverview, QueueStatus};
 use super::AppState;
 use crate::queue::Tier;
 
+#[utoipa::path(
+    get,
+    path = "/api/queue",
+    tag = "shard",
+    responses(
+        (status = 200, description = "The queue, per tier", body = QueueOverview),
+        (status = 401, description = "An invalid credential", body = ErrorBody)
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn overview(State(state): State<Arc<AppState>>) -> Json<Value> {
     let q = &state.queue;
     let (waiting, running) = q.rooms();
@@ -45,6 +56,18 @@ pub async fn overview(State(state): State<Arc<AppState>>) -> Json<Value> {
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/queue/{ticket}",
+    tag = "shard",
+    params(("ticket" = String, Path, description = "The ticket id from `x-shard-queue-ticket`")),
+    responses(
+        (status = 200, description = "One request's place in line", body = QueueStatus),
+        (status = 404, description = "No such ticket", body = ErrorBody),
+        (status = 401, description = "An invalid credential", body = ErrorBody)
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn ticket(State(state): State<Arc<AppState>>, Path(ticket): Path<String>) -> Result<Json<Value>, ApiError> {
     match state.queue.status(&ticket) {
         Some(status) => Ok(Json(json!(status))),

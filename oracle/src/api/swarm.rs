@@ -9,8 +9,20 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::openapi::{Addrs, ErrorBody, ScoutSetup, Swarm};
 use super::AppState;
 
+#[utoipa::path(
+    get,
+    path = "/api/swarm",
+    tag = "shard",
+    responses(
+        (status = 200, description = "The Oracle's load and every Scout", body = Swarm),
+        (status = 404, description = "The Oracle runs without its p2p node", body = ErrorBody),
+        (status = 401, description = "An invalid credential", body = ErrorBody)
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn swarm(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let p2p =
         state.p2p.as_ref().ok_or_else(|| ApiError::not_found_message("this Oracle runs without its p2p node (--no-p2p)"))?;
@@ -40,6 +52,17 @@ pub async fn swarm(State(state): State<Arc<AppState>>) -> Result<Json<Value>, Ap
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/p2p/addrs",
+    tag = "shard",
+    responses(
+        (status = 200, description = "The libp2p addresses to dial", body = Addrs),
+        (status = 404, description = "The Oracle runs without its p2p node", body = ErrorBody),
+        (status = 401, description = "An invalid credential", body = ErrorBody)
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn addrs(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let p2p =
         state.p2p.as_ref().ok_or_else(|| ApiError::not_found_message("this Oracle runs without its p2p node (--no-p2p)"))?;
@@ -64,6 +87,17 @@ pub async fn addrs(State(state): State<Arc<AppState>>) -> Result<Json<Value>, Ap
 
 /// Everything a browser Scout needs: the draft model (URL, size, sha256 to check the download
 /// against) and the addresses to dial, webrtc-direct first.
+#[utoipa::path(
+    get,
+    path = "/api/scout",
+    tag = "shard",
+    responses(
+        (status = 200, description = "What a browser Scout needs", body = ScoutSetup),
+        (status = 404, description = "The Oracle runs without its p2p node", body = ErrorBody),
+        (status = 401, description = "An invalid credential", body = ErrorBody)
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn scout(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let p2p =
         state.p2p.as_ref().ok_or_else(|| ApiError::not_found_message("this Oracle runs without its p2p node (--no-p2p)"))?;

@@ -9,9 +9,10 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::json::ApiJson;
+use super::openapi::{DetokenizeResponse, ErrorBody, TokenizeResponse};
 use super::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct TokenizeRequest {
     pub content: String,
     /// Prepend BOS when the vocabulary uses one.
@@ -31,6 +32,21 @@ fn yes() -> bool {
 
 /// Tokenizes like llama.cpp's server, for texts up to what could fit the context (longer ones
 /// get 400 before any work is spent on them). The work runs on a blocking thread.
+#[utoipa::path(
+    post,
+    path = "/tokenize",
+    tag = "llama.cpp",
+    request_body = TokenizeRequest,
+    responses(
+        (status = 200, description = "The tokens", body = TokenizeResponse),
+        (status = 400, description = "A malformed body or a parameter out of bounds", body = ErrorBody),
+        (status = 401, description = "An invalid credential", body = ErrorBody),
+        (status = 413, description = "The body is over --max-body-bytes", body = ErrorBody),
+        (status = 429, description = "The tier's room is full, or this client has too many requests; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Request preparation could not start in time", body = ErrorBody)
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn tokenize(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<TokenizeRequest>,
@@ -74,11 +90,26 @@ fn tokenize_blocking(state: &AppState, req: &TokenizeRequest) -> Result<Json<Val
     Ok(Json(json!({ "tokens": tokens })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct DetokenizeRequest {
     pub tokens: Vec<i64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/detokenize",
+    tag = "llama.cpp",
+    request_body = DetokenizeRequest,
+    responses(
+        (status = 200, description = "The text", body = DetokenizeResponse),
+        (status = 400, description = "A malformed body or a parameter out of bounds", body = ErrorBody),
+        (status = 401, description = "An invalid credential", body = ErrorBody),
+        (status = 413, description = "The body is over --max-body-bytes", body = ErrorBody),
+        (status = 429, description = "The tier's room is full, or this client has too many requests; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Request preparation could not start in time", body = ErrorBody)
+    ),
+    security((), ("bearer" = []))
+)]
 pub async fn detokenize(
     State(state): State<Arc<AppState>>,
     ApiJson(req): ApiJson<DetokenizeRequest>,

@@ -13,21 +13,21 @@ use super::error::ApiError;
 use crate::engine::generate::{Finish, GenerateParams};
 
 /// `stop`: one string or up to four.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum StopField {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: bool,
 }
 
 /// Sampling fields common to `/v1/completions` and `/v1/chat/completions`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 pub struct SamplingFields {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
@@ -153,7 +153,7 @@ pub fn max_tokens(value: Option<i64>, default: usize, param: &str) -> Result<usi
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
@@ -164,7 +164,7 @@ pub struct Usage {
     pub speculative: Option<SpeculativeUsage>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct SpeculativeUsage {
     pub drafted_tokens: usize,
     pub accepted_tokens: usize,
@@ -176,7 +176,7 @@ pub struct SpeculativeUsage {
     pub tokens_per_target_pass: f64,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct PromptTokensDetails {
     pub cached_tokens: usize,
 }

@@ -55,7 +55,7 @@ impl Default for SchedulerConfig {
 }
 
 /// Per-Scout figures, as `/api/swarm` shows them.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct ScoutStats {
     pub jobs_sent: u64,
     pub jobs_answered: u64,
@@ -78,7 +78,7 @@ pub struct ScoutStats {
     pub job_bytes_without_deltas: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ScoutView {
     pub peer_id: String,
     pub role: &'static str,
