@@ -26,6 +26,16 @@ for tool in podman debootstrap; do
   command -v "$tool" >/dev/null || apt_install podman buildah debootstrap uidmap fuse-overlayfs
 done
 
+# Inside a sandbox like this project's machine (cgroup v1 mounted by hand, a hard RLIMIT_NPROC),
+# crun refuses to start a container ("cgroups in hybrid mode not supported", "setrlimit
+# RLIMIT_NOFILE: Operation not permitted"); runc with the cgroupfs manager and no default
+# ulimits runs it, and works on an ordinary host too, so the script always uses them.
+command -v runc >/dev/null || apt_install runc
+export CONTAINERS_CONF="$SHARD_CACHE/container/containers.conf"
+mkdir -p "$(dirname "$CONTAINERS_CONF")"
+printf '[containers]\ndefault_ulimits = []\n' > "$CONTAINERS_CONF"
+podman() { command podman --runtime runc --cgroup-manager=cgroupfs "$@"; }
+
 rust_version=$(rustc --version | sed -n 's/^rustc \([0-9]*\.[0-9]*\).*/\1/p')
 mirror=$(sed -n 's/^URIs: //p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
 mirror=${mirror:-http://deb.debian.org/debian}
@@ -54,9 +64,18 @@ if ! podman image exists "localhost/rust:$rust_version-bookworm"; then
   log "copying the rustup toolchain ($(rustc --version)) into the builder base"
   rm -rf "$work/bookworm-rust/usr/local/rustup" "$work/bookworm-rust/usr/local/cargo"
   mkdir -p "$work/bookworm-rust/usr/local/rustup" "$work/bookworm-rust/usr/local/cargo/bin"
-  cp -a "${RUSTUP_HOME:-$HOME/.rustup}/." "$work/bookworm-rust/usr/local/rustup/"
+  # Only the toolchain rust-toolchain.toml names (resolved through any link), under that name,
+  # as rustup's default: not rustup's downloads or other toolchains.
+  channel=$(sed -n 's/^channel = "\(.*\)"$/\1/p' rust-toolchain.toml)
+  toolchain="$channel-$(rustc -vV | sed -n 's/^host: //p')"
+  mkdir -p "$work/bookworm-rust/usr/local/rustup/toolchains/$toolchain"
+  cp -a "$(rustc --print sysroot)/." "$work/bookworm-rust/usr/local/rustup/toolchains/$toolchain/"
+  printf 'version = "12"\ndefault_toolchain = "%s"\nprofile = "minimal"\nauto_self_update = "disable"\n' \
+    "$toolchain" > "$work/bookworm-rust/usr/local/rustup/settings.toml"
   for bin in cargo rustc rustup rustdoc rustfmt cargo-fmt; do
-    [ -e "${CARGO_HOME:-$HOME/.cargo}/bin/$bin" ] && cp -a "${CARGO_HOME:-$HOME/.cargo}/bin/$bin" "$work/bookworm-rust/usr/local/cargo/bin/"
+    if [ -e "${CARGO_HOME:-$HOME/.cargo}/bin/$bin" ]; then
+      cp -a "${CARGO_HOME:-$HOME/.cargo}/bin/$bin" "$work/bookworm-rust/usr/local/cargo/bin/"
+    fi
   done
   tar -C "$work/bookworm-rust" --exclude=./.done -c . | podman import \
     --change 'ENV RUSTUP_HOME=/usr/local/rustup' --change 'ENV CARGO_HOME=/usr/local/cargo' \
