@@ -22,9 +22,8 @@ for arg in "$@"; do
   esac
 done
 [ "$(id -u)" = 0 ] || { log "run as root (debootstrap and podman import need it)"; exit 1; }
-for tool in podman debootstrap; do
-  command -v "$tool" >/dev/null || apt_install podman buildah debootstrap uidmap fuse-overlayfs
-done
+command -v podman >/dev/null && command -v debootstrap >/dev/null \
+  || apt_install podman buildah debootstrap uidmap fuse-overlayfs
 
 # Inside a sandbox like this project's machine (cgroup v1 mounted by hand, a hard RLIMIT_NPROC),
 # crun refuses to start a container ("cgroups in hybrid mode not supported", "setrlimit
@@ -36,7 +35,10 @@ mkdir -p "$(dirname "$CONTAINERS_CONF")"
 printf '[containers]\ndefault_ulimits = []\n' > "$CONTAINERS_CONF"
 podman() { command podman --runtime runc --cgroup-manager=cgroupfs "$@"; }
 
-rust_version=$(rustc --version | sed -n 's/^rustc \([0-9]*\.[0-9]*\).*/\1/p')
+# The toolchain rust-toolchain.toml pins (1.95.0) names both the builder base (rust:1.95-bookworm)
+# and the toolchain copied into it.
+channel=$(sed -n 's/^channel = "\(.*\)"$/\1/p' rust-toolchain.toml)
+rust_version=${channel%.*}
 mirror=$(sed -n 's/^URIs: //p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
 mirror=${mirror:-http://deb.debian.org/debian}
 work="$SHARD_CACHE/container"
@@ -66,7 +68,6 @@ if ! podman image exists "localhost/rust:$rust_version-bookworm"; then
   mkdir -p "$work/bookworm-rust/usr/local/rustup" "$work/bookworm-rust/usr/local/cargo/bin"
   # Only the toolchain rust-toolchain.toml names (resolved through any link), under that name,
   # as rustup's default: not rustup's downloads or other toolchains.
-  channel=$(sed -n 's/^channel = "\(.*\)"$/\1/p' rust-toolchain.toml)
   toolchain="$channel-$(rustc -vV | sed -n 's/^host: //p')"
   mkdir -p "$work/bookworm-rust/usr/local/rustup/toolchains/$toolchain"
   cp -a "$(rustc --print sysroot)/." "$work/bookworm-rust/usr/local/rustup/toolchains/$toolchain/"
