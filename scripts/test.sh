@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs Shard's whole test suite: set-up, formatting, the wasm32 build, unit, property and
 # integration tests (real Oracle processes, llama.cpp conformance, the official openai client,
-# the web app in headless Chromium).
+# the web app in headless Chromium), and the kernels on aarch64 under qemu.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$SHARD_ROOT"
@@ -18,4 +18,13 @@ cargo build --locked -p shard-oracle -p shard-scout
 "$SHARD_ROOT/scripts/build-web.sh"
 log "running the tests"
 cargo test --locked --workspace -- --test-threads 2
+# The NEON kernels, against the scalar reference, on an emulated aarch64 CPU: qemu's default
+# CPU has the dot-product extension (both NEON kernels run), a Cortex-A53 does not (the
+# baseline one runs, and detection must not pick the other).
+log "the kernels on aarch64 under qemu-aarch64 (with and without dotprod)"
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+for cpu in max cortex-a53; do
+  CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu $cpu -L /usr/aarch64-linux-gnu" \
+    cargo test --locked -p shard-kernels --target aarch64-unknown-linux-gnu
+done
 log "all tests passed"

@@ -3,9 +3,11 @@
 
 pub mod config;
 pub mod generate;
-pub mod kernels;
 pub mod kv_cache;
 pub mod model;
+
+/// The kernels live in their own crate (`kernels/`), so they cross-build and test quickly.
+pub use shard_kernels as kernels;
 
 use std::path::Path;
 

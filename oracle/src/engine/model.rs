@@ -164,7 +164,13 @@ impl TensorSource<'_, '_> {
             }
             None => 1.0,
         };
-        match TernaryFormat::from_ggml(t.ty) {
+        let ternary = match t.ty {
+            GgmlType::TQ2_0 => Some(TernaryFormat::TQ2_0),
+            GgmlType::TQ1_0 => Some(TernaryFormat::TQ1_0),
+            GgmlType::I2_S => Some(TernaryFormat::I2S),
+            _ => None,
+        };
+        match ternary {
             Some(format) => {
                 let m = TernaryMatrix::new(format, rows, cols, self.bytes(t)).map_err(|MatrixError(e)| Self::err(&name, e))?;
                 Ok(Linear::Ternary(m.with_scale(scale)))

@@ -73,13 +73,13 @@ impl DenseMatrix {
         let task = |i: usize, chunk: &mut [f32]| {
             let first = i * rows_per_task;
             if self.dtype == DenseType::F16 && f16_simd {
-                let n_rows = chunk.len() / n_tokens;
-                let bytes = &self.data[first * self.cols * 2..(first + n_rows) * self.cols * 2];
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: the CPU has AVX2, FMA and F16C; `bytes` holds the chunk's rows.
-                unsafe {
-                    f16_rows_avx2(bytes, x, self.cols, n_tokens, chunk)
-                };
+                {
+                    let n_rows = chunk.len() / n_tokens;
+                    let bytes = &self.data[first * self.cols * 2..(first + n_rows) * self.cols * 2];
+                    // SAFETY: the CPU has AVX2, FMA and F16C; `bytes` holds the chunk's rows.
+                    unsafe { f16_rows_avx2(bytes, x, self.cols, n_tokens, chunk) };
+                }
                 return;
             }
             let mut row = vec![0f32; self.cols];

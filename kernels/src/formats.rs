@@ -15,8 +15,6 @@
 
 use half::f16;
 
-use shard_shared::gguf::GgmlType;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TernaryFormat {
     TQ2_0,
@@ -25,15 +23,6 @@ pub enum TernaryFormat {
 }
 
 impl TernaryFormat {
-    pub fn from_ggml(ty: GgmlType) -> Option<Self> {
-        match ty {
-            GgmlType::TQ2_0 => Some(TernaryFormat::TQ2_0),
-            GgmlType::TQ1_0 => Some(TernaryFormat::TQ1_0),
-            GgmlType::I2_S => Some(TernaryFormat::I2S),
-            _ => None,
-        }
-    }
-
     /// Weights per block.
     pub fn block_len(self) -> usize {
         match self {
