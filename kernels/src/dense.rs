@@ -24,12 +24,16 @@ impl DenseType {
 }
 
 /// A row-major float matrix: `rows` vectors of `cols`.
+///
+/// Built only by [`DenseMatrix::new`], which checks the byte length; the fields are private so
+/// that the check holds for as long as the matrix lives (the AVX2 path reads rows through raw
+/// pointers).
 #[derive(Debug, Clone)]
 pub struct DenseMatrix {
-    pub dtype: DenseType,
-    pub rows: usize,
-    pub cols: usize,
-    pub data: WeightBytes,
+    dtype: DenseType,
+    rows: usize,
+    cols: usize,
+    data: WeightBytes,
 }
 
 impl DenseMatrix {
@@ -41,9 +45,27 @@ impl DenseMatrix {
         Ok(Self { dtype, rows, cols, data })
     }
 
+    pub fn dtype(&self) -> DenseType {
+        self.dtype
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The stored bytes of row `r`.
+    pub fn row_bytes(&self, r: usize) -> &[u8] {
+        let n = self.cols * self.dtype.size();
+        &self.data[r * n..(r + 1) * n]
+    }
+
     /// Copies row `r` into `out` as f32 (an embedding lookup).
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
-        let bytes = &self.data[r * self.cols * self.dtype.size()..(r + 1) * self.cols * self.dtype.size()];
+        let bytes = self.row_bytes(r);
         match self.dtype {
             DenseType::F32 => {
                 for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {

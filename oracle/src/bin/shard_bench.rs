@@ -470,13 +470,13 @@ fn bench_dense(tokens: &[usize], reps: usize, threads: usize, as_json: bool) -> 
                     let first = i * rows.div_ceil(threads * 4);
                     for (k, o) in chunk.iter_mut().enumerate() {
                         let r = first + k;
-                        *o = dot_f16(&m.data[r * cols * 2..(r + 1) * cols * 2], &x[..cols]);
+                        *o = dot_f16(m.row_bytes(r), &x[..cols]);
                     }
                 });
                 for t in 1..n {
                     let xt = &x[t * cols..(t + 1) * cols];
                     out[t * rows..(t + 1) * rows].par_iter_mut().enumerate().for_each(|(r, o)| {
-                        *o = dot_f16(&m.data[r * cols * 2..(r + 1) * cols * 2], xt);
+                        *o = dot_f16(m.row_bytes(r), xt);
                     });
                 }
             };

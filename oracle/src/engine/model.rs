@@ -54,7 +54,7 @@ impl Linear {
         match self {
             Linear::Ternary(t) => t.matmul(kernel, xq, out),
             Linear::Dense { m, scale } => {
-                if m.dtype == DenseType::F16 {
+                if m.dtype() == DenseType::F16 {
                     // llama.cpp multiplies F16 weights by F16-rounded activations.
                     let x16: Vec<f32> = x.iter().map(|&v| round_f16(v)).collect();
                     m.matmul(&x16, n, out);
@@ -339,7 +339,7 @@ impl BitNetModel {
             rms_norm(&x[t * e..(t + 1) * e], &self.output_norm, c.rms_eps, &mut h[i * e..(i + 1) * e]);
         }
         let head = self.output.as_ref().unwrap_or(&self.tok_embd);
-        if head.dtype == DenseType::F16 {
+        if head.dtype() == DenseType::F16 {
             // llama.cpp multiplies F16 weights by F16-rounded activations.
             h.iter_mut().for_each(|v| *v = round_f16(*v));
         }
