@@ -53,11 +53,14 @@ for target in "${targets[@]}"; do
     esac
     log "building $target ($profile)"
     flag=(); [ "$profile" = release ] && flag=(--release)
-    cargo build --locked "${flag[@]}" --target "$target" -p shard-oracle -p shard-scout
+    # The host's own build (what scripts/run.sh made) is reused: naming the host triple would
+    # build everything again under target/<triple>/.
+    [ "$target" = "$host" ] || flag+=(--target "$target")
+    cargo build --locked "${flag[@]}" -p shard-oracle -p shard-scout
   fi
-  # Host builds without --target land in target/<profile>, cross builds in target/<triple>/<profile>.
+  # Host builds land in target/<profile>, cross builds in target/<triple>/<profile>.
   bin="$CARGO_TARGET_DIR/$target/$profile"
-  [ -x "$bin/shard-oracle$exe" ] || { [ "$target" = "$host" ] && bin="$CARGO_TARGET_DIR/$profile"; }
+  [ "$target" = "$host" ] && bin="$CARGO_TARGET_DIR/$profile"
   [ -x "$bin/shard-oracle$exe" ] || { log "no $bin/shard-oracle$exe: build it first"; exit 1; }
   name="shard-$version-$target"
   stage=$(mktemp -d)
