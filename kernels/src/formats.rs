@@ -13,7 +13,42 @@
 //!
 //! In all three, a stored code 0, 1, 2 means -1, 0, +1.
 
+use std::mem::{offset_of, size_of};
+
+use bytemuck::{Pod, Zeroable};
 use half::f16;
+
+/// llama.cpp's `block_tq2_0`: 256 weights as 2-bit codes, then the block's f16 scale.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub struct BlockTq2_0 {
+    pub qs: [u8; 64],
+    /// f16, little-endian (bytes, so that a block has alignment 1 and any row can be viewed
+    /// as blocks).
+    pub d: [u8; 2],
+}
+
+/// llama.cpp's `block_tq1_0`: 240 weights as base-3 digits, five per byte, 16 more four per
+/// byte in `qh`, then the block's f16 scale.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub struct BlockTq1_0 {
+    pub qs: [u8; 48],
+    pub qh: [u8; 4],
+    pub d: [u8; 2],
+}
+
+/// microsoft/BitNet's I2_S block (x86 layout): 128 weights as 2-bit codes, no scale.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Pod, Zeroable)]
+pub struct BlockI2s {
+    pub qs: [u8; 32],
+}
+
+// The layouts the files use; the SIMD kernels take their strides and offsets from these types.
+const _: () = assert!(size_of::<BlockTq2_0>() == 66 && offset_of!(BlockTq2_0, d) == 64);
+const _: () = assert!(size_of::<BlockTq1_0>() == 54 && offset_of!(BlockTq1_0, qh) == 48 && offset_of!(BlockTq1_0, d) == 52);
+const _: () = assert!(size_of::<BlockI2s>() == 32);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TernaryFormat {
@@ -33,9 +68,9 @@ impl TernaryFormat {
 
     pub fn block_bytes(self) -> usize {
         match self {
-            TernaryFormat::TQ2_0 => 66,
-            TernaryFormat::TQ1_0 => 54,
-            TernaryFormat::I2S => 32,
+            TernaryFormat::TQ2_0 => size_of::<BlockTq2_0>(),
+            TernaryFormat::TQ1_0 => size_of::<BlockTq1_0>(),
+            TernaryFormat::I2S => size_of::<BlockI2s>(),
         }
     }
 
@@ -50,45 +85,49 @@ impl TernaryFormat {
 
     /// The scale of block `b` of a row (I2_S blocks have none: 1).
     pub fn block_scale(self, row: &[u8], b: usize) -> f32 {
-        let base = b * self.block_bytes();
+        let block = &row[b * self.block_bytes()..(b + 1) * self.block_bytes()];
         match self {
-            TernaryFormat::TQ2_0 => f16::from_le_bytes([row[base + 64], row[base + 65]]).to_f32(),
-            TernaryFormat::TQ1_0 => f16::from_le_bytes([row[base + 52], row[base + 53]]).to_f32(),
+            TernaryFormat::TQ2_0 => f16::from_le_bytes(bytemuck::from_bytes::<BlockTq2_0>(block).d).to_f32(),
+            TernaryFormat::TQ1_0 => f16::from_le_bytes(bytemuck::from_bytes::<BlockTq1_0>(block).d).to_f32(),
             TernaryFormat::I2S => 1.0,
         }
     }
 
-    /// Decodes one block to -1/0/+1 values, in weight order.
+    /// Decodes one block (exactly [`TernaryFormat::block_bytes`] long) to -1/0/+1 values, in
+    /// weight order.
     pub fn decode_block(self, block: &[u8], out: &mut [i8]) {
         match self {
             TernaryFormat::TQ2_0 => {
+                let qs = &bytemuck::from_bytes::<BlockTq2_0>(block).qs;
                 for h in 0..2 {
                     for l in 0..4 {
                         for m in 0..32 {
-                            out[128 * h + 32 * l + m] = ((block[32 * h + m] >> (2 * l)) & 3) as i8 - 1;
+                            out[128 * h + 32 * l + m] = ((qs[32 * h + m] >> (2 * l)) & 3) as i8 - 1;
                         }
                     }
                 }
             }
             TernaryFormat::TQ1_0 => {
+                let b = bytemuck::from_bytes::<BlockTq1_0>(block);
                 for n in 0..5 {
                     for m in 0..32 {
-                        out[32 * n + m] = trit(block[m], n);
+                        out[32 * n + m] = trit(b.qs[m], n);
                     }
                     for m in 0..16 {
-                        out[160 + 16 * n + m] = trit(block[32 + m], n);
+                        out[160 + 16 * n + m] = trit(b.qs[32 + m], n);
                     }
                 }
                 for n in 0..4 {
                     for j in 0..4 {
-                        out[240 + 4 * n + j] = trit(block[48 + j], n);
+                        out[240 + 4 * n + j] = trit(b.qh[j], n);
                     }
                 }
             }
             TernaryFormat::I2S => {
+                let qs = &bytemuck::from_bytes::<BlockI2s>(block).qs;
                 for g in 0..4 {
                     for m in 0..32 {
-                        out[32 * g + m] = ((block[m] >> (6 - 2 * g)) & 3) as i8 - 1;
+                        out[32 * g + m] = ((qs[m] >> (6 - 2 * g)) & 3) as i8 - 1;
                     }
                 }
             }

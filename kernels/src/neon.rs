@@ -20,6 +20,7 @@ use std::ops::Range;
 
 use half::f16;
 
+use super::formats::{BlockI2s, BlockTq1_0, BlockTq2_0};
 use super::{QuantizedActivations, TernaryFormat, TernaryKernel, TernaryMatrix, ACT_BLOCK};
 
 /// Tokens that share one decoding of a weight block.
@@ -209,7 +210,8 @@ struct Tq2;
 impl Layout for Tq2 {
     #[inline(always)]
     unsafe fn decode(row: *const u8, b: usize) -> (Codes, f32) {
-        let p = row.add(b * 66);
+        let blk = &*(row as *const BlockTq2_0).add(b);
+        let p = blk.qs.as_ptr();
         let mut c = [vdupq_n_u8(0); 16];
         for h in 0..2 {
             let lo = unpack2(vld1q_u8(p.add(32 * h)));
@@ -219,7 +221,7 @@ impl Layout for Tq2 {
                 c[8 * h + 2 * l + 1] = hi[l];
             }
         }
-        (c, f16_at(p.add(64)))
+        (c, f16::from_le_bytes(blk.d).to_f32())
     }
 }
 
@@ -229,11 +231,12 @@ struct I2s;
 impl Layout for I2s {
     #[inline(always)]
     unsafe fn decode(row: *const u8, b: usize) -> (Codes, f32) {
-        let p = row.add(b * 64);
+        let blk = (row as *const BlockI2s).add(2 * b);
         let mut c = [vdupq_n_u8(0); 16];
         for s in 0..2 {
-            let lo = unpack2(vld1q_u8(p.add(32 * s)));
-            let hi = unpack2(vld1q_u8(p.add(32 * s + 16)));
+            let p = (*blk.add(s)).qs.as_ptr();
+            let lo = unpack2(vld1q_u8(p));
+            let hi = unpack2(vld1q_u8(p.add(16)));
             for g in 0..4 {
                 c[8 * s + 2 * g] = lo[3 - g];
                 c[8 * s + 2 * g + 1] = hi[3 - g];
@@ -259,7 +262,8 @@ struct Tq1;
 impl Layout for Tq1 {
     #[inline(always)]
     unsafe fn decode(row: *const u8, b: usize) -> (Codes, f32) {
-        let p = row.add(b * 54);
+        let blk = &*(row as *const BlockTq1_0).add(b);
+        let p = blk.qs.as_ptr();
         let mut c = [vdupq_n_u8(0); 16];
         let (mut q0, mut q1, mut q2) = (vld1q_u8(p), vld1q_u8(p.add(16)), vld1q_u8(p.add(32)));
         for n in 0..5 {
@@ -268,15 +272,10 @@ impl Layout for Tq1 {
             c[10 + n] = next_trit(&mut q2);
         }
         // Lane 4n + j is qh byte j times 3^n: its leading digit is digit n of that byte.
-        let qh = vreinterpretq_u8_u32(vdupq_n_u32(u32::from_le_bytes([*p.add(48), *p.add(49), *p.add(50), *p.add(51)])));
+        let qh = vreinterpretq_u8_u32(vdupq_n_u32(u32::from_le_bytes(blk.qh)));
         const POW3: [u8; 16] = [1, 1, 1, 1, 3, 3, 3, 3, 9, 9, 9, 9, 27, 27, 27, 27];
         let mut q3 = vmulq_u8(qh, vld1q_u8(POW3.as_ptr()));
         c[15] = next_trit(&mut q3);
-        (c, f16_at(p.add(52)))
+        (c, f16::from_le_bytes(blk.d).to_f32())
     }
-}
-
-#[inline(always)]
-unsafe fn f16_at(p: *const u8) -> f32 {
-    f16::from_le_bytes([*p, *p.add(1)]).to_f32()
 }

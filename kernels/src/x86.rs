@@ -10,6 +10,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
+use super::formats::{BlockI2s, BlockTq1_0, BlockTq2_0};
 use super::{QuantizedActivations, TernaryFormat, TernaryKernel, TernaryMatrix, ACT_BLOCK};
 
 /// Tokens that share one decoding of a weight block.
@@ -142,16 +143,16 @@ unsafe fn f16_at(p: *const u8) -> f32 {
 /// TQ2_0: 66-byte blocks, weights 0..128 in bytes 0..32, 128..256 in bytes 32..64.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tq2_block(row: *const u8, b: usize) -> ([__m256i; 4], [__m256i; 4], f32) {
-    let p = row.add(b * 66);
-    (unpack2(p), unpack2(p.add(32)), f16_at(p.add(64)))
+    let blk = &*(row as *const BlockTq2_0).add(b);
+    (unpack2(blk.qs.as_ptr()), unpack2(blk.qs.as_ptr().add(32)), f16_at(blk.d.as_ptr()))
 }
 
 /// I2_S: two 32-byte blocks per 256 weights; the first 32 weights sit in the highest bits.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn i2s_block(row: *const u8, b: usize) -> ([__m256i; 4], [__m256i; 4], f32) {
-    let p = row.add(b * 64);
-    let [c0, c1, c2, c3] = unpack2(p);
-    let [e0, e1, e2, e3] = unpack2(p.add(32));
+    let blk = (row as *const BlockI2s).add(2 * b);
+    let [c0, c1, c2, c3] = unpack2((*blk).qs.as_ptr());
+    let [e0, e1, e2, e3] = unpack2((*blk.add(1)).qs.as_ptr());
     ([c3, c2, c1, c0], [e3, e2, e1, e0], 1.0)
 }
 
@@ -169,7 +170,8 @@ unsafe fn next_trit(q: &mut __m256i) -> __m256i {
 /// of bytes 32..48; 240..256 four digits of the `qh` bytes 48..52.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tq1_block(row: *const u8, b: usize) -> ([__m256i; 4], [__m256i; 4], f32) {
-    let p = row.add(b * 54);
+    let blk = &*(row as *const BlockTq1_0).add(b);
+    let p = blk.qs.as_ptr();
     let mut q = _mm256_loadu_si256(p as *const __m256i);
     let first = [next_trit(&mut q), next_trit(&mut q), next_trit(&mut q), next_trit(&mut q)];
     let fifth = next_trit(&mut q);
@@ -185,7 +187,7 @@ unsafe fn tq1_block(row: *const u8, b: usize) -> ([__m256i; 4], [__m256i; 4], f3
     }
     for n in 0..4 {
         for j in 0..4 {
-            tail[80 + 4 * n + j] = (super::formats::trit(*p.add(48 + j), n) + 1) as u8;
+            tail[80 + 4 * n + j] = (super::formats::trit(blk.qh[j], n) + 1) as u8;
         }
     }
     let second = [
@@ -194,7 +196,7 @@ unsafe fn tq1_block(row: *const u8, b: usize) -> ([__m256i; 4], [__m256i; 4], f3
         _mm256_loadu_si256(tail.as_ptr().add(32) as *const __m256i),
         _mm256_loadu_si256(tail.as_ptr().add(64) as *const __m256i),
     ];
-    (first, second, f16_at(p.add(52)))
+    (first, second, f16_at(blk.d.as_ptr()))
 }
 
 /// AVX-512 VNNI kernel: `vpdpbusd` multiplies 64 unsigned codes by 64 int8 activations and
@@ -308,13 +310,13 @@ unsafe fn unpack2_512(bytes: *const u8) -> [__m512i; 4] {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 unsafe fn tq2_block512(row: *const u8, b: usize) -> ([__m512i; 4], f32) {
-    let p = row.add(b * 66);
-    (unpack2_512(p), f16_at(p.add(64)))
+    let blk = &*(row as *const BlockTq2_0).add(b);
+    (unpack2_512(blk.qs.as_ptr()), f16_at(blk.d.as_ptr()))
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 unsafe fn i2s_block512(row: *const u8, b: usize) -> ([__m512i; 4], f32) {
-    let [c0, c1, c2, c3] = unpack2_512(row.add(b * 64));
+    let [c0, c1, c2, c3] = unpack2_512((*(row as *const BlockI2s).add(2 * b)).qs.as_ptr());
     ([c3, c2, c1, c0], 1.0)
 }
 
