@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use shard_shared::wire::{Context, DraftJob, DraftOutcome, DraftReply, ModelRef, Refusal, WireSampling, MAX_DRAFT_TOKENS};
@@ -148,6 +149,8 @@ pub struct ScoutDrafts {
     config: SchedulerConfig,
     /// Credits for accepted drafts, and who may read request text.
     trust: Option<Arc<Trust>>,
+    /// Keys the seeds Scouts draft with (see [`ScoutDrafts::job_seed`]); random per process.
+    seed_key: [u8; 32],
 }
 
 impl ScoutDrafts {
@@ -158,7 +161,20 @@ impl ScoutDrafts {
         trust: Option<Arc<Trust>>,
     ) -> (Self, mpsc::UnboundedReceiver<Outgoing>) {
         let (outbox, rx) = mpsc::unbounded_channel();
-        (Self { state: Mutex::new(State::default()), outbox, model, n_vocab, config, trust }, rx)
+        let seed_key = rand08::random();
+        (Self { state: Mutex::new(State::default()), outbox, model, n_vocab, config, trust, seed_key }, rx)
+    }
+
+    /// The seed a Scout drafts job `job_id` of `sequence` with. It is never the request's own
+    /// seed: that one also drives the Oracle's accept/reject draws, and a Scout that knew it
+    /// could replay the generator and steer which tokens a sampled request gets. A keyed hash
+    /// of the job tells the Scout nothing about the request's seed or other jobs' seeds.
+    fn job_seed(&self, sequence: u64, job_id: u64) -> u64 {
+        let mut h = Sha256::new();
+        h.update(self.seed_key);
+        h.update(sequence.to_le_bytes());
+        h.update(job_id.to_le_bytes());
+        u64::from_le_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
     }
 
     pub fn model(&self) -> &ModelRef {
@@ -309,7 +325,7 @@ impl ScoutDrafts {
     }
 
     /// Sends the sequence's Scout a job for `context`, unless one is in flight.
-    fn dispatch(&self, s: &mut State, sequence: u64, context: &[u32], sampling: &WireSampling, seed: u64) {
+    fn dispatch(&self, s: &mut State, sequence: u64, context: &[u32], sampling: &WireSampling) {
         let now = Instant::now();
         let max_strikes = self.config.max_strikes;
         let State { scouts, sequences, next_job, .. } = s;
@@ -382,7 +398,7 @@ impl ScoutDrafts {
             context: wire_context,
             k: k as u8,
             sampling: sampling.clone(),
-            seed,
+            seed: self.job_seed(sequence, job_id),
             model: self.model.clone(),
         };
         let bytes = shard_shared::wire::encode(&job).len() as u64;
@@ -438,7 +454,7 @@ impl DraftSource for ScoutDrafts {
             Draft { tokens, q: None }
         });
         // 2. Ask for the next one.
-        self.dispatch(&mut s, req.sequence, req.context, &WireSampling::from(req.sampling), req.seed);
+        self.dispatch(&mut s, req.sequence, req.context, &WireSampling::from(req.sampling));
         draft
     }
 
@@ -476,6 +492,29 @@ mod tests {
 
     fn ask<'a>(context: &'a [u32], params: &'a SamplingParams) -> DraftRequest<'a> {
         DraftRequest { sequence: 1, context, k: 4, sampling: params, seed: 0 }
+    }
+
+    /// Scouts never learn the request's seed, which also drives the Oracle's acceptance draws.
+    #[test]
+    fn jobs_carry_a_keyed_seed_not_the_requests() {
+        let (s, mut rx, peer) = setup();
+        let p = SamplingParams::default();
+        let seed = 42;
+        let mut seeds = Vec::new();
+        for n in 1..6u32 {
+            let context: Vec<u32> = (1..=n).collect();
+            s.draft(&DraftRequest { sequence: 1, context: &context, k: 4, sampling: &p, seed });
+            let job = rx.try_recv().unwrap().job;
+            assert_ne!(job.seed, seed);
+            seeds.push(job.seed);
+            s.on_reply(peer, DraftReply { job_id: job.job_id, outcome: DraftOutcome::Refused(Refusal::Busy) });
+        }
+        seeds.sort();
+        seeds.dedup();
+        assert_eq!(seeds.len(), 5, "every job gets its own seed");
+        // Another Oracle process (another key) gives the same job another seed.
+        let (other, _rx) = ScoutDrafts::new(ModelRef { id: "d".into(), sha256: [0; 32] }, 100, SchedulerConfig::default(), None);
+        assert_ne!(other.job_seed(1, 1), s.job_seed(1, 1));
     }
 
     #[test]
