@@ -20,7 +20,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use shard_shared::wire::{Context, DraftJob, DraftOutcome, DraftReply, ModelRef, Refusal, WireSampling, MAX_DRAFT_TOKENS};
+use shard_shared::wire::{
+    Context, DraftJob, DraftOutcome, DraftReply, ModelRef, Refusal, WireSampling, MAX_CONTEXT_TOKENS, MAX_DRAFT_TOKENS,
+    MAX_FRAME_BYTES,
+};
 
 use crate::spec::draft::{Draft, DraftRequest, DraftSource};
 use crate::trust::Trust;
@@ -47,11 +50,20 @@ pub struct SchedulerConfig {
     pub job_budget: Duration,
     /// Strikes (timeouts, invalid answers) after which a Scout gets no more work.
     pub max_strikes: u32,
+    /// One strike is forgiven per this long without a new one, so that an honest Scout's rare
+    /// failures (a network blip, a closed laptop) do not add up to exclusion over a long life.
+    pub strike_decay: Duration,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        Self { job_k: 16, job_timeout: Duration::from_secs(2), job_budget: Duration::from_millis(800), max_strikes: 8 }
+        Self {
+            job_k: 16,
+            job_timeout: Duration::from_secs(2),
+            job_budget: Duration::from_millis(800),
+            max_strikes: 8,
+            strike_decay: Duration::from_secs(300),
+        }
     }
 }
 
@@ -102,11 +114,32 @@ struct Scout {
     agent: String,
     since: Instant,
     strikes: u32,
+    /// When the last strike was given, or last forgiven.
+    last_strike: Instant,
     stats: ScoutStats,
     /// The last job's id and context per sequence: the base for the next delta.
     last: HashMap<u64, (u64, Vec<u32>)>,
     /// Jobs sent and not yet answered, with when they were sent.
     outstanding: HashMap<u64, Instant>,
+}
+
+impl Scout {
+    fn strike(&mut self) {
+        self.strikes += 1;
+        self.last_strike = Instant::now();
+    }
+
+    /// Forgives one strike per `decay` since the last strike (or the last forgiveness).
+    fn forgive(&mut self, now: Instant, decay: Duration) {
+        if self.strikes == 0 || decay.is_zero() {
+            return;
+        }
+        let periods = (now.duration_since(self.last_strike).as_nanos() / decay.as_nanos()).min(self.strikes as u128) as u32;
+        if periods > 0 {
+            self.strikes -= periods;
+            self.last_strike += decay * periods;
+        }
+    }
 }
 
 struct InFlight {
@@ -194,6 +227,7 @@ impl ScoutDrafts {
             agent,
             since: Instant::now(),
             strikes: 0,
+            last_strike: Instant::now(),
             stats: ScoutStats::default(),
             last: HashMap::new(),
             outstanding: HashMap::new(),
@@ -253,7 +287,7 @@ impl ScoutDrafts {
             DraftOutcome::Drafted { tokens, .. } => {
                 if tokens.len() > MAX_DRAFT_TOKENS || tokens.iter().any(|&t| t as usize >= self.n_vocab) {
                     st.invalid_answers += 1;
-                    scout.strikes += 1;
+                    scout.strike();
                     return;
                 }
                 st.tokens_drafted += tokens.len() as u64;
@@ -289,7 +323,7 @@ impl ScoutDrafts {
         if let Some(scout) = s.scouts.get_mut(&peer) {
             if counted {
                 scout.stats.jobs_timed_out += 1;
-                scout.strikes += 1;
+                scout.strike();
             }
             scout.last.retain(|_, (job, _)| *job != job_id);
             scout.outstanding.remove(&job_id);
@@ -326,9 +360,17 @@ impl ScoutDrafts {
 
     /// Sends the sequence's Scout a job for `context`, unless one is in flight.
     fn dispatch(&self, s: &mut State, sequence: u64, context: &[u32], sampling: &WireSampling) {
+        // A job past the wire bounds would be refused by the codec on the Scout's side, and
+        // the closed stream would count against an honest Scout: the Oracle decodes alone.
+        if context.len() > MAX_CONTEXT_TOKENS {
+            return;
+        }
         let now = Instant::now();
         let max_strikes = self.config.max_strikes;
         let State { scouts, sequences, next_job, .. } = s;
+        for sc in scouts.values_mut() {
+            sc.forgive(now, self.config.strike_decay);
+        }
         let seq = sequences.entry(sequence).or_default();
         if let Some(f) = &seq.in_flight {
             if now.duration_since(f.sent) < f.timeout {
@@ -402,6 +444,9 @@ impl ScoutDrafts {
             model: self.model.clone(),
         };
         let bytes = shard_shared::wire::encode(&job).len() as u64;
+        if bytes as usize > MAX_FRAME_BYTES {
+            return;
+        }
         let full_bytes = if matches!(job.context, Context::Full(_)) {
             bytes
         } else {
@@ -492,6 +537,42 @@ mod tests {
 
     fn ask<'a>(context: &'a [u32], params: &'a SamplingParams) -> DraftRequest<'a> {
         DraftRequest { sequence: 1, context, k: 4, sampling: params, seed: 0 }
+    }
+
+    /// A context past the wire bound is not sent (the Scout's codec would refuse it and the
+    /// closed stream would strike an honest Scout); the Oracle decodes alone.
+    #[test]
+    fn jobs_past_the_wire_bounds_are_not_sent() {
+        let (s, mut rx, _peer) = setup();
+        let p = SamplingParams::greedy();
+        let long: Vec<u32> = (0..MAX_CONTEXT_TOKENS as u32 + 1).map(|t| t % 100).collect();
+        assert!(s.draft(&ask(&long, &p)).is_none());
+        assert!(rx.try_recv().is_err());
+        assert!(s.draft(&ask(&long[..MAX_CONTEXT_TOKENS], &p)).is_none());
+        let job = rx.try_recv().unwrap().job;
+        assert!(shard_shared::wire::encode(&job).len() <= MAX_FRAME_BYTES);
+        assert_eq!(s.snapshot().0[0].strikes, 0);
+    }
+
+    /// Strikes decay: a Scout that failed gets work again once enough time has passed.
+    #[test]
+    fn strikes_decay() {
+        let config = SchedulerConfig { max_strikes: 1, strike_decay: Duration::from_millis(300), ..SchedulerConfig::default() };
+        let (s, mut rx) = ScoutDrafts::new(ModelRef { id: "d".into(), sha256: [0; 32] }, 100, config, None);
+        let peer = PeerId::random();
+        s.add_scout(peer, "tcp".into(), "cpu".into(), "test".into());
+        let p = SamplingParams::greedy();
+        s.draft(&ask(&[1], &p));
+        let job = rx.try_recv().unwrap().job;
+        s.on_failure(peer, job.job_id);
+        assert_eq!(s.snapshot().0[0].strikes, 1);
+        // Struck out: no job for now.
+        s.draft(&ask(&[1, 2], &p));
+        assert!(rx.try_recv().is_err());
+        std::thread::sleep(Duration::from_millis(350));
+        s.draft(&ask(&[1, 2, 3], &p));
+        assert!(rx.try_recv().is_ok(), "the strike was forgiven");
+        assert_eq!(s.snapshot().0[0].strikes, 0);
     }
 
     /// Scouts never learn the request's seed, which also drives the Oracle's acceptance draws.
