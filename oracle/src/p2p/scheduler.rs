@@ -67,6 +67,9 @@ impl Default for SchedulerConfig {
     }
 }
 
+/// Jobs stalled in a row (given up, never answered) that cost a Scout one strike.
+pub const STALLS_PER_STRIKE: u32 = 3;
+
 /// Per-Scout figures, as `/api/swarm` shows them.
 #[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct ScoutStats {
@@ -116,6 +119,10 @@ struct Scout {
     strikes: u32,
     /// When the last strike was given, or last forgiven.
     last_strike: Instant,
+    /// Jobs given up in a row without an answer (a late answer resets it): a Scout that says
+    /// hello and never answers ranks last for new sequences, and every
+    /// [`STALLS_PER_STRIKE`] such jobs cost it a strike.
+    stalls: u32,
     stats: ScoutStats,
     /// The last job's id and context per sequence: the base for the next delta.
     last: HashMap<u64, (u64, Vec<u32>)>,
@@ -228,6 +235,7 @@ impl ScoutDrafts {
             since: Instant::now(),
             strikes: 0,
             last_strike: Instant::now(),
+            stalls: 0,
             stats: ScoutStats::default(),
             last: HashMap::new(),
             outstanding: HashMap::new(),
@@ -264,6 +272,7 @@ impl ScoutDrafts {
             return;
         };
         let ms = sent.elapsed().as_secs_f64() * 1e3;
+        scout.stalls = 0;
         let st = &mut scout.stats;
         st.jobs_answered += 1;
         st.latency_ms = if st.jobs_answered == 1 { ms } else { st.latency_ms * 0.9 + ms * 0.1 };
@@ -376,10 +385,15 @@ impl ScoutDrafts {
             if now.duration_since(f.sent) < f.timeout {
                 return;
             }
-            // Stalled: give the sequence to someone else. Slowness is not misbehaviour (its
-            // answer still teaches the job size), so no strike.
+            // Stalled: give the sequence to someone else. Slowness alone is not misbehaviour
+            // (a late answer still teaches the job size, and resets the count), but a Scout
+            // that never answers loses its standing.
             if let Some(sc) = scouts.get_mut(&f.peer) {
                 sc.stats.jobs_timed_out += 1;
+                sc.stalls += 1;
+                if sc.stalls % STALLS_PER_STRIKE == 0 {
+                    sc.strike();
+                }
             }
             seq.in_flight = None;
             seq.scout = None;
@@ -390,7 +404,8 @@ impl ScoutDrafts {
         let peer = match keep {
             Some(p) => p,
             None => {
-                // The least busy Scout with a clean record; among equals, the one with the least work so far.
+                // A Scout that answers before one whose last jobs stalled; then the least busy,
+                // with the cleanest record; among equals, the one with the least work so far.
                 let mut load: HashMap<PeerId, usize> = HashMap::new();
                 for q in sequences.values() {
                     if let Some(p) = q.scout {
@@ -403,7 +418,11 @@ impl ScoutDrafts {
                     .min_by(|(pa, a), (pb, b)| {
                         let la = load.get(pa).copied().unwrap_or(0);
                         let lb = load.get(pb).copied().unwrap_or(0);
-                        la.cmp(&lb).then(a.strikes.cmp(&b.strikes)).then(a.stats.jobs_sent.cmp(&b.stats.jobs_sent))
+                        a.stalls
+                            .cmp(&b.stalls)
+                            .then(la.cmp(&lb))
+                            .then(a.strikes.cmp(&b.strikes))
+                            .then(a.stats.jobs_sent.cmp(&b.stats.jobs_sent))
                     })
                     .map(|(p, _)| *p);
                 let Some(p) = best else { return };
@@ -552,6 +571,46 @@ mod tests {
         let job = rx.try_recv().unwrap().job;
         assert!(shard_shared::wire::encode(&job).len() <= MAX_FRAME_BYTES);
         assert_eq!(s.snapshot().0[0].strikes, 0);
+    }
+
+    /// A Scout that says hello and never answers does not keep the sequences it stalls, nor
+    /// win new ones from a Scout that answers, and its stalls cost it strikes.
+    #[test]
+    fn silent_scouts_lose_their_sequences_and_standing() {
+        let config = SchedulerConfig { job_timeout: Duration::from_millis(20), ..SchedulerConfig::default() };
+        let (s, mut rx) = ScoutDrafts::new(ModelRef { id: "d".into(), sha256: [0; 32] }, 100, config, None);
+        let (silent, honest) = (PeerId::random(), PeerId::random());
+        s.add_scout(silent, "tcp".into(), "cpu".into(), "silent".into());
+        let p = SamplingParams::greedy();
+        let ask_seq = |sequence: u64, context: &[u32]| {
+            s.draft(&DraftRequest { sequence, context, k: 4, sampling: &p, seed: 0 });
+        };
+        ask_seq(1, &[1]);
+        assert_eq!(rx.try_recv().unwrap().peer, silent);
+        s.add_scout(honest, "tcp".into(), "cpu".into(), "honest".into());
+        std::thread::sleep(Duration::from_millis(30));
+        // The stalled sequence moves to the Scout that has not stalled.
+        ask_seq(1, &[1, 2]);
+        let job = rx.try_recv().unwrap();
+        assert_eq!(job.peer, honest);
+        s.on_reply(
+            honest,
+            DraftReply { job_id: job.job.job_id, outcome: DraftOutcome::Drafted { tokens: vec![3], probs: None } },
+        );
+        // A new sequence goes to the busier Scout that answers, not the idle one that stalled.
+        ask_seq(2, &[5]);
+        assert_eq!(rx.try_recv().unwrap().peer, honest);
+        // With no one else free, the silent Scout gets work, stalls, and pays a strike per
+        // STALLS_PER_STRIKE stalls.
+        s.remove_scout(&honest);
+        for n in 0..STALLS_PER_STRIKE {
+            ask_seq(3, &[7 + n]);
+            while rx.try_recv().is_ok() {}
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        ask_seq(3, &[20]);
+        let view = s.snapshot().0.into_iter().find(|v| v.agent == "silent").unwrap();
+        assert!(view.strikes >= 1, "{view:?}");
     }
 
     /// Strikes decay: a Scout that failed gets work again once enough time has passed.
