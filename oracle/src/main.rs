@@ -17,6 +17,8 @@ use shard_oracle::p2p::node::{self, NodeConfig};
 use shard_oracle::p2p::scheduler::{SchedulerConfig, ScoutDrafts};
 use shard_oracle::queue::{InferenceQueue, SpecConfig};
 use shard_oracle::spec::local::LocalDraft;
+use shard_oracle::trust::agreement::AgreementRule;
+use shard_oracle::trust::checker;
 use shard_oracle::trust::store::TrustStore;
 use shard_oracle::trust::{ScoutText, Trust, TrustConfig};
 use shard_shared::wire::ModelRef;
@@ -28,7 +30,7 @@ use shard_shared::wire::ModelRef;
     about,
     long_about = None,
     after_help = "Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions, POST /tokenize, \
-POST /detokenize, GET /health, GET /metrics, GET /api/swarm, GET /api/p2p/addrs, GET /api/scout, GET /api/queue[/{ticket}], GET /models/{file}; the web app at /.\nLogging: SHARD_LOG=debug (or any tracing filter, e.g. shard_oracle=debug,tower_http=warn).\n\n\
+POST /detokenize, GET /health, GET /metrics, GET /api/swarm, GET /api/p2p/addrs, GET /api/scout, GET /api/queue[/{ticket}], GET /api/me, GET /api/trust/peers/{peer_id}, GET /api/trust/tickets?peer=ID, GET /models/{file}; the web app at /.\nLogging: SHARD_LOG=debug (or any tracing filter, e.g. shard_oracle=debug,tower_http=warn).\n\n\
 Example: shard-oracle --model models/shard-target-bitnet-tq2_0.gguf --port 8080 --threads 4"
 )]
 struct Args {
@@ -172,6 +174,15 @@ struct Args {
     /// Tokens to ask each Scout job for.
     #[arg(long, default_value_t = 16)]
     scout_k: usize,
+
+    /// Golden tickets a new Scout must pass in a row to leave probation (until then every job
+    /// it answers is checked, its credits are held, and its requests get no Scout tier).
+    #[arg(long, default_value_t = 10)]
+    probation_tickets: u32,
+
+    /// Least share of a trusted Scout's answered jobs checked as golden tickets.
+    #[arg(long, default_value_t = 0.02)]
+    min_ticket_rate: f64,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -192,6 +203,23 @@ enum Command {
         /// Print the Oracle's libp2p peer id (from `/api/p2p/addrs`) too, for a Scout's dial.
         #[arg(long)]
         print_peer_id: bool,
+    },
+    /// Golden-ticket records.
+    Tickets {
+        #[command(subcommand)]
+        action: TicketsAction,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum TicketsAction {
+    /// Checks, offline, the signatures of the records in a `GET /api/trust/tickets` answer
+    /// (a file, or - for stdin) against the Oracle's peer id; exits 1 if any fails.
+    Verify {
+        file: PathBuf,
+        /// The Oracle that must have signed them (default: the one the answer names).
+        #[arg(long)]
+        oracle: Option<String>,
     },
 }
 
@@ -236,6 +264,31 @@ fn healthcheck(host: &str, port: u16, print_peer_id: bool) -> anyhow::Result<()>
     Ok(())
 }
 
+/// `shard-oracle tickets verify`.
+fn verify_tickets(file: &std::path::Path, oracle: Option<String>) -> anyhow::Result<()> {
+    use std::io::Read;
+    let mut text = String::new();
+    if file.as_os_str() == "-" {
+        std::io::stdin().take(256 << 20).read_to_string(&mut text)?;
+    } else {
+        text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    }
+    let list: shard_oracle::api::trust::TicketList = serde_json::from_str(&text).context("not a /api/trust/tickets answer")?;
+    let oracle = oracle.unwrap_or(list.oracle_peer_id.clone());
+    let mut bad = 0;
+    for t in &list.tickets {
+        if let Err(e) = t.verify(&oracle).and_then(|r| {
+            (r.peer == list.peer_id).then_some(()).ok_or_else(|| format!("the record is for {}, not {}", r.peer, list.peer_id))
+        }) {
+            bad += 1;
+            eprintln!("job {}: {e}", t.job_id);
+        }
+    }
+    println!("{} of {} ticket records verify against Oracle {oracle}", list.tickets.len() - bad, list.tickets.len());
+    anyhow::ensure!(bad == 0, "{bad} records do not verify");
+    Ok(())
+}
+
 /// `shard-oracle keys …`.
 fn keys(state_dir: &std::path::Path, action: KeysAction) -> anyhow::Result<()> {
     let store = TrustStore::open(&state_dir.join("trust.redb"))?;
@@ -261,6 +314,7 @@ async fn main() -> anyhow::Result<()> {
     match args.command {
         Some(Command::Keys { action }) => return keys(&args.state_dir, action),
         Some(Command::Healthcheck { print_peer_id }) => return healthcheck(&args.host, args.port, print_peer_id),
+        Some(Command::Tickets { action: TicketsAction::Verify { file, oracle } }) => return verify_tickets(&file, oracle),
         Some(Command::Openapi) => {
             println!("{}", api::openapi::json());
             return Ok(());
@@ -325,10 +379,10 @@ async fn main() -> anyhow::Result<()> {
         scout_text: args.scout_text,
         oracle_requests_to_scouts: args.scout_oracle_requests,
     };
-    let trust = Arc::new(
-        Trust::open(&args.state_dir, oracle_key.public().to_peer_id().to_string(), trust_config)
-            .context("opening the trust store")?,
-    );
+    let mut trust = Trust::open(&args.state_dir, oracle_key.clone(), trust_config).context("opening the trust store")?;
+    trust.rules.probation_passes = args.probation_tickets;
+    trust.rules.min_rate = args.min_ticket_rate.clamp(0.0, 1.0);
+    let trust = Arc::new(trust);
     tracing::info!(store = %trust.store.path().display(), peers = trust.store.peers()?.len(), "trust store open");
     {
         // Credits earned while drafting are committed a few times a second.
@@ -351,10 +405,14 @@ async fn main() -> anyhow::Result<()> {
     } else {
         match scout_model(&args.scout_model, &engine) {
             Ok((model, file)) => {
-                let config = SchedulerConfig {
-                    job_k: args.scout_k.clamp(1, shard_shared::wire::MAX_DRAFT_TOKENS),
-                    ..SchedulerConfig::default()
-                };
+                // Golden tickets: the Oracle runs the Scouts' own draft model file to check them.
+                let opts = LoadOptions::new(kernel);
+                let reference = Engine::load(&args.scout_model, &opts, |_, _| {})
+                    .with_context(|| format!("loading {} to check golden tickets", args.scout_model.display()))?;
+                let reference = checker::Reference::new(reference, model.sha256, AgreementRule::default());
+                let job_k = args.scout_k.clamp(1, shard_shared::wire::MAX_DRAFT_TOKENS);
+                let config = SchedulerConfig { job_k, max_context: reference.max_context(job_k), ..SchedulerConfig::default() };
+                checker::start(reference, trust.clone());
                 let (scouts, outbox) = ScoutDrafts::new(model, engine.model.config.n_vocab, config, Some(trust.clone()));
                 Some((Arc::new(scouts), outbox, file))
             }

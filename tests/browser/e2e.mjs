@@ -250,10 +250,45 @@ async function scout({ webgpu, transport }) {
       await waitAnswerDone(leechPage);
     }
   }
-  await leechContext.close();
   results.accepted_over_time = accepted;
   results.chat_seconds = (Date.now() - start) / 1000;
   check(rose, `the Scout's accepted tokens did not rise during the chat: ${JSON.stringify(accepted)}`);
+
+  // Golden tickets: a new Scout is on probation, and every job it answers is checked against
+  // the reference draft model (run by the Oracle's CPU engine). This tab, on WebGPU or on the
+  // CPU, must pass its tickets while the chats go on, and its reputation must rise.
+  const standing = async () => {
+    const r = await fetch(`${base}/api/trust/peers/${peer.peer_id}`);
+    if (r.status === 404) return { probation: true, tickets_passed: 0, tickets_failed: 0, reputation: 0.5, banned_until: null };
+    check(r.ok, `/api/trust/peers answered ${r.status}`);
+    return r.json();
+  };
+  const before = await standing();
+  results.tickets_before = before;
+  const ticketsStart = Date.now();
+  let round = 0;
+  for (;;) {
+    const st = await standing();
+    if (!st.probation || st.tickets_failed > 0 || Date.now() - ticketsStart > 300_000) break;
+    if (await leechPage.$('[data-testid=chat-send]')) await sendChat(leechPage, prompts[round++ % prompts.length]);
+    await sleep(1000);
+  }
+  const stop = await leechPage.$('[data-testid=chat-stop]');
+  if (stop) await stop.click();
+  await waitAnswerDone(leechPage);
+  await leechContext.close();
+  const after = await standing();
+  results.tickets_after = after;
+  results.probation_seconds = (Date.now() - ticketsStart) / 1000;
+  check(after.tickets_failed === 0, `the honest Scout failed golden tickets: ${JSON.stringify(after)}`);
+  check(!after.probation && after.tickets_passed >= 10, `the Scout did not pass probation: ${JSON.stringify(after)}`);
+  check(after.reputation > before.reputation, `reputation did not rise: ${before.reputation} -> ${after.reputation}`);
+  check(after.banned_until === null, `the honest Scout is banned: ${JSON.stringify(after)}`);
+  const tickets = await json(`/api/trust/tickets?peer=${peer.peer_id}`);
+  results.ticket_records = tickets.tickets.length;
+  check(tickets.tickets.length >= 10 && tickets.tickets.every((t) => t.verdict !== 'fail'), `ticket records: ${JSON.stringify(tickets.tickets.slice(-3))}`);
+  await until('the dashboard to show probation passed', async () =>
+    (await page.locator('[data-testid=scout-probation]').getAttribute('data-value')) === 'false', 30_000);
 
   // Accepted drafts earn credits, shown in /api/swarm and on the dashboard (from /api/me with
   // the tab's signed proof); the chat tab on the same origin uses the same IndexedDB key and is

@@ -227,8 +227,13 @@ impl Scout {
 
     /// Starts a Scout whose key lives in `state_dir` (the same directory is the same Scout).
     pub fn start_in(oracle: &[String], state_dir: &Path) -> Self {
+        Self::start_with(oracle, state_dir, &default_pair().1, &[])
+    }
+
+    /// Starts a Scout drafting with `model`, with `extra` arguments.
+    pub fn start_with(oracle: &[String], state_dir: &Path, model: &Path, extra: &[&str]) -> Self {
         let mut cmd = Command::new(binary("shard-scout"));
-        cmd.args(["--model", default_pair().1.to_str().unwrap()]);
+        cmd.arg("--model").arg(model).args(extra);
         cmd.arg("--state-dir").arg(state_dir);
         for a in oracle {
             cmd.args(["--oracle", a]);

@@ -73,13 +73,20 @@ fn me(oracle: &Oracle, auth: Option<&str>, extra: &[(&str, &str)]) -> (u16, Valu
 fn tiers_are_proven_never_claimed() {
     let state = State::new();
     let (rich, poor, banned) = (Keypair::generate_ed25519(), Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let novice = Keypair::generate_ed25519();
     let (key, old_key) = {
         let store = state.store();
         let key = store.add_key("ops").unwrap();
         let old = store.add_key("old").unwrap();
         store.revoke_key("old").unwrap();
+        // Past probation (their golden tickets passed), so their credits are spendable.
+        for k in [&rich, &banned] {
+            store.update_peer(&k.public().to_peer_id().to_bytes(), |r| r.standing.probation = false).unwrap();
+        }
         store.apply(&[(rich.public().to_peer_id().to_bytes(), 100, CreditReason::AcceptedDrafts)]).unwrap();
         store.apply(&[(banned.public().to_peer_id().to_bytes(), 100, CreditReason::AcceptedDrafts)]).unwrap();
+        // On probation: what it earns is held.
+        store.apply(&[(novice.public().to_peer_id().to_bytes(), 100, CreditReason::AcceptedDrafts)]).unwrap();
         store.set_ban(&banned.public().to_peer_id().to_bytes(), Some(now_ms() / 1000 + 3600)).unwrap();
         (key, old)
     };
@@ -112,6 +119,13 @@ fn tiers_are_proven_never_claimed() {
     assert_eq!((p["tier"].as_str(), p["peer_id"].is_string()), (Some("leech"), true), "no credits: a known Leech: {p}");
     let (_, b) = me(&oracle, Some(&state.proof(&banned)), &[]);
     assert_eq!(b["tier"], "leech", "banned: {b}");
+    let (_, n) = me(&oracle, Some(&state.proof(&novice)), &[]);
+    assert_eq!(
+        (n["tier"].as_str(), n["credits"].as_i64(), n["held_credits"].as_i64()),
+        (Some("leech"), Some(0), Some(100)),
+        "on probation: {n}"
+    );
+    assert_eq!(n["probation"], true, "{n}");
     let stale = sign_proof(&rich, &state.oracle_id, now_ms() - 120_000, rand_nonce());
     assert_eq!(me(&oracle, Some(&stale), &[]).0, 401, "an expired proof");
     let future = sign_proof(&rich, &state.oracle_id, now_ms() + 120_000, rand_nonce());
@@ -214,6 +228,7 @@ fn higher_tiers_go_first_and_leeches_are_refused_first() {
     let scout = Keypair::generate_ed25519();
     let key = {
         let store = state.store();
+        store.update_peer(&scout.public().to_peer_id().to_bytes(), |r| r.standing.probation = false).unwrap();
         store.apply(&[(scout.public().to_peer_id().to_bytes(), 10_000, CreditReason::AcceptedDrafts)]).unwrap();
         store.add_key("ops").unwrap()
     };
@@ -339,6 +354,10 @@ fn native_scouts_earn_credits_that_buy_the_scout_tier() {
 fn writer_child(path: &Path) {
     let store = TrustStore::open(path).unwrap();
     let peers: Vec<Vec<u8>> = (0..4u8).map(|i| vec![b'p', i]).collect();
+    // Trusted peers: credits go to the journal, not held on probation.
+    for p in &peers {
+        store.update_peer(p, |r| r.standing.probation = false).unwrap();
+    }
     let mut out = std::io::stdout();
     for round in 0u64.. {
         let changes: Vec<_> = peers

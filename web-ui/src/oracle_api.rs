@@ -31,6 +31,14 @@ pub struct Me {
     #[serde(default)]
     pub reputation: Option<f64>,
     #[serde(default)]
+    pub probation: Option<bool>,
+    #[serde(default)]
+    pub held_credits: i64,
+    #[serde(default)]
+    pub tickets_passed: u64,
+    #[serde(default)]
+    pub tickets_failed: u64,
+    #[serde(default)]
     pub banned_until: Option<u64>,
     #[serde(default)]
     pub credits_per_generated_token: i64,

@@ -468,9 +468,19 @@ pub fn ScoutView() -> impl IntoView {
                         shard_shared::trust::Tier::Leech => "served as a Leech until you have credits".to_string(),
                     })}
                 </dd></div>
+                <div><dt>"Reputation"</dt><dd data-testid="scout-reputation" data-value=move || me().and_then(|m| m.reputation).map_or(String::new(), |r| format!("{r:.3}"))>
+                    {move || me().and_then(|m| m.reputation.map(|r| (r, m))).map_or("–".into(), |(r, m)| format!("{r:.2} (golden tickets: {} passed, {} failed)", m.tickets_passed, m.tickets_failed))}
+                </dd></div>
+                <div><dt>"Probation"</dt><dd data-testid="scout-probation" data-value=move || me().and_then(|m| m.probation).map_or(String::new(), |p| p.to_string())>
+                    {move || me().and_then(|m| m.probation.map(|p| (p, m.held_credits))).map_or("–".into(), |(p, held)| if p {
+                        format!("on probation: every job is checked, {held} credits held until you pass")
+                    } else {
+                        "passed".to_string()
+                    })}
+                </dd></div>
                 <div><dt>"Ban"</dt><dd data-testid="scout-ban">{move || me().and_then(|m| m.banned_until).map_or("none".into(), |t| format!("banned until {}", format::unix_time(t)))}</dd></div>
             </dl>
-            <p class="fineprint">"Every drafted token the Oracle accepts earns one credit, kept by the Oracle under this browser's Scout key; each token of your own answers spends one. Credits cannot be moved to anyone else."</p>
+            <p class="fineprint">"Every drafted token the Oracle accepts earns one credit, kept by the Oracle under this browser's Scout key; each token of your own answers spends one. Credits cannot be moved to anyone else. Some jobs are checked against the reference draft model (golden tickets); a new Scout is checked on every job until it has passed ten in a row."</p>
         </section>
     }
 }

@@ -24,6 +24,7 @@ use super::AppState;
 pub async fn me(State(state): State<Arc<AppState>>, client: Client) -> Json<Value> {
     let c = &client.caller;
     let r = c.record.clone().unwrap_or_default();
+    let st = state.trust.standing_of(&r, None);
     Json(json!({
         "tier": c.tier,
         "peer_id": c.peer.map(|p| p.to_string()),
@@ -31,8 +32,12 @@ pub async fn me(State(state): State<Arc<AppState>>, client: Client) -> Json<Valu
         "credits": r.credits,
         "credits_earned": r.earned,
         "credits_spent": r.spent,
-        "reputation": r.reputation,
-        "banned_until": r.banned_until,
+        "held_credits": st.held_credits,
+        "reputation": c.peer.map(|_| st.reputation),
+        "probation": c.peer.map(|_| st.probation),
+        "tickets_passed": st.tickets_passed,
+        "tickets_failed": st.tickets_failed,
+        "banned_until": st.banned_until,
         "credits_per_generated_token": state.trust.config.spend_per_token,
         "credits_per_accepted_token": state.trust.config.earn_per_token,
     }))

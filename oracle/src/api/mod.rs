@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod queue;
 pub mod swarm;
 pub mod tokenize;
+pub mod trust;
 pub mod types;
 pub mod web;
 
@@ -166,6 +167,8 @@ pub fn routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(queue::overview))
         .routes(routes!(queue::ticket))
         .routes(routes!(me::me))
+        .routes(routes!(trust::peer))
+        .routes(routes!(trust::tickets))
         .routes(routes!(model_file))
         .routes(routes!(openapi_json))
 }

@@ -109,5 +109,21 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl axum::response:
     let _ = writeln!(out, "# HELP shard_requests_completed_total Requests finished.\n# TYPE shard_requests_completed_total counter\nshard_requests_completed_total {}", s.completed.load(Ordering::Relaxed));
     let _ = writeln!(out, "# HELP shard_requests_stalled_total Requests cancelled because their client stopped reading.\n# TYPE shard_requests_stalled_total counter\nshard_requests_stalled_total {}", s.stalled.load(Ordering::Relaxed));
     s.spec.render(&mut out);
+    let t = &state.trust.tickets;
+    for (name, help, v) in [
+        ("picked", "Answered Scout jobs picked as golden tickets.", &t.picked),
+        ("dropped", "Tickets dropped because the checker's queue was full.", &t.dropped),
+        ("passed", "Tickets passed.", &t.passed),
+        ("failed", "Tickets failed.", &t.failed),
+        ("void", "Tickets with no position clear enough to judge.", &t.void),
+        ("bans", "Scouts banned by the sequential test.", &t.bans),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP shard_tickets_{name}_total {help}\n# TYPE shard_tickets_{name}_total counter\nshard_tickets_{name}_total {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(out, "# HELP shard_ticket_check_seconds_total Time the reference draft model spent on tickets.\n# TYPE shard_ticket_check_seconds_total counter\nshard_ticket_check_seconds_total {:.6}", t.check_micros.load(Ordering::Relaxed) as f64 / 1e6);
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

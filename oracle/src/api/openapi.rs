@@ -244,7 +244,15 @@ pub struct Me {
     pub credits: i64,
     pub credits_earned: u64,
     pub credits_spent: u64,
+    /// Credits earned on probation, released when it ends.
+    pub held_credits: i64,
+    /// In [0, 1]; null without a Scout identity.
     pub reputation: Option<f64>,
+    /// Whether the Scout is still on probation (null without a Scout identity).
+    pub probation: Option<bool>,
+    pub tickets_passed: u64,
+    pub tickets_failed: u64,
+    /// Unix seconds; null when not banned.
     pub banned_until: Option<u64>,
     pub credits_per_generated_token: i64,
     pub credits_per_accepted_token: i64,

@@ -9,7 +9,9 @@
 //!
 //! A Scout that drops, stalls past the job timeout or refuses loses the sequence to another.
 //! Whatever a Scout answers, the verifier decides what is kept, so a wrong draft costs only
-//! its verification.
+//! its verification. Each answer may also become a golden ticket ([`Trust::offer_ticket`]),
+//! chosen after it arrived, so no job can be told from one; banned Scouts get no jobs, and
+//! among equally busy Scouts the more reputable gets a new sequence first.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,7 +28,9 @@ use shard_shared::wire::{
 };
 
 use crate::spec::draft::{Draft, DraftRequest, DraftSource};
-use crate::trust::Trust;
+use crate::trust::checker::TicketJob;
+use crate::trust::standing::Observed;
+use crate::trust::{PeerStanding, Trust};
 
 /// A job for the node task to send.
 #[derive(Debug)]
@@ -53,6 +57,9 @@ pub struct SchedulerConfig {
     /// One strike is forgiven per this long without a new one, so that an honest Scout's rare
     /// failures (a network blip, a closed laptop) do not add up to exclusion over a long life.
     pub strike_decay: Duration,
+    /// Longest context sent: what the draft model can take with `job_k` more tokens (an honest
+    /// Scout refuses longer ones, and a refusal counts against it).
+    pub max_context: usize,
 }
 
 impl Default for SchedulerConfig {
@@ -63,6 +70,7 @@ impl Default for SchedulerConfig {
             job_budget: Duration::from_millis(800),
             max_strikes: 8,
             strike_decay: Duration::from_secs(300),
+            max_context: MAX_CONTEXT_TOKENS,
         }
     }
 }
@@ -105,10 +113,19 @@ pub struct ScoutView {
     pub sequences: usize,
     pub acceptance_rate: f64,
     pub strikes: u32,
-    /// Committed credits (filled in from the trust store).
-    pub credits: i64,
+    /// Credits, reputation, tickets and ban, from the trust store.
+    #[serde(flatten)]
+    pub standing: PeerStanding,
     #[serde(flatten)]
     pub stats: ScoutStats,
+}
+
+/// A job sent and not yet answered: what a ticket needs to re-draft it.
+struct Sent {
+    at: Instant,
+    k: u8,
+    sampling: WireSampling,
+    seed: u64,
 }
 
 struct Scout {
@@ -126,8 +143,8 @@ struct Scout {
     stats: ScoutStats,
     /// The last job's id and context per sequence: the base for the next delta.
     last: HashMap<u64, (u64, Vec<u32>)>,
-    /// Jobs sent and not yet answered, with when they were sent.
-    outstanding: HashMap<u64, Instant>,
+    /// Jobs sent and not yet answered.
+    outstanding: HashMap<u64, Sent>,
 }
 
 impl Scout {
@@ -146,6 +163,15 @@ impl Scout {
             self.strikes -= periods;
             self.last_strike += decay * periods;
         }
+    }
+}
+
+/// What a ticket's record keeps of the Scout's figures.
+fn observed(st: &ScoutStats, since: Instant) -> Observed {
+    Observed {
+        acceptance: (st.tokens_proposed > 0).then(|| st.tokens_accepted as f64 / st.tokens_proposed as f64),
+        latency_ms: st.latency_ms,
+        connected_secs: since.elapsed().as_secs(),
     }
 }
 
@@ -271,7 +297,7 @@ impl ScoutDrafts {
             s.stale_answers += 1; // never sent to this peer, or long forgotten
             return;
         };
-        let ms = sent.elapsed().as_secs_f64() * 1e3;
+        let ms = sent.at.elapsed().as_secs_f64() * 1e3;
         scout.stalls = 0;
         let st = &mut scout.stats;
         st.jobs_answered += 1;
@@ -302,6 +328,20 @@ impl ScoutDrafts {
                 st.tokens_drafted += tokens.len() as u64;
                 let context = scout.last.get(&seq_id).filter(|(job, _)| *job == reply.job_id).map(|(_, c)| c.clone());
                 if let Some(context) = context {
+                    if let Some(trust) = &self.trust {
+                        let observed = observed(st, scout.since);
+                        trust.offer_ticket(TicketJob {
+                            peer,
+                            job_id: reply.job_id,
+                            context: context.clone(),
+                            k: sent.k,
+                            sampling: sent.sampling,
+                            seed: sent.seed,
+                            answer: tokens.clone(),
+                            refused: false,
+                            observed,
+                        });
+                    }
                     seq.ready = Some(Ready { peer, context, tokens });
                 }
             }
@@ -310,8 +350,25 @@ impl ScoutDrafts {
                 if why == Refusal::UnknownBase {
                     scout.last.remove(&seq_id);
                 } else {
-                    // Busy, wrong model or a context it cannot take: try another Scout.
+                    // Busy, wrong model or a context it cannot take: try another Scout. The job
+                    // was for the Scout's model and within its bounds, so the refusal may be
+                    // taken as a ticket that fails (see `TicketJob::refused`).
                     seq.scout = None;
+                    let context = scout.last.get(&seq_id).filter(|(job, _)| *job == reply.job_id).map(|(_, c)| c.clone());
+                    if let (Some(trust), Some(context)) = (&self.trust, context) {
+                        let observed = observed(st, scout.since);
+                        trust.offer_ticket(TicketJob {
+                            peer,
+                            job_id: reply.job_id,
+                            context,
+                            k: sent.k,
+                            sampling: sent.sampling,
+                            seed: sent.seed,
+                            answer: vec![],
+                            refused: true,
+                            observed,
+                        });
+                    }
                 }
             }
         }
@@ -359,7 +416,7 @@ impl ScoutDrafts {
                     sc.stats.tokens_accepted as f64 / sc.stats.tokens_proposed as f64
                 },
                 strikes: sc.strikes,
-                credits: self.trust.as_ref().map_or(0, |t| t.credits(peer)),
+                standing: self.trust.as_ref().map_or_else(PeerStanding::default, |t| t.standing(peer)),
                 stats: sc.stats.clone(),
             })
             .collect();
@@ -371,7 +428,7 @@ impl ScoutDrafts {
     fn dispatch(&self, s: &mut State, sequence: u64, context: &[u32], sampling: &WireSampling) {
         // A job past the wire bounds would be refused by the codec on the Scout's side, and
         // the closed stream would count against an honest Scout: the Oracle decodes alone.
-        if context.len() > MAX_CONTEXT_TOKENS {
+        if context.len() > MAX_CONTEXT_TOKENS.min(self.config.max_context) {
             return;
         }
         let now = Instant::now();
@@ -399,32 +456,36 @@ impl ScoutDrafts {
             seq.scout = None;
         }
         let trust = self.trust.as_deref();
-        let eligible = |p: &PeerId, sc: &Scout| sc.strikes < max_strikes && trust.is_none_or(|t| t.may_read_text(p));
+        let eligible = |p: &PeerId, sc: &Scout| sc.strikes < max_strikes && trust.is_none_or(|t| t.may_draft(p));
         let keep = seq.scout.filter(|p| scouts.get(p).is_some_and(|sc| eligible(p, sc)));
         let peer = match keep {
             Some(p) => p,
             None => {
-                // A Scout that answers before one whose last jobs stalled; then the least busy,
-                // with the cleanest record; among equals, the one with the least work so far.
+                // A Scout that answers before one whose last jobs stalled; then the least busy;
+                // then the most reputable, with the cleanest record; among equals, the one with
+                // the least work so far.
                 let mut load: HashMap<PeerId, usize> = HashMap::new();
                 for q in sequences.values() {
                     if let Some(p) = q.scout {
                         *load.entry(p).or_default() += 1;
                     }
                 }
+                let reputation = |p: &PeerId| trust.map_or(0.0, |t| t.standing(p).reputation);
                 let best = scouts
                     .iter()
                     .filter(|(p, sc)| eligible(p, sc))
-                    .min_by(|(pa, a), (pb, b)| {
+                    .map(|(p, sc)| (p, sc, reputation(p)))
+                    .min_by(|(pa, a, ra), (pb, b, rb)| {
                         let la = load.get(pa).copied().unwrap_or(0);
                         let lb = load.get(pb).copied().unwrap_or(0);
                         a.stalls
                             .cmp(&b.stalls)
                             .then(la.cmp(&lb))
+                            .then(rb.total_cmp(ra))
                             .then(a.strikes.cmp(&b.strikes))
                             .then(a.stats.jobs_sent.cmp(&b.stats.jobs_sent))
                     })
-                    .map(|(p, _)| *p);
+                    .map(|(p, _, _)| *p);
                 let Some(p) = best else { return };
                 p
             }
@@ -471,12 +532,13 @@ impl ScoutDrafts {
         } else {
             shard_shared::wire::encode(&DraftJob { context: Context::Full(context.to_vec()), ..job.clone() }).len() as u64
         };
+        let seed = job.seed;
         if self.outbox.send(Outgoing { peer, job }).is_err() {
             return; // the node is gone; decode alone
         }
         scout.last.insert(sequence, (job_id, context.to_vec()));
-        scout.outstanding.retain(|_, sent| now.duration_since(*sent) < Duration::from_secs(60));
-        scout.outstanding.insert(job_id, now);
+        scout.outstanding.retain(|_, sent| now.duration_since(sent.at) < Duration::from_secs(60));
+        scout.outstanding.insert(job_id, Sent { at: now, k: k as u8, sampling: sampling.clone(), seed });
         scout.stats.jobs_sent += 1;
         scout.stats.job_k = k as u64;
         scout.stats.job_bytes += bytes;

@@ -1,15 +1,15 @@
 //! The trust store: one redb file in the Oracle's state directory.
 //!
-//! It holds the operator keys (their sha256, never the key), every peer's record (credits now;
-//! reputation, tickets and bans have their fields reserved for the golden-ticket work) and an
-//! append-only credit journal. A balance and its journal entry change in one write
+//! It holds the operator keys (their sha256, never the key), every peer's record (credits, the
+//! credits held on probation, its [`Standing`] and ban), an append-only credit journal, and the
+//! signed golden-ticket records. A balance and its journal entry change in one write
 //! transaction, and redb commits are durable (fsync before the commit returns), so
 //! `sum(journal) == balance` holds for every peer at every commit, and a `kill -9` at any
 //! moment loses at most the transaction that had not returned.
 //!
 //! The file carries a schema version. A file written by a newer Shard, or one redb finds
 //! damaged, is an error at start-up that says so; the store never resets a ledger it cannot
-//! read.
+//! read. An older file is migrated in place, in one transaction, when it is opened.
 
 use std::path::{Path, PathBuf};
 
@@ -17,8 +17,13 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::agreement::Agreement;
+use super::standing::{Change, Observed, Standing, StandingRules, Verdict};
+use super::ticket::SignedTicket;
+
 /// This code's schema. Bump it, and migrate in [`TrustStore::open`], when a record changes.
-pub const SCHEMA_VERSION: u64 = 1;
+/// 1: credits only. 2: standing, held credits and ticket records.
+pub const SCHEMA_VERSION: u64 = 2;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Operator key name → [`OperatorKey`].
@@ -29,6 +34,11 @@ const KEY_HASHES: TableDefinition<&[u8], &str> = TableDefinition::new("operator_
 const PEERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("peers");
 /// (peer id bytes, entry number) → [`JournalEntry`].
 const JOURNAL: TableDefinition<(&[u8], u64), &[u8]> = TableDefinition::new("credit_journal");
+/// (peer id bytes, ticket number) → [`SignedTicket`].
+const TICKETS: TableDefinition<(&[u8], u64), &[u8]> = TableDefinition::new("tickets");
+
+/// Ticket records kept per peer; older ones are dropped (the counts in its standing stay).
+pub const MAX_TICKETS_PER_PEER: u64 = 4096;
 
 /// Key names: short, printable, no spaces.
 const MAX_KEY_NAME: usize = 64;
@@ -74,11 +84,51 @@ pub struct PeerRecord {
     /// Unix seconds of the first and latest record change.
     pub first_seen: u64,
     pub last_seen: u64,
-    /// Reserved for reputation, golden tickets and bans.
-    pub reputation: Option<f64>,
-    pub tickets_passed: u64,
-    pub tickets_failed: u64,
+    /// Unix seconds; a ban forfeits `held`.
     pub banned_until: Option<u64>,
+    /// Credits earned on probation, not spendable and not in the journal until probation ends.
+    pub held: i64,
+    /// Ticket records written for the peer (the next one's number).
+    pub tickets_recorded: u64,
+    pub standing: Standing,
+}
+
+impl PeerRecord {
+    pub fn banned_at(&self, now_secs: u64) -> bool {
+        self.banned_until.is_some_and(|t| t > now_secs)
+    }
+}
+
+/// Schema 1's record, read once to migrate.
+#[derive(Serialize, Deserialize)]
+struct PeerRecordV1 {
+    credits: i64,
+    earned: u64,
+    spent: u64,
+    journal_len: u64,
+    first_seen: u64,
+    last_seen: u64,
+    _reputation: Option<f64>,
+    _tickets_passed: u64,
+    _tickets_failed: u64,
+    banned_until: Option<u64>,
+}
+
+impl From<PeerRecordV1> for PeerRecord {
+    /// Schema 1 had no tickets: a peer from then starts its standing now, on probation, and
+    /// keeps its credits.
+    fn from(v: PeerRecordV1) -> Self {
+        PeerRecord {
+            credits: v.credits,
+            earned: v.earned,
+            spent: v.spent,
+            journal_len: v.journal_len,
+            first_seen: v.first_seen,
+            last_seen: v.last_seen,
+            banned_until: v.banned_until,
+            ..PeerRecord::default()
+        }
+    }
 }
 
 /// Why credits moved.
@@ -88,6 +138,8 @@ pub enum CreditReason {
     AcceptedDrafts,
     /// Tokens generated for the peer's own Scout-tier request.
     ScoutRequest,
+    /// Credits earned on probation, released when it ended.
+    ProbationPassed,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,6 +207,21 @@ impl TrustStore {
                     meta.insert("schema_version", SCHEMA_VERSION).map_err(db_err)?;
                 }
                 Some(v) if v > SCHEMA_VERSION => return Err(StoreError::Newer { path: shown, found: v }),
+                Some(1) => {
+                    let mut peers = txn.open_table(PEERS).map_err(db_err)?;
+                    let old: Vec<(Vec<u8>, Vec<u8>)> = peers
+                        .iter()
+                        .map_err(db_err)?
+                        .map(|row| row.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())))
+                        .collect::<Result<_, _>>()
+                        .map_err(db_err)?;
+                    for (peer, bytes) in old {
+                        let v1: PeerRecordV1 = decode(&bytes, || "a schema-1 peer".into())?;
+                        peers.insert(peer.as_slice(), encode(&PeerRecord::from(v1)).as_slice()).map_err(db_err)?;
+                    }
+                    meta.insert("schema_version", SCHEMA_VERSION).map_err(db_err)?;
+                    tracing::info!(path = %shown, "trust store migrated from schema 1 to {SCHEMA_VERSION}");
+                }
                 Some(_) => {}
             }
             // Create every table, so read transactions find them.
@@ -162,6 +229,7 @@ impl TrustStore {
             txn.open_table(KEY_HASHES).map_err(db_err)?;
             txn.open_table(PEERS).map_err(db_err)?;
             txn.open_table(JOURNAL).map_err(db_err)?;
+            txn.open_table(TICKETS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(store)
@@ -267,6 +335,7 @@ impl TrustStore {
 
     /// Applies credit changes, each with its journal entry, in one transaction; returns the
     /// balances after. A debit never takes a balance below zero (it is cut to what is there).
+    /// Accepted drafts of a peer on probation are held, not credited; a banned peer earns none.
     pub fn apply(&self, changes: &[(Vec<u8>, i64, CreditReason)]) -> Result<Vec<i64>, StoreError> {
         let now = unix_ms();
         let txn = self.db.begin_write().map_err(db_err)?;
@@ -280,7 +349,15 @@ impl TrustStore {
                     Some(bytes) => decode(&bytes, || "a peer".into())?,
                     None => PeerRecord { first_seen: now / 1000, ..PeerRecord::default() },
                 };
-                let delta = (*delta).max(-rec.credits);
+                let mut delta = (*delta).max(-rec.credits);
+                if *reason == CreditReason::AcceptedDrafts && delta > 0 {
+                    if rec.banned_at(now / 1000) {
+                        delta = 0;
+                    } else if rec.standing.probation {
+                        rec.held = rec.held.saturating_add(delta);
+                        delta = 0;
+                    }
+                }
                 if delta != 0 {
                     rec.credits += delta;
                     if delta > 0 {
@@ -304,6 +381,12 @@ impl TrustStore {
     /// Bans `peer` until `until` (unix seconds; `None` lifts a ban), creating its record if
     /// need be.
     pub fn set_ban(&self, peer: &[u8], until: Option<u64>) -> Result<(), StoreError> {
+        self.update_peer(peer, |rec| rec.banned_until = until)
+    }
+
+    /// Changes `peer`'s record (created if need be) in one transaction. Not for credits: those
+    /// move through [`TrustStore::apply`], with their journal.
+    pub fn update_peer(&self, peer: &[u8], change: impl FnOnce(&mut PeerRecord)) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut peers = txn.open_table(PEERS).map_err(db_err)?;
@@ -312,10 +395,80 @@ impl TrustStore {
                 Some(bytes) => decode(&bytes, || "a peer".into())?,
                 None => PeerRecord { first_seen: unix_ms() / 1000, ..PeerRecord::default() },
             };
-            rec.banned_until = until;
+            let credits = rec.credits;
+            change(&mut rec);
+            rec.credits = credits;
             peers.insert(peer, encode(&rec).as_slice()).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)
+    }
+
+    /// Stores a signed ticket for `peer` and takes its result into the peer's standing, in one
+    /// transaction: probation's end releases the held credits (with a journal entry), a ban
+    /// forfeits them. Returns the verdict, what changed, and the record after.
+    pub fn record_ticket(
+        &self,
+        peer: &[u8],
+        ticket: &SignedTicket,
+        agreement: &Agreement,
+        observed: &Observed,
+        rules: &StandingRules,
+    ) -> Result<(Verdict, Change, PeerRecord), StoreError> {
+        let now_ms = unix_ms();
+        let now = now_ms / 1000;
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let out = {
+            let mut peers = txn.open_table(PEERS).map_err(db_err)?;
+            let current = peers.get(peer).map_err(db_err)?.map(|v| v.value().to_vec());
+            let mut rec: PeerRecord = match current {
+                Some(bytes) => decode(&bytes, || "a peer".into())?,
+                None => PeerRecord { first_seen: now, ..PeerRecord::default() },
+            };
+            let (verdict, change) = rec.standing.record(agreement, observed, now, rules);
+            match change {
+                Change::None => {}
+                Change::ProbationEnded => {
+                    if rec.held > 0 {
+                        let delta = std::mem::take(&mut rec.held);
+                        rec.credits += delta;
+                        rec.earned += delta as u64;
+                        let entry =
+                            JournalEntry { delta, reason: CreditReason::ProbationPassed, at_ms: now_ms, balance: rec.credits };
+                        let mut journal = txn.open_table(JOURNAL).map_err(db_err)?;
+                        journal.insert((peer, rec.journal_len), encode(&entry).as_slice()).map_err(db_err)?;
+                        rec.journal_len += 1;
+                    }
+                }
+                Change::Banned { until, .. } => {
+                    rec.banned_until = Some(until);
+                    rec.held = 0;
+                }
+            }
+            let mut tickets = txn.open_table(TICKETS).map_err(db_err)?;
+            tickets.insert((peer, rec.tickets_recorded), encode(ticket).as_slice()).map_err(db_err)?;
+            if rec.tickets_recorded >= MAX_TICKETS_PER_PEER {
+                tickets.remove((peer, rec.tickets_recorded - MAX_TICKETS_PER_PEER)).map_err(db_err)?;
+            }
+            rec.tickets_recorded += 1;
+            rec.last_seen = now;
+            peers.insert(peer, encode(&rec).as_slice()).map_err(db_err)?;
+            (verdict, change, rec)
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(out)
+    }
+
+    /// `peer`'s newest `limit` ticket records, oldest first.
+    pub fn tickets(&self, peer: &[u8], limit: usize) -> Result<Vec<SignedTicket>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let tickets = txn.open_table(TICKETS).map_err(db_err)?;
+        let mut out = vec![];
+        for row in tickets.range((peer, 0u64)..=(peer, u64::MAX)).map_err(db_err)?.rev().take(limit) {
+            let (_, v) = row.map_err(db_err)?;
+            out.push(decode(v.value(), || "a ticket record".into())?);
+        }
+        out.reverse();
+        Ok(out)
     }
 
     /// A peer's journal, oldest first.
@@ -397,6 +550,9 @@ mod tests {
     fn balances_follow_their_journal() {
         let s = TrustStore::open(&temp("ledger")).unwrap();
         let (a, b) = (b"peer-a".to_vec(), b"peer-b".to_vec());
+        for p in [&a, &b] {
+            s.update_peer(p, |r| r.standing.probation = false).unwrap();
+        }
         assert_eq!(
             s.apply(&[(a.clone(), 5, CreditReason::AcceptedDrafts), (b.clone(), 3, CreditReason::AcceptedDrafts)]).unwrap(),
             [5, 3]
@@ -414,6 +570,78 @@ mod tests {
 
     fn temp_keep(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("shard-store-{}-{name}", std::process::id())).join("trust.redb")
+    }
+
+    fn signed(n: u64) -> SignedTicket {
+        SignedTicket { record: n.to_le_bytes().to_vec(), signature: vec![0; 64] }
+    }
+
+    /// Credits earned on probation are held until it ends, then released with a journal
+    /// entry; a ban forfeits what is held, and a banned peer earns nothing.
+    #[test]
+    fn probation_holds_credits_and_a_ban_forfeits_them() {
+        let s = TrustStore::open(&temp("probation")).unwrap();
+        let rules = StandingRules::default();
+        let (honest, liar) = (b"honest".to_vec(), b"liar".to_vec());
+        let earn = |p: &Vec<u8>| s.apply(&[(p.clone(), 5, CreditReason::AcceptedDrafts)]).unwrap()[0];
+        assert_eq!((earn(&honest), earn(&liar)), (0, 0));
+        assert_eq!(s.peer(&honest).unwrap().unwrap().held, 5);
+        let good = Agreement { positions: 8, counted: 8, agreed: 8 };
+        let bad = Agreement { positions: 8, counted: 8, agreed: 0 };
+        let obs = Observed::default();
+        for n in 0..rules.probation_passes as u64 {
+            let (v, c, rec) = s.record_ticket(&honest, &signed(n), &good, &obs, &rules).unwrap();
+            assert_eq!(v, Verdict::Pass);
+            if c == Change::ProbationEnded {
+                assert_eq!((rec.credits, rec.held), (5, 0));
+            }
+        }
+        assert_eq!(earn(&honest), 10, "trusted now: credits are spendable");
+        assert_eq!(
+            s.journal(&honest).unwrap().iter().map(|e| e.reason).collect::<Vec<_>>(),
+            [CreditReason::ProbationPassed, CreditReason::AcceptedDrafts]
+        );
+        s.record_ticket(&liar, &signed(0), &bad, &obs, &rules).unwrap();
+        let (_, change, rec) = s.record_ticket(&liar, &signed(1), &bad, &obs, &rules).unwrap();
+        assert!(matches!(change, Change::Banned { .. }), "{change:?}");
+        assert_eq!((rec.held, rec.credits), (0, 0));
+        assert!(rec.banned_at(unix_ms() / 1000));
+        assert_eq!(earn(&liar), 0);
+        assert_eq!(s.peer(&liar).unwrap().unwrap().held, 0, "a banned peer earns nothing, held or not");
+        assert_eq!(s.tickets(&liar, 10).unwrap(), [signed(0), signed(1)]);
+        assert_eq!(s.tickets(&honest, 2).unwrap(), [signed(8), signed(9)], "the newest, oldest first");
+        assert_eq!(s.check_ledger().unwrap(), 2);
+    }
+
+    /// A schema-1 file (credits only) is migrated when opened: balances and journals kept.
+    #[test]
+    fn schema_1_files_are_migrated() {
+        let path = temp("v1");
+        {
+            let s = TrustStore::open(&path).unwrap();
+            let txn = s.db.begin_write().unwrap();
+            txn.open_table(META).unwrap().insert("schema_version", 1).unwrap();
+            let old = PeerRecordV1 {
+                credits: 7,
+                earned: 9,
+                spent: 2,
+                journal_len: 0,
+                first_seen: 1,
+                last_seen: 2,
+                _reputation: None,
+                _tickets_passed: 0,
+                _tickets_failed: 0,
+                banned_until: Some(5),
+            };
+            txn.open_table(PEERS).unwrap().insert(b"old".as_slice(), encode(&old).as_slice()).unwrap();
+            txn.commit().unwrap();
+        }
+        let s = TrustStore::open(&path).unwrap();
+        let rec = s.peer(b"old").unwrap().unwrap();
+        assert_eq!((rec.credits, rec.earned, rec.spent, rec.banned_until, rec.held), (7, 9, 2, Some(5), 0));
+        assert!(rec.standing.probation);
+        let txn = s.db.begin_read().unwrap();
+        assert_eq!(txn.open_table(META).unwrap().get("schema_version").unwrap().unwrap().value(), SCHEMA_VERSION);
     }
 
     #[test]

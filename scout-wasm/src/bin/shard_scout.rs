@@ -41,6 +41,11 @@ mod native {
         /// and its standing belong to, survives restarts and redials.
         #[arg(long, env = "SHARD_SCOUT_STATE_DIR", default_value = "shard-scout-state")]
         state_dir: PathBuf,
+
+        /// Testing only: claim to hold this file (its name and sha256 in the hello) while
+        /// drafting with --model, as a lying Scout would. The Oracle's golden tickets ban it.
+        #[arg(long, hide = true)]
+        claim_model: Option<PathBuf>,
     }
 
     #[tokio::main(flavor = "current_thread")]
@@ -50,9 +55,16 @@ mod native {
         tracing_subscriber::fmt().with_env_filter(filter).init();
 
         let bytes = std::fs::read(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
+        let claimed = args.claim_model.as_ref().unwrap_or(&args.model);
+        let claimed_bytes = if args.claim_model.is_some() {
+            tracing::warn!(claims = %claimed.display(), drafts_with = %args.model.display(), "lying about the draft model (--claim-model)");
+            std::fs::read(claimed).with_context(|| format!("reading {}", claimed.display()))?
+        } else {
+            bytes.clone()
+        };
         let model_ref = ModelRef {
-            id: args.model.file_stem().map_or("draft".into(), |s| s.to_string_lossy().into_owned()),
-            sha256: Sha256::digest(&bytes).into(),
+            id: claimed.file_stem().map_or("draft".into(), |s| s.to_string_lossy().into_owned()),
+            sha256: Sha256::digest(&claimed_bytes).into(),
         };
         let backend = backend::select(args.gpu).await;
         if let Some(reason) = &backend.fallback_reason {
