@@ -23,11 +23,10 @@ use rand_chacha::ChaCha8Rng;
 
 use shard_oracle::engine::generate::Session;
 use shard_oracle::engine::kernels::{self, KernelChoice};
-use shard_oracle::engine::model::Logits;
 use shard_oracle::engine::{Engine, LoadOptions};
 use shard_oracle::p2p::scheduler::{SchedulerConfig, ScoutDrafts};
 use shard_oracle::spec::draft::{DraftRequest, DraftSource};
-use shard_oracle::trust::agreement::{self, Agreement, AgreementRule};
+use shard_oracle::trust::agreement::{Agreement, AgreementRule};
 use shard_oracle::trust::checker::{Reference, TicketJob};
 use shard_oracle::trust::standing::{Change, Verdict};
 use shard_oracle::trust::{Trust, TrustConfig};
@@ -197,7 +196,8 @@ fn agreement_distributions() {
     // The smallest gap between the reference's top two where the burn Scout disagreed, and the
     // largest |Δlogit| between burn and the reference at the positions judged.
     let mut max_logit_delta = 0f32;
-    let mut sessions: Vec<Session> = (0..6).map(|_| Session::new(&engine)).collect();
+    let mut sessions: Vec<Session> = (0..3).map(|_| Session::new(&engine)).collect();
+    let mut wrong_session = Session::new(&wrong);
     let cases = 120;
     for case in 0..cases {
         let start = (case * 997) % (tokens.len() - 200);
@@ -205,10 +205,11 @@ fn agreement_distributions() {
         let sampling = if case % 3 == 2 { sampled() } else { greedy() };
         let seed = case as u64;
         let k = 4 + case % 5;
-        let mut judge = |answer: &[u32]| {
+        let judge = |reference: &mut Reference, answer: &[u32]| {
             let job = TicketJob {
                 peer: PeerId::random(),
                 job_id: case as u64,
+                sequence: case as u64,
                 context: context.to_vec(),
                 k: k as u8,
                 sampling: sampling.clone(),
@@ -220,10 +221,10 @@ fn agreement_distributions() {
             reference.check(&job).0
         };
         let proposal = block_on(scout.propose(context, k, &SamplingParams::from(&sampling), seed)).unwrap();
-        let a = judge(&proposal.tokens);
+        let a = judge(&mut reference, &proposal.tokens);
         tally("honest: burn on the CPU (the Scout's code)", &a);
         // Burn's logits against the reference's at the same positions.
-        let rows = reference.rows(context, &proposal.tokens).unwrap();
+        let rows = reference.rows(case as u64, context, &proposal.tokens).unwrap();
         let mut ctx = context.to_vec();
         for (row, &t) in rows.iter().zip(&proposal.tokens) {
             let mine = block_on(scout.logits_after(&ctx)).unwrap();
@@ -232,18 +233,18 @@ fn agreement_distributions() {
         }
         for (i, noise) in [0.0f32, 0.02, 0.1].into_iter().enumerate() {
             let answer = engine_draft(&engine, &mut sessions[i], context, k, &sampling, seed, noise, &mut rng);
-            tally(&format!("honest: the Oracle's engine, logit noise σ={noise}"), &judge(&answer));
+            tally(&format!("honest: the Oracle's engine, logit noise σ={noise}"), &judge(&mut reference, &answer));
         }
-        let answer = engine_draft(&wrong, &mut sessions[3], context, k, &sampling, seed, 0.0, &mut rng);
-        tally("wrong model (the target, same vocabulary)", &judge(&answer));
+        let answer = engine_draft(&wrong, &mut wrong_session, context, k, &sampling, seed, 0.0, &mut rng);
+        tally("wrong model (the target, same vocabulary)", &judge(&mut reference, &answer));
         for (j, (sigma, e)) in damaged.iter().enumerate() {
             let mut s = Session::new(e);
             let answer = engine_draft(e, &mut s, context, k, &sampling, seed, 0.0, &mut rng);
-            tally(&format!("damaged: weights + noise {sigma}σ"), &judge(&answer));
+            tally(&format!("damaged: weights + noise {sigma}σ"), &judge(&mut reference, &answer));
             let _ = j;
         }
         let random: Vec<u32> = (0..k).map(|_| rng.random_range(0..engine.model.config.n_vocab as u32)).collect();
-        tally("random tokens", &judge(&random));
+        tally("random tokens", &judge(&mut reference, &random));
     }
     println!(
         "\n| drafter | tickets | share of positions counted | disagreement rate (counted) | worst ticket | tickets failed |"
@@ -261,15 +262,17 @@ fn agreement_distributions() {
     let get = |prefix: &str| tallies.iter().find(|(n, _)| n.starts_with(prefix)).map(|(_, t)| t).unwrap();
     // The tie margin is far above the float distance between the Scout's path and the Oracle's.
     assert!(max_logit_delta * 10.0 < AgreementRule::default().tie_margin, "{max_logit_delta}");
-    // Honest Scouts stay below the honest rate the sequential test assumes; every liar kind is
-    // above the liar rate it tests for.
+    // Honest Scouts, noise included, disagree at under half the rate where the sequential
+    // test's drift turns towards a ban; the liars at more than twice it.
+    let crossover = rules.crossover();
+    println!("the test drifts towards a ban above a disagreement rate of {crossover:.4}");
     for (name, t) in &tallies {
         if name.starts_with("honest") {
-            assert!(t.rate() <= rules.honest_disagreement / 2.0, "{name}: {}", t.rate());
+            assert!(t.rate() <= crossover / 2.0, "{name}: {}", t.rate());
         }
     }
     for prefix in ["wrong model", "damaged: weights + noise 0.5", "random"] {
-        assert!(get(prefix).rate() >= rules.liar_disagreement, "{prefix}: {}", get(prefix).rate());
+        assert!(get(prefix).rate() >= 2.0 * crossover, "{prefix}: {}", get(prefix).rate());
     }
 }
 
@@ -322,6 +325,8 @@ struct Scripted {
     jobs: u32,
     /// Jobs received when the ban came.
     banned_after: Option<u32>,
+    /// Jobs received while banned (none may be sent).
+    jobs_while_banned: u32,
     identities: Vec<PeerId>,
 }
 
@@ -332,6 +337,9 @@ impl Scripted {
 
     fn answer(&mut self, job: &DraftJob, engines: &Engines) -> DraftOutcome {
         self.jobs += 1;
+        if self.banned_after.is_some() && self.kind != Kind::Churner {
+            self.jobs_while_banned += 1;
+        }
         let context = match &job.context {
             Context::Full(c) => c.clone(),
             Context::Delta { base_job, keep, append } => match self.bases.get(&job.sequence) {
@@ -436,11 +444,16 @@ impl Sim {
         let trust = Arc::new(trust);
         let (ticket_tx, tickets) = sync_channel(100_000);
         trust.attach_checker(ticket_tx);
-        let reference = Reference::new(load(&draft_path), sha256(&draft_path), AgreementRule::default());
+        // A session per sequence in flight, as an Oracle would size it for this many.
+        let reference =
+            Reference::new(load(&draft_path), sha256(&draft_path), AgreementRule::default()).with_sessions(kinds.len());
         let model = ModelRef { id: "draft".into(), sha256: sha256(&draft_path) };
+        // Shorter jobs than the default 16 keep the run short; the scheduler sizes them between
+        // 2 and 6 tokens.
         let config = SchedulerConfig {
+            job_k: 6,
             job_timeout: Duration::from_secs(600),
-            max_context: reference.max_context(16),
+            max_context: reference.max_context(6),
             ..SchedulerConfig::default()
         };
         let (drafts, outbox) = ScoutDrafts::new(model, engines.draft.model.config.n_vocab, config, Some(trust.clone()));
@@ -450,12 +463,14 @@ impl Sim {
             .map(|(i, &kind)| Scripted {
                 key: Keypair::generate_ed25519(),
                 kind,
-                session: Session::new(&engines.draft),
+                // Each drafts with its own model, so its cache has that model's shape.
+                session: Session::new(if kind == Kind::WrongModel { &engines.wrong } else { &engines.draft }),
                 bases: HashMap::new(),
                 answers: vec![],
                 rng: ChaCha8Rng::seed_from_u64(100 + i as u64),
                 jobs: 0,
                 banned_after: None,
+                jobs_while_banned: 0,
                 identities: vec![],
             })
             .collect();
@@ -569,10 +584,12 @@ impl Sim {
 
 #[test]
 fn sybil_simulation() {
-    // 70 honest (a third with WebGPU-like noise, a third with ten times that) and 30 liars.
+    // 70 honest and 30 liars. The honest: a third exactly on the reference; a third with noise
+    // of the measured distance between the Scout's CPU path and the reference (0.005, itself
+    // 300 times the WebGPU path's); a third with ten times that.
     let mut kinds = vec![];
     for i in 0..70 {
-        kinds.push(Kind::Honest { noise: [0.0, 0.02, 0.2][i % 3] });
+        kinds.push(Kind::Honest { noise: [0.0, 0.005, 0.05][i % 3] });
     }
     for liar in [Kind::Random, Kind::WrongModel, Kind::Damaged, Kind::Replay, Kind::Partial(0.3), Kind::Refuser, Kind::Churner] {
         for _ in 0..if matches!(liar, Kind::Random | Kind::WrongModel) { 5 } else { 4 } {
@@ -591,6 +608,9 @@ fn sybil_simulation() {
             .iter()
             .filter(|s| !matches!(s.kind, Kind::Honest { .. } | Kind::Churner) && s.banned_after.is_none())
             .count();
+        if sim.rounds % 25 == 0 {
+            eprintln!("round {}: {tickets} honest tickets, {liars_open} liars not yet banned", sim.rounds);
+        }
         if (tickets >= 10_000 && liars_open == 0) || sim.rounds >= 400 {
             break;
         }
@@ -615,7 +635,7 @@ fn sybil_simulation() {
 
     assert!(tickets >= 10_000, "only {tickets} honest tickets in {} rounds", sim.rounds);
     let trust = &sim.trust;
-    for s in &sim.scouts {
+    for (i, s) in sim.scouts.iter().enumerate() {
         let st = trust.standing(&s.peer());
         match s.kind {
             Kind::Honest { noise } => {
@@ -631,7 +651,7 @@ fn sybil_simulation() {
                     let st = trust.standing(peer);
                     assert_eq!(st.credits, 0, "a churner's identity has credits: {st:?}");
                 }
-                let nonce = (s.identities.len() as u128).to_le_bytes();
+                let nonce = (i as u128).to_le_bytes();
                 let proof = sign_proof(&s.key, &sim.oracle_id, shard_oracle::trust::store::unix_ms(), nonce);
                 let caller = trust.authenticate(Some(format!("Bearer {proof}").as_bytes())).unwrap();
                 assert_eq!(caller.tier, Tier::Leech, "a churner's current identity gets the Scout tier");
@@ -640,6 +660,8 @@ fn sybil_simulation() {
             _ => {
                 let n = s.banned_after.unwrap_or_else(|| panic!("{} was never banned ({} jobs): {st:?}", s.kind.name(), s.jobs));
                 assert!(n <= 20, "{} was banned only after {n} jobs", s.kind.name());
+                assert_eq!(s.jobs_while_banned, 0, "{} got jobs while banned", s.kind.name());
+                assert!(st.banned_until.is_some() && st.credits == 0, "{}: {st:?}", s.kind.name());
             }
         }
     }

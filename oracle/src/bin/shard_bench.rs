@@ -6,6 +6,8 @@
 //!   bitnet-b1.58-2B-4T's matrix shapes, as a ratio.
 //! * `shard-bench dense`: the F16 matrix product (output layer, F16 drafts) against one
 //!   dot product per row and token, as a ratio.
+//! * `shard-bench tickets TARGET REFERENCE`: what golden tickets cost the Oracle: the checker's
+//!   time per ticket against the target's time per Scout job, and the CPU share at each rate.
 //!
 //! `scripts/bench.sh` runs the model benchmark side by side with llama.cpp on the same file.
 
@@ -71,6 +73,22 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         reps: usize,
     },
+    /// What golden tickets cost: the reference draft model's check of one ticket against the
+    /// target's verification of one Scout job, and the CPU share at the ticket rates.
+    Tickets {
+        target: PathBuf,
+        /// The Scouts' draft model, which the Oracle runs to check tickets.
+        reference: PathBuf,
+        /// Drafted tokens per job.
+        #[arg(long, default_value_t = 8)]
+        k: usize,
+        /// Tokens of context before the first job.
+        #[arg(long, default_value_t = 128)]
+        context: usize,
+        /// Jobs timed (each a delta of a few tokens on the same sequence).
+        #[arg(long, default_value_t = 24)]
+        jobs: usize,
+    },
     /// The F16 matrix product against one dot product per row and token.
     Dense {
         /// Tokens per product (1 = decoding; 9 = verifying 8 drafted tokens).
@@ -107,6 +125,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Kernels { tokens, reps } => bench_kernels(&tokens, reps, threads, args.json),
         Cmd::Dense { tokens, reps } => bench_dense(&tokens, reps, threads, args.json),
         Cmd::Spec { target, draft, tokens, k_max } => bench_spec(&target, &draft, tokens, k_max, threads, args.json),
+        Cmd::Tickets { target, reference, k, context, jobs } => {
+            bench_tickets(&target, &reference, k, context, jobs, threads, args.json)
+        }
     }
 }
 
@@ -182,6 +203,92 @@ fn bench_model(
                 d.as_secs_f64() * 1e3,
                 d.as_secs_f64() / k_times[0].1.as_secs_f64()
             );
+        }
+    }
+    Ok(())
+}
+
+/// The checker's work per ticket (`Reference::check`: the job's delta, then the answer with
+/// teacher forcing) against the target's per job (one pass over the delta and the k drafted
+/// tokens, as verification does), on one sequence growing by deltas.
+fn bench_tickets(
+    target: &std::path::Path,
+    reference: &std::path::Path,
+    k: usize,
+    context: usize,
+    jobs: usize,
+    threads: usize,
+    as_json: bool,
+) -> anyhow::Result<()> {
+    use shard_oracle::engine::generate::Session;
+    use shard_oracle::trust::agreement::AgreementRule;
+    use shard_oracle::trust::checker::{Reference, TicketJob};
+    use shard_oracle::trust::standing::StandingRules;
+    use shard_shared::wire::WireSampling;
+    let kernel = kernels::select(KernelChoice::Auto).map_err(anyhow::Error::msg)?;
+    let n_ctx = context + jobs * (k + 4) + 16;
+    let opts = LoadOptions { n_ctx, ..LoadOptions::new(kernel) };
+    let target_engine = Engine::load(target, &opts, |_, _| {})?;
+    let ref_engine = Engine::load(reference, &opts, |_, _| {})?;
+    let n_vocab = target_engine.model.config.n_vocab.min(ref_engine.model.config.n_vocab) as u32;
+    let mut checker = Reference::new(ref_engine, [0; 32], AgreementRule::default());
+    let mut session = Session::new(&target_engine);
+    let mut next = xorshift(7);
+    let mut tokens: Vec<u32> = (0..context).map(|_| (next() % n_vocab as u64) as u32).collect();
+    session.extend_to(&target_engine, &tokens);
+    let _ = checker.rows(1, &tokens, &[1]);
+    let (mut target_time, mut check_time) = (Duration::ZERO, Duration::ZERO);
+    for job in 0..jobs {
+        // The sequence moved on by a few tokens since the last job; the Scout answers k.
+        let delta = 1 + job % 4;
+        let answer: Vec<u32> = (0..k).map(|_| (next() % n_vocab as u64) as u32).collect();
+        let t = Instant::now();
+        let fresh: Vec<u32> = (0..delta).map(|_| (next() % n_vocab as u64) as u32).collect();
+        let verify: Vec<u32> = fresh.iter().chain(&answer).copied().collect();
+        std::hint::black_box(session.eval(&target_engine, &verify, Logits::All));
+        session.truncate(tokens.len() + delta);
+        target_time += t.elapsed();
+        tokens.extend(fresh);
+        let ticket = TicketJob {
+            peer: libp2p::PeerId::random(),
+            job_id: job as u64,
+            sequence: 1,
+            context: tokens.clone(),
+            k: k as u8,
+            sampling: WireSampling { temperature: 0.0, top_k: 0, top_p: 1.0 },
+            seed: 0,
+            answer,
+            refused: false,
+            observed: Default::default(),
+        };
+        let t = Instant::now();
+        std::hint::black_box(checker.check(&ticket));
+        check_time += t.elapsed();
+    }
+    let (per_job, per_ticket) = (target_time / jobs as u32, check_time / jobs as u32);
+    let rules = StandingRules::default();
+    let rates = [("probation", rules.probation_rate), ("after 10 passes", 0.1), ("trusted floor", rules.min_rate)];
+    let share = |rate: f64| {
+        let t = rate * per_ticket.as_secs_f64();
+        t / (t + per_job.as_secs_f64())
+    };
+    if as_json {
+        println!(
+            "{}",
+            json!({
+                "target": target.display().to_string(), "reference": reference.display().to_string(), "threads": threads, "k": k,
+                "target_ms_per_job": per_job.as_secs_f64() * 1e3, "check_ms_per_ticket": per_ticket.as_secs_f64() * 1e3,
+                "cpu_share": rates.iter().map(|(n, r)| (n.to_string(), json!(share(*r)))).collect::<serde_json::Map<_, _>>(),
+            })
+        );
+    } else {
+        println!("target {} / reference {} ({threads} threads, k = {k}, {jobs} jobs)", target.display(), reference.display());
+        println!("| | ms |\n|---|---:|");
+        println!("| target: verify one job (delta + {k} tokens) | {:.3} |", per_job.as_secs_f64() * 1e3);
+        println!("| checker: one ticket | {:.3} |", per_ticket.as_secs_f64() * 1e3);
+        println!("\n| ticket rate | share of the Oracle's CPU |\n|---|---:|");
+        for (name, rate) in rates {
+            println!("| {name} ({:.0}%) | {:.2}% |", rate * 100.0, share(rate) * 100.0);
         }
     }
     Ok(())

@@ -11,7 +11,8 @@
 //! Whatever a Scout answers, the verifier decides what is kept, so a wrong draft costs only
 //! its verification. Each answer may also become a golden ticket ([`Trust::offer_ticket`]),
 //! chosen after it arrived, so no job can be told from one; banned Scouts get no jobs, and
-//! among equally busy Scouts the more reputable gets a new sequence first.
+//! new sequences go to equally busy Scouts in a round robin weighted by reputation (a new Scout
+//! still gets its share, to prove itself).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -333,6 +334,7 @@ impl ScoutDrafts {
                         trust.offer_ticket(TicketJob {
                             peer,
                             job_id: reply.job_id,
+                            sequence: seq_id,
                             context: context.clone(),
                             k: sent.k,
                             sampling: sent.sampling,
@@ -360,6 +362,7 @@ impl ScoutDrafts {
                         trust.offer_ticket(TicketJob {
                             peer,
                             job_id: reply.job_id,
+                            sequence: seq_id,
                             context,
                             k: sent.k,
                             sampling: sent.sampling,
@@ -462,8 +465,9 @@ impl ScoutDrafts {
             Some(p) => p,
             None => {
                 // A Scout that answers before one whose last jobs stalled; then the least busy;
-                // then the most reputable, with the cleanest record; among equals, the one with
-                // the least work so far.
+                // then the one with the least work so far for its reputation (a weighted round
+                // robin: more reputable Scouts get sequences more often, and a new one still
+                // gets its share, to prove itself); then the cleanest record.
                 let mut load: HashMap<PeerId, usize> = HashMap::new();
                 for q in sequences.values() {
                     if let Some(p) = q.scout {
@@ -478,12 +482,9 @@ impl ScoutDrafts {
                     .min_by(|(pa, a, ra), (pb, b, rb)| {
                         let la = load.get(pa).copied().unwrap_or(0);
                         let lb = load.get(pb).copied().unwrap_or(0);
-                        a.stalls
-                            .cmp(&b.stalls)
-                            .then(la.cmp(&lb))
-                            .then(rb.total_cmp(ra))
-                            .then(a.strikes.cmp(&b.strikes))
-                            .then(a.stats.jobs_sent.cmp(&b.stats.jobs_sent))
+                        let wa = a.stats.jobs_sent as f64 / ra.max(0.05);
+                        let wb = b.stats.jobs_sent as f64 / rb.max(0.05);
+                        a.stalls.cmp(&b.stalls).then(la.cmp(&lb)).then(wa.total_cmp(&wb)).then(a.strikes.cmp(&b.strikes))
                     })
                     .map(|(p, _, _)| *p);
                 let Some(p) = best else { return };

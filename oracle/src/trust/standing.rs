@@ -8,7 +8,7 @@
 //!   lies, and a ban needs its threshold crossed *and* at least `min_failed_tickets` failed
 //!   tickets: one bad ticket never bans.
 //! * **Bans** grow with repeat offences (1 h, 6 h, 24 h, 7 d by default). A ban forfeits the
-//!   credits held on probation, and the Scout comes back on probation.
+//!   Scout's credits, held or not, and the Scout comes back on probation.
 //! * **Probation.** A new identity is checked on every job it answers, gets no Scout tier, and
 //!   its credits are held until it has passed `probation_passes` tickets in a row (BOINC's
 //!   rule). After that the ticket rate is `max(min_rate, 1 / consecutive passes)`, doubled while
@@ -48,8 +48,8 @@ pub struct StandingRules {
 impl Default for StandingRules {
     fn default() -> Self {
         Self {
-            honest_disagreement: 0.02,
-            liar_disagreement: 0.10,
+            honest_disagreement: 0.005,
+            liar_disagreement: 0.06,
             ban_threshold: 10.0,
             min_failed_tickets: 2,
             bans: vec![3600, 6 * 3600, 24 * 3600, 7 * 24 * 3600],
@@ -69,6 +69,14 @@ impl StandingRules {
     pub fn log_likelihood_ratio(&self, a: &Agreement) -> f64 {
         let (e0, e1) = (self.honest_disagreement, self.liar_disagreement);
         a.disagreed() as f64 * (e1 / e0).ln() + a.agreed as f64 * ((1.0 - e1) / (1.0 - e0)).ln()
+    }
+
+    /// The disagreement rate at which the test's drift is zero: a Scout below it drifts away
+    /// from a ban, one above it towards one, however long it takes.
+    pub fn crossover(&self) -> f64 {
+        let (e0, e1) = (self.honest_disagreement, self.liar_disagreement);
+        let down = ((1.0 - e0) / (1.0 - e1)).ln();
+        down / ((e1 / e0).ln() + down)
     }
 
     /// A ticket fails when its own evidence points to a liar; it is void when nothing in it
@@ -133,7 +141,7 @@ pub enum Change {
     None,
     /// The Scout is trusted now: its held credits are released.
     ProbationEnded,
-    /// Banned until this unix second (its `offence`, from 0); held credits are forfeited.
+    /// Banned until this unix second (its `offence`, from 0); its credits are forfeited.
     Banned {
         until: u64,
         offence: u32,

@@ -140,6 +140,8 @@ pub enum CreditReason {
     ScoutRequest,
     /// Credits earned on probation, released when it ended.
     ProbationPassed,
+    /// A ban takes every credit: a liar keeps nothing it earned.
+    Forfeited,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -405,7 +407,8 @@ impl TrustStore {
 
     /// Stores a signed ticket for `peer` and takes its result into the peer's standing, in one
     /// transaction: probation's end releases the held credits (with a journal entry), a ban
-    /// forfeits them. Returns the verdict, what changed, and the record after.
+    /// forfeits them and every credit left (with a journal entry). Returns the verdict, what
+    /// changed, and the record after.
     pub fn record_ticket(
         &self,
         peer: &[u8],
@@ -442,6 +445,15 @@ impl TrustStore {
                 Change::Banned { until, .. } => {
                     rec.banned_until = Some(until);
                     rec.held = 0;
+                    if rec.credits > 0 {
+                        let delta = -rec.credits;
+                        rec.credits = 0;
+                        rec.spent += delta.unsigned_abs();
+                        let entry = JournalEntry { delta, reason: CreditReason::Forfeited, at_ms: now_ms, balance: 0 };
+                        let mut journal = txn.open_table(JOURNAL).map_err(db_err)?;
+                        journal.insert((peer, rec.journal_len), encode(&entry).as_slice()).map_err(db_err)?;
+                        rec.journal_len += 1;
+                    }
                 }
             }
             let mut tickets = txn.open_table(TICKETS).map_err(db_err)?;
@@ -602,9 +614,13 @@ mod tests {
             [CreditReason::ProbationPassed, CreditReason::AcceptedDrafts]
         );
         s.record_ticket(&liar, &signed(0), &bad, &obs, &rules).unwrap();
+        // A liar that got past probation keeps nothing either.
+        s.update_peer(&liar, |r| r.standing.probation = false).unwrap();
+        assert_eq!(earn(&liar), 5);
         let (_, change, rec) = s.record_ticket(&liar, &signed(1), &bad, &obs, &rules).unwrap();
         assert!(matches!(change, Change::Banned { .. }), "{change:?}");
         assert_eq!((rec.held, rec.credits), (0, 0));
+        assert_eq!(s.journal(&liar).unwrap().last().unwrap().reason, CreditReason::Forfeited);
         assert!(rec.banned_at(unix_ms() / 1000));
         assert_eq!(earn(&liar), 0);
         assert_eq!(s.peer(&liar).unwrap().unwrap().held, 0, "a banned peer earns nothing, held or not");
