@@ -23,5 +23,7 @@ log "F16 matrix product: register tiles against one dot product per row and toke
 "$CARGO_TARGET_DIR/release/shard-bench" --threads "$threads" dense
 log "speculative decoding on the default pair: in-process draft against plain decoding"
 "$CARGO_TARGET_DIR/release/shard-bench" --threads "$threads" spec models/shard-target-bitnet-tq2_0.gguf models/shard-draft-llama-f16.gguf
+log "golden tickets: the checker's cost against the target's, on the default pair"
+"$CARGO_TARGET_DIR/release/shard-bench" --threads "$threads" tickets models/shard-target-bitnet-tq2_0.gguf models/shard-draft-llama-f16.gguf
 log "engine: shard against llama.cpp on $model"
 "$SHARD_PYTHON" tools/bench/bench_vs_llamacpp.py "$model" --shard-bench "$CARGO_TARGET_DIR/release/shard-bench" --threads "$threads"
