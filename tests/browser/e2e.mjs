@@ -282,7 +282,8 @@ async function scout({ webgpu, transport }) {
   results.probation_seconds = (Date.now() - ticketsStart) / 1000;
   check(after.tickets_failed === 0, `the honest Scout failed golden tickets: ${JSON.stringify(after)}`);
   check(!after.probation && after.tickets_passed >= 10, `the Scout did not pass probation: ${JSON.stringify(after)}`);
-  check(after.reputation > before.reputation, `reputation did not rise: ${before.reputation} -> ${after.reputation}`);
+  // A new identity starts at the prior, 0.5 (this tab's key is fresh).
+  check(after.reputation > 0.5, `reputation did not rise above the prior 0.5: ${after.reputation}`);
   check(after.banned_until === null, `the honest Scout is banned: ${JSON.stringify(after)}`);
   const tickets = await json(`/api/trust/tickets?peer=${peer.peer_id}`);
   results.ticket_records = tickets.tickets.length;
