@@ -161,14 +161,18 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Exactly `N` bytes from `2N` lowercase or uppercase hex digits.
 pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != 2 * N || !s.is_ascii() {
+    if s.len() != 2 * N {
         return None;
     }
-    let mut out = [0u8; N];
-    for (i, pair) in s.as_bytes().chunks_exact(2).enumerate() {
-        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    unhex_bounded(s, N)?.try_into().ok()
+}
+
+/// At most `max` bytes from an even number of hex digits.
+pub fn unhex_bounded(s: &str, max: usize) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || s.len() > 2 * max || !s.is_ascii() {
+        return None;
     }
-    Some(out)
+    s.as_bytes().chunks_exact(2).map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()).collect()
 }
 
 #[cfg(test)]

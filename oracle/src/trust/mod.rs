@@ -331,9 +331,4 @@ impl Trust {
         let cost = (tokens as i64).saturating_mul(self.config.spend_per_token);
         Ok(self.store.apply(&[(peer.to_bytes(), -cost, CreditReason::ScoutRequest)])?[0])
     }
-
-    /// Credits of `peer`, committed.
-    pub fn credits(&self, peer: &PeerId) -> i64 {
-        self.store.peer(&peer.to_bytes()).ok().flatten().map_or(0, |r| r.credits)
-    }
 }

@@ -11,6 +11,7 @@ use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use shard_shared::trust::{hex, unhex, unhex_bounded};
 use shard_shared::wire::WireSampling;
 
 use super::agreement::Agreement;
@@ -119,16 +120,8 @@ pub struct TicketView {
     pub signature: String,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    shard_shared::trust::hex(bytes)
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || s.len() > 2 * 4096 {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok())).collect()
-}
+/// Longest record accepted from a served list (they are about 200 bytes).
+const MAX_RECORD_BYTES: usize = 4096;
 
 impl TicketView {
     pub fn new(signed: &SignedTicket, r: &TicketRecord) -> Self {
@@ -152,8 +145,8 @@ impl TicketView {
     /// signed ones.
     pub fn verify(&self, oracle: &str) -> Result<TicketRecord, String> {
         let signed = SignedTicket {
-            record: unhex(&self.record).ok_or("the record is not hex")?,
-            signature: unhex(&self.signature).ok_or("the signature is not hex")?,
+            record: unhex_bounded(&self.record, MAX_RECORD_BYTES).ok_or("the record is not hex of at most 4 KiB")?,
+            signature: unhex::<64>(&self.signature).ok_or("the signature is not 128 hex digits")?.to_vec(),
         };
         let r = signed.verify(oracle).map_err(|e| e.to_string())?;
         if TicketView::new(&signed, &r) != *self {
