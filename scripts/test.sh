@@ -12,8 +12,12 @@ cargo fmt --all --check
 log "container files: hadolint (no errors) and the compose file's structure"
 "$SHARD_VENV/bin/hadolint" --failure-threshold error Dockerfile
 "$SHARD_PYTHON" tools/ops/check_compose.py docker-compose.yml
-log "building the Oracle and the native Scout"
-cargo build --locked -p shard-oracle -p shard-scout
+# Everything the tests run, in one build: the binaries (shard-oracle, shard-scout) and every test
+# target, so that both see one set of dependency features and no crate is compiled twice (a
+# plain `cargo build -p shard-oracle` leaves out the dev-dependencies' features, and
+# `cargo test` would then build libp2p, burn, axum and the rest a second time).
+log "building the Oracle, the native Scout and the tests"
+cargo build --locked --workspace --all-targets
 # The browser crates for wasm32, as the web app the Oracle serves in the browser tests.
 "$SHARD_ROOT/scripts/build-web.sh"
 log "running the tests"

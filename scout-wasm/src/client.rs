@@ -1,5 +1,5 @@
 //! The Scout's libp2p client: it dials the Oracle, introduces itself (`/shard/hello/1`),
-//! answers draft jobs (`/shard/draft/1`) and follows the Oracle's load on gossipsub. When the
+//! answers draft jobs (`/shard/draft/2`) and follows the Oracle's load on gossipsub. When the
 //! connection drops it redials with exponential backoff, rotating through the Oracle's
 //! addresses (in a browser: webrtc-direct first, then WebSocket).
 //!

@@ -120,7 +120,7 @@ impl Drafter {
         let (mut tokens, mut q) = (Vec::with_capacity(k), Vec::with_capacity(k));
         for i in 0..k {
             let dist = sampler.distribution(&logits, &[]);
-            let x = if greedy { dist.argmax() } else { sampler.draw(&dist) };
+            let x = if greedy { dist.argmax() } else { sampler.draw_replayable(&dist) };
             tokens.push(x);
             q.push(dist);
             if i + 1 < k {

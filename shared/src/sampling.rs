@@ -52,6 +52,19 @@ impl Distribution {
         self.ids.iter().position(|&i| i == id).map_or(0.0, |k| self.probs[k])
     }
 
+    /// The token a uniform number `u` in [0, 1) picks: the first whose cumulative
+    /// probability, in the distribution's order (most likely first), exceeds `u`.
+    pub fn pick(&self, u: f32) -> u32 {
+        let mut acc = 0.0;
+        for (k, &q) in self.probs.iter().enumerate() {
+            acc += q;
+            if u < acc {
+                return self.ids[k];
+            }
+        }
+        *self.ids.last().expect("non-empty distribution")
+    }
+
     /// The single most likely token.
     pub fn argmax(&self) -> u32 {
         let mut best = 0;
@@ -134,20 +147,26 @@ impl Sampler {
         Distribution { ids: cand.into_iter().map(|c| c.0).collect(), probs: probs.into_iter().map(|q| q as f32).collect() }
     }
 
-    /// Draws one token from a distribution.
+    /// Draws one token from a distribution (a one-token distribution uses no randomness).
     pub fn draw(&mut self, dist: &Distribution) -> u32 {
         if dist.ids.len() == 1 {
             return dist.ids[0];
         }
-        let u: f32 = self.rng.random();
-        let mut acc = 0.0;
-        for (k, &q) in dist.probs.iter().enumerate() {
-            acc += q;
-            if u < acc {
-                return dist.ids[k];
-            }
-        }
-        *dist.ids.last().expect("non-empty distribution")
+        dist.pick(self.rng.random())
+    }
+
+    /// Draws one token with exactly one uniform, whatever the distribution, so that the `i`-th
+    /// draw of a sampler seeded with `s` is `distribution.pick(i-th uniform of s)`. Scouts draft
+    /// this way: a golden ticket then replays their draws from the job's seed alone
+    /// (`docs/protocol.md`, "Seed").
+    pub fn draw_replayable(&mut self, dist: &Distribution) -> u32 {
+        dist.pick(self.rng.random())
+    }
+
+    /// The first `n` uniforms a sampler seeded with `seed` would draw.
+    pub fn uniforms(seed: u64, n: usize) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random()).collect()
     }
 
     /// A uniform number in [0, 1), for accept/reject decisions.
@@ -233,6 +252,21 @@ mod tests {
         // p = [0.2, 0.6, 0.2, 0]
         assert_eq!(counts[3], 0);
         assert!((counts[1] as f64 / 20_000.0 - 0.6).abs() < 0.02, "{counts:?}");
+    }
+
+    #[test]
+    fn replayable_draws_use_one_uniform_per_position() {
+        let spread = [0.0f32, 1.0, 0.5, -1.0];
+        let peaked = [0.0f32, 50.0, 0.0, 0.0];
+        let params = SamplingParams { top_p: 0.9, ..SamplingParams::default() };
+        let mut s = Sampler::new(params.clone(), 9);
+        let rows = [&spread, &peaked, &spread, &spread];
+        let drawn: Vec<u32> = rows.iter().map(|r| s.draw_replayable(&s.distribution(&r[..], &[]))).collect();
+        // The peaked row is a one-token distribution, and still takes its uniform.
+        let u = Sampler::uniforms(9, 4);
+        let replayed: Vec<u32> = rows.iter().zip(&u).map(|(r, &u)| s.distribution(&r[..], &[]).pick(u)).collect();
+        assert_eq!(drawn, replayed);
+        assert_eq!(drawn[1], 1);
     }
 
     #[test]

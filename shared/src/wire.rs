@@ -13,7 +13,7 @@ use crate::sampling::SamplingParams;
 /// The version every frame starts with. A change to any message bumps it.
 pub const PROTOCOL_VERSION: u16 = 1;
 /// Request-response protocol for draft jobs (Oracle asks, Scout answers).
-pub const DRAFT_PROTOCOL: &str = "/shard/draft/1";
+pub const DRAFT_PROTOCOL: &str = "/shard/draft/2";
 /// Request-response protocol a Scout uses to introduce itself to an Oracle.
 pub const HELLO_PROTOCOL: &str = "/shard/hello/1";
 /// gossipsub topic for Oracle load announcements.

@@ -1,6 +1,6 @@
 //! `shard-p2p-bench`: the cost of one draft job on the wire, printed as a table.
 //!
-//! * Round-trip time of a `/shard/draft/1` job over loopback, TCP against webrtc-direct: an
+//! * Round-trip time of a `/shard/draft/2` job over loopback, TCP against webrtc-direct: an
 //!   Oracle-side swarm sends jobs one after another to a Scout-side swarm that answers at once
 //!   with 8 tokens (no model, so only the transport and codec are timed).
 //! * Bytes per job with and without context deltas, for sequences that grow by a few tokens

@@ -467,7 +467,8 @@ impl ScoutDrafts {
                 // A Scout that answers before one whose last jobs stalled; then the least busy;
                 // then the one with the least work so far for its reputation (a weighted round
                 // robin: more reputable Scouts get sequences more often, and a new one still
-                // gets its share, to prove itself); then the cleanest record.
+                // gets its share, to prove itself); then the cleanest record; then the peer id,
+                // so that the choice does not depend on the map's order.
                 let mut load: HashMap<PeerId, usize> = HashMap::new();
                 for q in sequences.values() {
                     if let Some(p) = q.scout {
@@ -484,7 +485,12 @@ impl ScoutDrafts {
                         let lb = load.get(pb).copied().unwrap_or(0);
                         let wa = a.stats.jobs_sent as f64 / ra.max(0.05);
                         let wb = b.stats.jobs_sent as f64 / rb.max(0.05);
-                        a.stalls.cmp(&b.stalls).then(la.cmp(&lb)).then(wa.total_cmp(&wb)).then(a.strikes.cmp(&b.strikes))
+                        a.stalls
+                            .cmp(&b.stalls)
+                            .then(la.cmp(&lb))
+                            .then(wa.total_cmp(&wb))
+                            .then(a.strikes.cmp(&b.strikes))
+                            .then(pa.cmp(pb))
                     })
                     .map(|(p, _, _)| *p);
                 let Some(p) = best else { return };

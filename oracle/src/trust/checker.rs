@@ -14,7 +14,6 @@ use std::time::Instant;
 
 use libp2p::PeerId;
 
-use shard_shared::sampling::argmax;
 use shard_shared::wire::WireSampling;
 
 use super::agreement::{self, Agreement, AgreementRule};
@@ -110,20 +109,22 @@ impl Reference {
         self.sessions.push(entry);
     }
 
-    /// Scores a ticket: the agreement, the reference's own greedy tokens at each position (for
-    /// the record's hash) and the job's hash. A job that does not fit scores as void.
+    /// Scores a ticket: the agreement, the reference's own answer (greedy, or its replay of the
+    /// Scout's seeded draws; for the record's hash) and the job's hash. A job that does not fit
+    /// scores as void.
     pub fn check(&mut self, job: &TicketJob) -> (Agreement, Vec<u32>, [u8; 32]) {
         let job_sha256 = ticket::job_hash(&job.context, job.k, &job.sampling, job.seed, &self.model_sha256);
         if job.refused {
             let k = job.k as u32;
-            return (Agreement { positions: k, counted: k, agreed: 0 }, vec![], job_sha256);
+            // No float noise explains a refusal: every position is a decisive disagreement.
+            return (Agreement { positions: k, counted: k, agreed: 0, decisive: k }, vec![], job_sha256);
         }
         // (The scheduler never offers answers with tokens outside the vocabulary: it strikes them.)
         let Some(rows) = self.rows(job.sequence, &job.context, &job.answer) else {
             return (Agreement { positions: job.answer.len() as u32, ..Agreement::default() }, vec![], job_sha256);
         };
-        let reference: Vec<u32> = rows.iter().map(|r| argmax(r)).collect();
-        let a = agreement::score(rows.iter().map(Vec::as_slice), &job.answer, &job.sampling, &self.rule);
+        let reference = agreement::reference_answer(rows.iter().map(Vec::as_slice), &job.sampling, job.seed);
+        let a = agreement::score(rows.iter().map(Vec::as_slice), &job.answer, &job.sampling, job.seed, &self.rule);
         (a, reference, job_sha256)
     }
 }

@@ -25,6 +25,9 @@ use super::agreement::Agreement;
 #[derive(Debug, Clone, PartialEq)]
 pub struct StandingRules {
     pub honest_disagreement: f64,
+    /// The honest rate of decisive disagreements (see `agreement`), far below the rate of all
+    /// disagreements, so that each weighs more.
+    pub honest_decisive_disagreement: f64,
     pub liar_disagreement: f64,
     /// The CUSUM level that bans.
     pub ban_threshold: f64,
@@ -49,6 +52,7 @@ impl Default for StandingRules {
     fn default() -> Self {
         Self {
             honest_disagreement: 0.005,
+            honest_decisive_disagreement: 0.0005,
             liar_disagreement: 0.06,
             ban_threshold: 10.0,
             min_failed_tickets: 2,
@@ -65,10 +69,15 @@ impl Default for StandingRules {
 }
 
 impl StandingRules {
-    /// The evidence one ticket adds for "liar" over "honest" (negative: for honest).
+    /// The evidence one ticket adds for "liar" over "honest" (negative: for honest). A liar
+    /// disagrees at `e1` whatever the margin; an honest Scout at `e0`, and decisively at
+    /// `e0d` only.
     pub fn log_likelihood_ratio(&self, a: &Agreement) -> f64 {
-        let (e0, e1) = (self.honest_disagreement, self.liar_disagreement);
-        a.disagreed() as f64 * (e1 / e0).ln() + a.agreed as f64 * ((1.0 - e1) / (1.0 - e0)).ln()
+        let (e0, e0d, e1) = (self.honest_disagreement, self.honest_decisive_disagreement, self.liar_disagreement);
+        let decisive = a.decisive.min(a.disagreed());
+        (a.disagreed() - decisive) as f64 * (e1 / e0).ln()
+            + decisive as f64 * (e1 / e0d).ln()
+            + a.agreed as f64 * ((1.0 - e1) / (1.0 - e0)).ln()
     }
 
     /// The disagreement rate at which the test's drift is zero: a Scout below it drifts away
@@ -253,8 +262,9 @@ impl Standing {
 mod tests {
     use super::*;
 
+    /// A ticket whose disagreements are all plain (within the decisive margin).
     fn ticket(counted: u32, agreed: u32) -> Agreement {
-        Agreement { positions: counted, counted, agreed }
+        Agreement { positions: counted, counted, agreed, decisive: 0 }
     }
 
     #[test]
@@ -272,6 +282,26 @@ mod tests {
         st.record(&ticket(8, 0), &obs, 30, &rules);
         let (_, c) = st.record(&ticket(8, 0), &obs, 40, &rules);
         assert_eq!(c, Change::Banned { until: 40 + 6 * 3600, offence: 1 });
+    }
+
+    #[test]
+    fn decisive_disagreements_weigh_more() {
+        let rules = StandingRules::default();
+        let obs = Observed::default();
+        // Two tickets with two disagreements in six positions each: plain ones stay below the
+        // ban threshold, decisive ones (which no float noise explains) cross it.
+        let plain = ticket(6, 4);
+        let decisive = Agreement { decisive: 2, ..plain };
+        assert!(rules.log_likelihood_ratio(&decisive) > rules.log_likelihood_ratio(&plain));
+        let mut a = Standing::new(0, &rules);
+        let mut b = Standing::new(0, &rules);
+        for n in 0..2 {
+            assert_eq!(a.record(&plain, &obs, n, &rules).1, Change::None);
+            b.record(&decisive, &obs, n, &rules);
+        }
+        assert!(matches!(b.record(&ticket(6, 6), &obs, 2, &rules).1, Change::None));
+        assert_eq!(b.offences, 1, "two decisive tickets ban");
+        assert_eq!(a.offences, 0);
     }
 
     #[test]

@@ -598,8 +598,8 @@ mod tests {
         let earn = |p: &Vec<u8>| s.apply(&[(p.clone(), 5, CreditReason::AcceptedDrafts)]).unwrap()[0];
         assert_eq!((earn(&honest), earn(&liar)), (0, 0));
         assert_eq!(s.peer(&honest).unwrap().unwrap().held, 5);
-        let good = Agreement { positions: 8, counted: 8, agreed: 8 };
-        let bad = Agreement { positions: 8, counted: 8, agreed: 0 };
+        let good = Agreement { positions: 8, counted: 8, agreed: 8, decisive: 0 };
+        let bad = Agreement { positions: 8, counted: 8, agreed: 0, decisive: 8 };
         let obs = Observed::default();
         for n in 0..rules.probation_passes as u64 {
             let (v, c, rec) = s.record_ticket(&honest, &signed(n), &good, &obs, &rules).unwrap();

@@ -112,6 +112,8 @@ pub struct TicketView {
     pub positions: u32,
     pub counted: u32,
     pub agreed: u32,
+    /// Disagreements no float noise explains (`docs/security/golden-tickets.md`).
+    pub decisive: u32,
     pub verdict: Verdict,
     pub at_ms: u64,
     /// The signed record (postcard), hex.
@@ -134,6 +136,7 @@ impl TicketView {
             positions: r.agreement.positions,
             counted: r.agreement.counted,
             agreed: r.agreement.agreed,
+            decisive: r.agreement.decisive,
             verdict: r.verdict,
             at_ms: r.at_ms,
             record: hex(&signed.record),
@@ -169,7 +172,7 @@ mod tests {
             job_sha256: job_hash(&[1, 2, 3], 4, &WireSampling { temperature: 0.0, top_k: 0, top_p: 1.0 }, 9, &[0; 32]),
             answer_sha256: tokens_hash(&[4, 5]),
             reference_sha256: tokens_hash(&[4, 6]),
-            agreement: Agreement { positions: 2, counted: 2, agreed: 1 },
+            agreement: Agreement { positions: 2, counted: 2, agreed: 1, decisive: 1 },
             verdict: Verdict::Fail,
             at_ms: 1,
         }
