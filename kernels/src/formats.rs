@@ -83,6 +83,15 @@ impl TernaryFormat {
         rows * self.row_bytes(cols) + if self == TernaryFormat::I2S { 32 } else { 0 }
     }
 
+    /// Where a block keeps its f16 scale (I2_S blocks have none).
+    pub fn scale_offset(self) -> Option<usize> {
+        match self {
+            TernaryFormat::TQ2_0 => Some(offset_of!(BlockTq2_0, d)),
+            TernaryFormat::TQ1_0 => Some(offset_of!(BlockTq1_0, d)),
+            TernaryFormat::I2S => None,
+        }
+    }
+
     /// The scale of block `b` of a row (I2_S blocks have none: 1).
     pub fn block_scale(self, row: &[u8], b: usize) -> f32 {
         let block = &row[b * self.block_bytes()..(b + 1) * self.block_bytes()];

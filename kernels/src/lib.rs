@@ -54,6 +54,9 @@ pub struct QuantizedActivations {
     /// Sum of the block's quantized values, which the kernels use to turn the stored
     /// weight codes 0, 1, 2 into -1, 0, +1 with one subtraction.
     sums: Vec<i32>,
+    /// Per token, the sum over its blocks of scale × sum: that subtraction for a whole row
+    /// whose weight blocks share one scale ([`TernaryMatrix::row_scales`]).
+    scaled_sums: Vec<f32>,
 }
 
 impl QuantizedActivations {
@@ -103,6 +106,12 @@ impl QuantizedActivations {
             self.scales[b] = 1.0 / iscale;
             self.sums[b] = sum;
         }
+        let nb = cols / ACT_BLOCK;
+        self.scaled_sums.clear();
+        for t in 0..n_tokens {
+            let range = t * nb..(t + 1) * nb;
+            self.scaled_sums.push(self.scales[range.clone()].iter().zip(&self.sums[range]).map(|(&d, &s)| d * s as f32).sum());
+        }
         self.interleaved.resize(x.len(), 0);
         for (src, dst) in self.qs.chunks_exact(ACT_BLOCK).zip(self.interleaved.chunks_exact_mut(ACT_BLOCK)) {
             for l in 0..4 {
@@ -143,6 +152,11 @@ impl QuantizedActivations {
     /// Every block's sum of values, token-major.
     pub fn sums(&self) -> &[i32] {
         &self.sums
+    }
+
+    /// Per token, the sum over its blocks of scale × sum of values.
+    pub fn scaled_sums(&self) -> &[f32] {
+        &self.scaled_sums
     }
 
     /// Token `t`'s quantized values.
@@ -206,6 +220,12 @@ pub struct TernaryMatrix {
     data: WeightBytes,
     /// Multiplies every output: I2_S's tensor scale times any `.scale` tensor.
     scale: f32,
+    /// Each row's block scale, when every block of every row carries its row's one scale (as
+    /// BitNet converters write them: one scale per tensor), found at load. The SIMD kernels
+    /// then factor it out of the row: a block costs its integer dot products and one
+    /// multiply-add by the activation scale. `None`: the blocks' scales differ, and each block
+    /// is scaled by its own.
+    row_scales: Option<Arc<Vec<f32>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -229,7 +249,13 @@ impl TernaryMatrix {
         if !scale.is_finite() {
             return Err(MatrixError(format!("I2_S tensor scale {scale} is not finite")));
         }
-        Ok(Self { format, rows, cols, data, scale })
+        let row_scales = uniform_row_scales(format, rows, cols, &data).map(Arc::new);
+        Ok(Self { format, rows, cols, data, scale, row_scales })
+    }
+
+    /// Each row's one block scale, if every row's blocks share theirs (see the field).
+    pub fn row_scales(&self) -> Option<&[f32]> {
+        self.row_scales.as_deref().map(Vec::as_slice)
     }
 
     pub fn format(&self) -> TernaryFormat {
@@ -283,6 +309,23 @@ impl TernaryMatrix {
             }
         }
     }
+}
+
+/// The scale each row's blocks share, or `None` if some row's blocks differ in scale (bit for
+/// bit: a row of equal scales is scaled exactly as block by block would, up to rounding).
+fn uniform_row_scales(format: TernaryFormat, rows: usize, cols: usize, data: &[u8]) -> Option<Vec<f32>> {
+    let Some(at) = format.scale_offset() else { return Some(vec![1.0; rows]) }; // I2_S: no block scales
+    let (row_bytes, bb, nb) = (format.row_bytes(cols), format.block_bytes(), cols / format.block_len());
+    let scale_of = |row: &[u8], b: usize| [row[b * bb + at], row[b * bb + at + 1]];
+    let mut out = Vec::with_capacity(rows);
+    for r in 0..rows {
+        let row = &data[r * row_bytes..(r + 1) * row_bytes];
+        if (1..nb).any(|b| scale_of(row, b) != scale_of(row, 0)) {
+            return None;
+        }
+        out.push(format.block_scale(row, 0));
+    }
+    Some(out)
 }
 
 /// Multiply-adds below which a task is not worth handing to another thread.
@@ -423,6 +466,8 @@ mod tests {
             rows in 1usize..40,
             col_blocks in 1usize..5,
             n_tokens in 1usize..10,
+            // One scale per row (the SIMD kernels factor it out) or one per block.
+            uniform in any::<bool>(),
             seed in any::<u64>(),
         ) {
             let cols = col_blocks * ACT_BLOCK;
@@ -430,8 +475,19 @@ mod tests {
             let mut next = move || { state ^= state << 13; state ^= state >> 7; state ^= state << 17; state };
             let values: Vec<i8> = (0..rows * cols).map(|_| (next() % 3) as i8 - 1).collect();
             let n_blocks = rows * cols / format.block_len();
-            let scales: Vec<f32> = (0..n_blocks.max(1)).map(|_| 0.01 + (next() % 1000) as f32 / 500.0).collect();
+            let mut scales: Vec<f32> = (0..n_blocks.max(1)).map(|_| 0.01 + (next() % 1000) as f32 / 500.0).collect();
+            let per_row = cols / format.block_len();
+            if uniform {
+                for b in 0..n_blocks {
+                    scales[b] = scales[b / per_row * per_row];
+                }
+            }
             let m = matrix(format, rows, cols, &values, &scales);
+            // I2_S has no block scales; random TQ block scales differ within a row once it has
+            // two blocks.
+            if format == TernaryFormat::I2S || uniform || per_row == 1 {
+                prop_assert!(m.row_scales().is_some());
+            }
             // Activations with varied magnitudes, some blocks all zero.
             let x: Vec<f32> = (0..n_tokens * cols).map(|i| {
                 if (i / ACT_BLOCK) % 7 == 3 { 0.0 } else { ((next() % 20001) as f32 - 10000.0) / 1000.0 * (1 + i % 5) as f32 }

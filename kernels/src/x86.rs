@@ -6,8 +6,14 @@
 //! 128 values (at most 4 * 2 * 2 * 128 per lane), then widen to 32 bits; each 256-value
 //! activation block is scaled once into f32 accumulators. Each row's weight bytes are decoded
 //! once per tile of tokens.
+//!
+//! Where every block of a row carries the same scale ([`TernaryMatrix::row_scales`]), both
+//! kernels factor it out of the row and subtract the code offset once per token, so a block
+//! costs only its integer dot products, one convert and one multiply-add per token.
 
 use std::arch::x86_64::*;
+use std::marker::PhantomData;
+use std::mem::size_of;
 use std::ops::Range;
 
 use super::formats::{BlockI2s, BlockTq1_0, BlockTq2_0};
@@ -40,11 +46,73 @@ impl TernaryKernel for Avx2 {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gemm(w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32]) {
-    match w.format() {
-        TernaryFormat::TQ2_0 => gemm_with(w, rows, x, out, tq2_block),
-        TernaryFormat::I2S => gemm_with(w, rows, x, out, i2s_block),
-        TernaryFormat::TQ1_0 => gemm_with(w, rows, x, out, tq1_block),
+    // Each arm passes its decoder as a constant, so that it is inlined into the loops.
+    match (w.format(), w.row_scales()) {
+        (TernaryFormat::TQ2_0, Some(d)) => uniform(w, rows, x, out, d, tq2_block),
+        (TernaryFormat::TQ1_0, Some(d)) => uniform(w, rows, x, out, d, tq1_block),
+        (TernaryFormat::I2S, Some(d)) => uniform(w, rows, x, out, d, i2s_block),
+        (TernaryFormat::TQ2_0, None) => gemm_with(w, rows, x, out, tq2_block),
+        (TernaryFormat::TQ1_0, None) => gemm_with(w, rows, x, out, tq1_block),
+        (TernaryFormat::I2S, None) => gemm_with(w, rows, x, out, i2s_block),
     }
+}
+
+/// Rows whose blocks share one scale `d_r` (see [`TernaryMatrix::row_scales`]):
+/// `out = d_r · (Σ_b s_b · Σ code·y − Σ_b s_b · Σ y)`, where the second sum is the same for
+/// every row ([`QuantizedActivations::scaled_sums`]), so a block costs its integer dot
+/// products, one convert and one multiply-add.
+#[inline(always)]
+unsafe fn uniform(
+    w: &TernaryMatrix,
+    rows: Range<usize>,
+    x: &QuantizedActivations,
+    out: &mut [f32],
+    d: &[f32],
+    decode: BlockDecoder,
+) {
+    let n = x.n_tokens();
+    for (ri, r) in rows.enumerate() {
+        let row = w.row_bytes(r).as_ptr();
+        let mut t0 = 0;
+        while t0 < n {
+            let dst = &mut out[ri * n + t0..];
+            t0 += match n - t0 {
+                1 => uniform_tile::<1>(row, w.cols(), x, t0, dst, d[r], decode),
+                2 => uniform_tile::<2>(row, w.cols(), x, t0, dst, d[r], decode),
+                3 => uniform_tile::<3>(row, w.cols(), x, t0, dst, d[r], decode),
+                _ => uniform_tile::<TILE>(row, w.cols(), x, t0, dst, d[r], decode),
+            };
+        }
+    }
+}
+
+/// One row of a [`uniform`] product against `N` tokens from `t0`.
+#[inline(always)]
+unsafe fn uniform_tile<const N: usize>(
+    row: *const u8,
+    cols: usize,
+    x: &QuantizedActivations,
+    t0: usize,
+    dst: &mut [f32],
+    d: f32,
+    decode: BlockDecoder,
+) -> usize {
+    let nb = cols / ACT_BLOCK;
+    let ys: [*const i8; N] = std::array::from_fn(|k| x.values().as_ptr().add((t0 + k) * cols));
+    let ds: [*const f32; N] = std::array::from_fn(|k| x.scales().as_ptr().add((t0 + k) * nb));
+    let mut acc = [_mm256_setzero_ps(); N];
+    for b in 0..nb {
+        let (lo, hi, _) = decode(row, b);
+        for k in 0..N {
+            let y = ys[k].add(b * ACT_BLOCK);
+            let isum = _mm256_add_epi32(dot128(&lo, y), dot128(&hi, y.add(128)));
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_broadcast_ss(&*ds[k].add(b)), acc[k]);
+        }
+    }
+    for k in 0..N {
+        dst[k] = d * (hsum(acc[k]) - x.scaled_sums()[t0 + k]);
+    }
+    N
 }
 
 /// Decodes weight block `b` of a row (256 weights) into two sets of four 32-code vectors and
@@ -228,56 +296,212 @@ impl TernaryKernel for Avx512Vnni {
     }
 }
 
-type Decoder512 = unsafe fn(*const u8, usize) -> ([__m512i; 4], f32);
+/// A weight layout as the AVX-512 kernel reads it: 256-weight blocks decoded into four
+/// 64-code vectors. A type per layout, so that each product is compiled for its layout with
+/// the decoder inlined.
+trait Layout512 {
+    /// Bytes of 256 weights.
+    const BLOCK_BYTES: usize;
+    /// Block `b` of a row: weights `32l..32l+32` and `128+32l..128+32l+32` in vector `l`.
+    unsafe fn codes(row: *const u8, b: usize) -> [__m512i; 4];
+}
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-unsafe fn gemm512(w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32]) {
-    match w.format() {
-        TernaryFormat::TQ2_0 => gemm512_with(w, rows, x, out, tq2_block512),
-        TernaryFormat::I2S => gemm512_with(w, rows, x, out, i2s_block512),
-        TernaryFormat::TQ1_0 => gemm512_with(w, rows, x, out, tq1_block512),
+struct Tq2;
+struct Tq1;
+struct I2s;
+
+impl Layout512 for Tq2 {
+    const BLOCK_BYTES: usize = size_of::<BlockTq2_0>();
+    #[inline(always)]
+    unsafe fn codes(row: *const u8, b: usize) -> [__m512i; 4] {
+        unpack2_512((*(row as *const BlockTq2_0).add(b)).qs.as_ptr())
     }
 }
 
+impl Layout512 for I2s {
+    /// Two 128-weight blocks.
+    const BLOCK_BYTES: usize = 2 * size_of::<BlockI2s>();
+    #[inline(always)]
+    unsafe fn codes(row: *const u8, b: usize) -> [__m512i; 4] {
+        // The first 32 weights of each 128 sit in the highest bits.
+        let [c0, c1, c2, c3] = unpack2_512((*(row as *const BlockI2s).add(2 * b)).qs.as_ptr());
+        [c3, c2, c1, c0]
+    }
+}
+
+impl Layout512 for Tq1 {
+    const BLOCK_BYTES: usize = size_of::<BlockTq1_0>();
+    #[inline(always)]
+    unsafe fn codes(row: *const u8, b: usize) -> [__m512i; 4] {
+        // Decode with the AVX2 routine, then pair weights 32l.. with 128+32l.. per vector.
+        let ([f0, f1, f2, f3], [s0, s1, s2, s3], _) = tq1_block(row, b);
+        let pair = |lo: __m256i, hi: __m256i| _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        [pair(f0, s0), pair(f1, s1), pair(f2, s2), pair(f3, s3)]
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn gemm512(w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32]) {
+    match (w.format(), w.row_scales()) {
+        (TernaryFormat::TQ2_0, Some(d)) => uniform512::<Tq2>(w, rows, x, out, d),
+        (TernaryFormat::TQ1_0, Some(d)) => uniform512::<Tq1>(w, rows, x, out, d),
+        (TernaryFormat::I2S, Some(d)) => uniform512::<I2s>(w, rows, x, out, d),
+        (TernaryFormat::TQ2_0, None) => per_block512::<Tq2>(w, rows, x, out),
+        (TernaryFormat::TQ1_0, None) => per_block512::<Tq1>(w, rows, x, out),
+        (TernaryFormat::I2S, None) => per_block512::<I2s>(w, rows, x, out),
+    }
+}
+
+/// Rows whose blocks share one scale `d_r` (see [`TernaryMatrix::row_scales`]):
+/// `out = d_r · (Σ_b s_b · Σ code·y − Σ_b s_b · Σ y)`, where the second sum is the same for
+/// every row ([`QuantizedActivations::scaled_sums`]). When verifying, tiles of two rows by up
+/// to eight tokens share each activation load and each decoded block. When decoding one token
+/// a tile is one row: one stream of weight bytes per thread measured faster (2B-4T shapes, out
+/// of cache) than two or four rows read side by side.
 #[inline(always)]
-unsafe fn gemm512_with(w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32], decode: Decoder512) {
+unsafe fn uniform512<L: Layout512>(w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32], d: &[f32]) {
+    let n = x.n_tokens();
+    let mut r = rows.start;
+    while r < rows.end {
+        let left = rows.end - r;
+        let mut t0 = 0;
+        let step = if n >= 2 && left >= 2 { 2 } else { 1 };
+        while t0 < n {
+            let tile = Tile::<L> { w, r, first: rows.start, x, t0, out: &mut *out, d, layout: PhantomData };
+            t0 += match (step, (n - t0).min(8)) {
+                (2, 1) => tile.run::<2, 1>(),
+                (2, 2) => tile.run::<2, 2>(),
+                (2, 3) => tile.run::<2, 3>(),
+                (2, 4) => tile.run::<2, 4>(),
+                (2, 5) => tile.run::<2, 5>(),
+                (2, 6) => tile.run::<2, 6>(),
+                (2, 7) => tile.run::<2, 7>(),
+                (2, _) => tile.run::<2, 8>(),
+                (_, 1) => tile.run::<1, 1>(),
+                (_, 2) => tile.run::<1, 2>(),
+                (_, 3) => tile.run::<1, 3>(),
+                (_, 4) => tile.run::<1, 4>(),
+                (_, 5) => tile.run::<1, 5>(),
+                (_, 6) => tile.run::<1, 6>(),
+                (_, 7) => tile.run::<1, 7>(),
+                (_, _) => tile.run::<1, 8>(),
+            };
+        }
+        r += step;
+    }
+}
+
+/// How far ahead of the block being multiplied each row's bytes are prefetched.
+const PREFETCH_BYTES: usize = 1024;
+
+/// `R` rows from `r` by `N` tokens from `t0` of a [`uniform512`] product.
+struct Tile<'a, L> {
+    w: &'a TernaryMatrix,
+    r: usize,
+    /// The first row of the caller's range (row `first` is `out`'s row 0).
+    first: usize,
+    x: &'a QuantizedActivations,
+    t0: usize,
+    out: &'a mut [f32],
+    d: &'a [f32],
+    layout: PhantomData<L>,
+}
+
+impl<L: Layout512> Tile<'_, L> {
+    /// Returns `N`, the tokens done.
+    #[inline(always)]
+    unsafe fn run<const R: usize, const N: usize>(self) -> usize {
+        let (x, cols) = (self.x, self.w.cols());
+        let nb = cols / ACT_BLOCK;
+        let rows: [*const u8; R] = std::array::from_fn(|i| self.w.row_bytes(self.r + i).as_ptr());
+        let ys: [*const i8; N] = std::array::from_fn(|k| x.interleaved().as_ptr().add((self.t0 + k) * cols));
+        let ds: [*const f32; N] = std::array::from_fn(|k| x.scales().as_ptr().add((self.t0 + k) * nb));
+        let mut acc = [[_mm512_setzero_ps(); N]; R];
+        for b in 0..nb {
+            for row in rows {
+                // A hint only: an address past the matrix is never read.
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(b * L::BLOCK_BYTES + PREFETCH_BYTES) as *const i8);
+            }
+            // (A loop, not `array::from_fn`: a closure would not carry the target features,
+            // and the intrinsics in it would become calls.)
+            let mut c = [[_mm512_setzero_si512(); 4]; R];
+            for i in 0..R {
+                c[i] = L::codes(rows[i], b);
+            }
+            for k in 0..N {
+                let y = ys[k].add(b * ACT_BLOCK) as *const __m512i;
+                let y = [
+                    _mm512_loadu_si512(y),
+                    _mm512_loadu_si512(y.add(1)),
+                    _mm512_loadu_si512(y.add(2)),
+                    _mm512_loadu_si512(y.add(3)),
+                ];
+                let s = _mm512_set1_ps(*ds[k].add(b));
+                for i in 0..R {
+                    let mut isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c[i][0], y[0]);
+                    isum = _mm512_dpbusd_epi32(isum, c[i][1], y[1]);
+                    isum = _mm512_dpbusd_epi32(isum, c[i][2], y[2]);
+                    isum = _mm512_dpbusd_epi32(isum, c[i][3], y[3]);
+                    acc[i][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), s, acc[i][k]);
+                }
+            }
+        }
+        let n = x.n_tokens();
+        for i in 0..R {
+            let d = self.d[self.r + i];
+            for k in 0..N {
+                let t = self.t0 + k;
+                self.out[(self.r + i - self.first) * n + t] = d * (_mm512_reduce_add_ps(acc[i][k]) - x.scaled_sums()[t]);
+            }
+        }
+        N
+    }
+}
+
+/// Rows whose blocks carry scales of their own: each block's dot products are scaled by the
+/// block's scale times the activation block's, and the code offset is subtracted per block.
+#[inline(always)]
+unsafe fn per_block512<L: Layout512>(w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32]) {
     let n = x.n_tokens();
     for (ri, r) in rows.enumerate() {
-        let row = w.row_bytes(r).as_ptr();
+        let row = w.row_bytes(r);
         let mut t0 = 0;
         while t0 < n {
             let dst = &mut out[ri * n + t0..];
             t0 += match n - t0 {
-                1 => row_tile512::<1>(row, w.cols(), x, t0, dst, decode),
-                2 => row_tile512::<2>(row, w.cols(), x, t0, dst, decode),
-                3 => row_tile512::<3>(row, w.cols(), x, t0, dst, decode),
-                4 => row_tile512::<4>(row, w.cols(), x, t0, dst, decode),
-                5 => row_tile512::<5>(row, w.cols(), x, t0, dst, decode),
-                6 => row_tile512::<6>(row, w.cols(), x, t0, dst, decode),
-                7 => row_tile512::<7>(row, w.cols(), x, t0, dst, decode),
-                _ => row_tile512::<8>(row, w.cols(), x, t0, dst, decode),
+                1 => row_tile512::<L, 1>(w, row, x, t0, dst),
+                2 => row_tile512::<L, 2>(w, row, x, t0, dst),
+                3 => row_tile512::<L, 3>(w, row, x, t0, dst),
+                4 => row_tile512::<L, 4>(w, row, x, t0, dst),
+                5 => row_tile512::<L, 5>(w, row, x, t0, dst),
+                6 => row_tile512::<L, 6>(w, row, x, t0, dst),
+                7 => row_tile512::<L, 7>(w, row, x, t0, dst),
+                _ => row_tile512::<L, 8>(w, row, x, t0, dst),
             };
         }
     }
 }
 
 #[inline(always)]
-unsafe fn row_tile512<const N: usize>(
-    row: *const u8,
-    cols: usize,
+unsafe fn row_tile512<L: Layout512, const N: usize>(
+    w: &TernaryMatrix,
+    row: &[u8],
     x: &QuantizedActivations,
     t0: usize,
     dst: &mut [f32],
-    decode: Decoder512,
 ) -> usize {
+    let (format, cols) = (w.format(), w.cols());
     let nb = cols / ACT_BLOCK;
+    // Where each 256-weight block keeps its scale (I2_S has none, and is always uniform).
+    let scale_at = format.scale_offset().map(|at| (format.block_bytes(), at));
     let ys: [*const i8; N] = std::array::from_fn(|k| x.interleaved().as_ptr().add((t0 + k) * cols));
     let ds: [*const f32; N] = std::array::from_fn(|k| x.scales().as_ptr().add((t0 + k) * nb));
     let ss: [*const i32; N] = std::array::from_fn(|k| x.sums().as_ptr().add((t0 + k) * nb));
     let mut acc = [_mm512_setzero_ps(); N];
     let mut corr = [0f32; N];
     for b in 0..nb {
-        let (c, d) = decode(row, b);
+        let c = L::codes(row.as_ptr(), b);
+        let d = scale_at.map_or(1.0, |(bb, at)| f16_at(row.as_ptr().add(b * bb + at)));
         for k in 0..N {
             let y = ys[k].add(b * ACT_BLOCK) as *const __m512i;
             let mut isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c[0], _mm512_loadu_si512(y));
@@ -306,24 +530,4 @@ unsafe fn unpack2_512(bytes: *const u8) -> [__m512i; 4] {
         _mm512_and_si512(_mm512_srli_epi16(b, 4), m),
         _mm512_and_si512(_mm512_srli_epi16(b, 6), m),
     ]
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-unsafe fn tq2_block512(row: *const u8, b: usize) -> ([__m512i; 4], f32) {
-    let blk = &*(row as *const BlockTq2_0).add(b);
-    (unpack2_512(blk.qs.as_ptr()), f16_at(blk.d.as_ptr()))
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-unsafe fn i2s_block512(row: *const u8, b: usize) -> ([__m512i; 4], f32) {
-    let [c0, c1, c2, c3] = unpack2_512((*(row as *const BlockI2s).add(2 * b)).qs.as_ptr());
-    ([c3, c2, c1, c0], 1.0)
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-unsafe fn tq1_block512(row: *const u8, b: usize) -> ([__m512i; 4], f32) {
-    // Decode with the AVX2 routine, then pair weights 32l.. with 128+32l.. per vector.
-    let ([f0, f1, f2, f3], [s0, s1, s2, s3], d) = tq1_block(row, b);
-    let pair = |lo: __m256i, hi: __m256i| _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-    ([pair(f0, s0), pair(f1, s1), pair(f2, s2), pair(f3, s3)], d)
 }

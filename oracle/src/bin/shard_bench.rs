@@ -502,17 +502,29 @@ fn bench_kernels(tokens: &[usize], reps: usize, threads: usize, as_json: bool) -
     let all = kernels::available();
     let mut rows_out = vec![];
     if !as_json {
-        print!("{:<6} {:>10} {:>2}", "format", "shape", "n");
+        print!("{:<6} {:<9} {:>10} {:>2}", "format", "scales", "shape", "n");
         for k in &all {
             print!(" {:>16}", format!("{} ms", k.name()));
         }
         println!("   (speed-up over scalar; {threads} threads, median of {reps})");
     }
-    for format in [TernaryFormat::TQ2_0, TernaryFormat::TQ1_0, TernaryFormat::I2S] {
+    // "row": every block of a row shares one scale, as BitNet converters write them (the SIMD
+    // kernels factor it out); "block": each block its own (the per-block path). I2_S blocks
+    // have no scale.
+    let cases = [
+        (TernaryFormat::TQ2_0, "row"),
+        (TernaryFormat::TQ2_0, "block"),
+        (TernaryFormat::TQ1_0, "row"),
+        (TernaryFormat::TQ1_0, "block"),
+        (TernaryFormat::I2S, "tensor"),
+    ];
+    for (format, scaling) in cases {
         for &(rows, cols) in &shapes {
             let mut next = xorshift(0x9e3779b97f4a7c15u64);
             let values: Vec<i8> = (0..rows * cols).map(|_| (next() % 3) as i8 - 1).collect();
-            let scales = vec![0.5f32; rows * cols / format.block_len()];
+            let scales: Vec<f32> = (0..rows * cols / format.block_len())
+                .map(|b| if scaling == "block" && b % 2 == 1 { 0.5 + 1.0 / 1024.0 } else { 0.5 })
+                .collect();
             let bytes = formats::encode_matrix(format, rows, cols, &values, &scales);
             let m =
                 TernaryMatrix::new(format, rows, cols, WeightBytes::Owned(Arc::new(bytes))).map_err(|e| anyhow::anyhow!(e.0))?;
@@ -532,10 +544,10 @@ fn bench_kernels(tokens: &[usize], reps: usize, threads: usize, as_json: bool) -
                 };
                 let times: Vec<f64> = all.iter().map(|k| time(*k)).collect();
                 if as_json {
-                    rows_out.push(json!({"format": format!("{format:?}"), "rows": rows, "cols": cols, "tokens": n,
+                    rows_out.push(json!({"format": format!("{format:?}"), "scales": scaling, "rows": rows, "cols": cols, "tokens": n,
                         "ms": all.iter().zip(&times).map(|(k, t)| (k.name().to_string(), json!(t))).collect::<serde_json::Map<_, _>>()}));
                 } else {
-                    print!("{:<6} {:>10} {n:>2}", format!("{format:?}"), format!("{rows}x{cols}"));
+                    print!("{:<6} {scaling:<9} {:>10} {n:>2}", format!("{format:?}"), format!("{rows}x{cols}"));
                     for t in &times {
                         print!(" {:>8.3} ({:>4.1}x)", t, times[0] / t);
                     }
