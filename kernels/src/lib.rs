@@ -290,22 +290,50 @@ impl TernaryMatrix {
     /// Multiplies by several tokens: `out[t * rows + r] = scale * W[r] · x_t`, split over
     /// rayon's threads by blocks of rows.
     pub fn matmul(&self, kernel: &dyn TernaryKernel, x: &QuantizedActivations, out: &mut [f32]) {
-        assert_eq!(x.cols, self.cols, "activation length does not match the matrix");
-        let n = x.n_tokens;
-        assert_eq!(out.len(), n * self.rows);
-        let rows_per_task = rows_per_task(self.rows, self.cols * n);
-        let mut by_row = vec![0f32; self.rows * n];
-        if rows_per_task >= self.rows {
-            gemm(kernel, self, 0..self.rows, x, &mut by_row);
-        } else {
-            by_row.par_chunks_mut(rows_per_task * n).enumerate().for_each(|(i, chunk)| {
-                let start = i * rows_per_task;
-                gemm(kernel, self, start..start + chunk.len() / n, x, chunk);
-            });
+        matmul_group(kernel, &[self], x, &mut [out]);
+    }
+}
+
+/// Several matrices of the same input (a layer's Q, K and V; its FFN gate and up) times the
+/// same tokens, in one parallel pass: `outs[i][t * rows_i + r] = scale_i * W_i[r] · x_t`. One
+/// pass rather than one per matrix, because waking the threads and waiting for the slowest
+/// costs about as much as a small matrix when decoding one token.
+pub fn matmul_group(kernel: &dyn TernaryKernel, mats: &[&TernaryMatrix], x: &QuantizedActivations, outs: &mut [&mut [f32]]) {
+    assert_eq!(mats.len(), outs.len(), "one output per matrix");
+    let n = x.n_tokens;
+    for (m, out) in mats.iter().zip(outs.iter()) {
+        assert_eq!(x.cols, m.cols, "activation length does not match the matrix");
+        assert_eq!(out.len(), n * m.rows, "output length does not match rows x tokens");
+    }
+    let total: usize = mats.iter().map(|m| m.rows).sum();
+    let per_task = rows_per_task(total, mats[0].cols * n);
+    // Row-major results (`[r * n + t]`); with one token that is already the output's layout.
+    let mut by_row: Vec<Vec<f32>> = if n == 1 { vec![] } else { mats.iter().map(|m| vec![0f32; m.rows * n]).collect() };
+    let mut tasks: Vec<(&TernaryMatrix, Range<usize>, &mut [f32])> = vec![];
+    let targets: Vec<&mut [f32]> =
+        if n == 1 { outs.iter_mut().map(|o| &mut **o).collect() } else { by_row.iter_mut().map(Vec::as_mut_slice).collect() };
+    for (m, target) in mats.iter().zip(targets) {
+        for (i, chunk) in target.chunks_mut(per_task * n).enumerate() {
+            let start = i * per_task;
+            tasks.push((m, start..start + chunk.len() / n, chunk));
         }
-        for r in 0..self.rows {
+    }
+    if tasks.len() == 1 {
+        let (m, rows, chunk) = tasks.pop().expect("one task");
+        gemm(kernel, m, rows, x, chunk);
+    } else {
+        tasks.into_par_iter().for_each(|(m, rows, chunk)| gemm(kernel, m, rows, x, chunk));
+    }
+    for (i, (m, out)) in mats.iter().zip(outs.iter_mut()).enumerate() {
+        if n == 1 {
+            if m.scale != 1.0 {
+                out.iter_mut().for_each(|v| *v *= m.scale);
+            }
+            continue;
+        }
+        for r in 0..m.rows {
             for t in 0..n {
-                out[t * self.rows + r] = by_row[r * n + t] * self.scale;
+                out[t * m.rows + r] = by_row[i][r * n + t] * m.scale;
             }
         }
     }
@@ -509,6 +537,44 @@ mod tests {
                         let (_, mag) = exact(&m, &values, &q, r, t);
                         let (g, w) = (got[t * rows + r], want[t * rows + r]);
                         prop_assert!((g - w).abs() as f64 <= 1e-5 * mag + 1e-6, "{}: {g} vs scalar {w} ({format:?}, row {r}, token {t})", kernel.name());
+                    }
+                }
+            }
+        }
+
+        /// A token's result is the same bit for bit whether it is multiplied alone or with
+        /// others: verifying k drafted tokens in one pass must give the logits that decoding
+        /// them one by one would (greedy speculative decoding is lossless only then).
+        #[test]
+        fn batched_tokens_equal_single_tokens(
+            format in format_strategy(),
+            rows in 1usize..24,
+            col_blocks in 1usize..4,
+            n_tokens in 2usize..12,
+            uniform in any::<bool>(),
+            seed in any::<u64>(),
+        ) {
+            let cols = col_blocks * ACT_BLOCK;
+            let mut state = seed | 1;
+            let mut next = move || { state ^= state << 13; state ^= state >> 7; state ^= state << 17; state };
+            let values: Vec<i8> = (0..rows * cols).map(|_| (next() % 3) as i8 - 1).collect();
+            let n_blocks = rows * cols / format.block_len();
+            let scales: Vec<f32> = (0..n_blocks)
+                .map(|b| if uniform { 0.75 } else { 0.01 + ((next() + b as u64) % 1000) as f32 / 500.0 })
+                .collect();
+            let m = matrix(format, rows, cols, &values, &scales);
+            let x: Vec<f32> = (0..n_tokens * cols).map(|_| ((next() % 20001) as f32 - 10000.0) / 997.0).collect();
+            let all = QuantizedActivations::quantize(&x, n_tokens, cols);
+            for kernel in available() {
+                let mut batched = vec![0f32; rows * n_tokens];
+                m.matmul(kernel, &all, &mut batched);
+                for t in 0..n_tokens {
+                    let one = QuantizedActivations::quantize(&x[t * cols..(t + 1) * cols], 1, cols);
+                    let mut single = vec![0f32; rows];
+                    m.matmul(kernel, &one, &mut single);
+                    for r in 0..rows {
+                        prop_assert_eq!(single[r].to_bits(), batched[t * rows + r].to_bits(),
+                            "{}: row {} token {} of {}", kernel.name(), r, t, n_tokens);
                     }
                 }
             }

@@ -280,6 +280,7 @@ impl Avx512Vnni {
             && is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("avx512vl")
     }
 }
 
@@ -340,9 +341,17 @@ impl Layout512 for Tq1 {
     }
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn gemm512(w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32]) {
     match (w.format(), w.row_scales()) {
+        // One token: 256-bit vectors, which measured faster for it (2B-4T shapes, one and two
+        // threads on Zen 4, whose 512-bit operations take two passes through 256-bit units);
+        // the 512-bit tiles pay where a decoded block serves several tokens. Both sum into the
+        // same eight float lanes in the same order, so a token's result does not depend on how
+        // many tokens share the pass (greedy speculative decoding relies on that).
+        (TernaryFormat::TQ2_0, Some(d)) if x.n_tokens() == 1 => uniform_one256(w, rows, x, out, d, tq2_block),
+        (TernaryFormat::TQ1_0, Some(d)) if x.n_tokens() == 1 => uniform_one256(w, rows, x, out, d, tq1_block),
+        (TernaryFormat::I2S, Some(d)) if x.n_tokens() == 1 => uniform_one256(w, rows, x, out, d, i2s_block),
         (TernaryFormat::TQ2_0, Some(d)) => uniform512::<Tq2>(w, rows, x, out, d),
         (TernaryFormat::TQ1_0, Some(d)) => uniform512::<Tq1>(w, rows, x, out, d),
         (TernaryFormat::I2S, Some(d)) => uniform512::<I2s>(w, rows, x, out, d),
@@ -391,6 +400,45 @@ unsafe fn uniform512<L: Layout512>(w: &TernaryMatrix, rows: Range<usize>, x: &Qu
     }
 }
 
+/// Eight lanes of a 16-lane integer sum: lane `j` plus lane `j + 8`. A 512-bit code vector
+/// holds weights `32l..` in its low half and `128+32l..` in its high half, so lane `j` then
+/// sums the products that lane `j` of [`uniform_one256`]'s sum does, exactly (integers).
+#[inline(always)]
+unsafe fn fold(v: __m512i) -> __m256i {
+    _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v))
+}
+
+/// One token, one row at a time, with 256-bit `vpdpbusd`: the AVX2 decoders' code vectors
+/// (weights `32l..` and `128+32l..`) against the interleaved activations' halves.
+#[inline(always)]
+unsafe fn uniform_one256(
+    w: &TernaryMatrix,
+    rows: Range<usize>,
+    x: &QuantizedActivations,
+    out: &mut [f32],
+    d: &[f32],
+    decode: BlockDecoder,
+) {
+    let nb = w.cols() / ACT_BLOCK;
+    let (y0, ds) = (x.interleaved().as_ptr(), x.scales().as_ptr());
+    for (ri, r) in rows.enumerate() {
+        let row = w.row_bytes(r).as_ptr();
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..nb {
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(b * w.format().row_bytes(ACT_BLOCK) + PREFETCH_BYTES) as *const i8);
+            let (lo, hi, _) = decode(row, b);
+            let y = y0.add(b * ACT_BLOCK) as *const __m256i;
+            let mut isum = _mm256_setzero_si256();
+            for l in 0..4 {
+                isum = _mm256_dpbusd_epi32(isum, lo[l], _mm256_loadu_si256(y.add(2 * l)));
+                isum = _mm256_dpbusd_epi32(isum, hi[l], _mm256_loadu_si256(y.add(2 * l + 1)));
+            }
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(*ds.add(b)), acc);
+        }
+        out[ri] = d[r] * (hsum(acc) - x.scaled_sums()[0]);
+    }
+}
+
 /// How far ahead of the block being multiplied each row's bytes are prefetched.
 const PREFETCH_BYTES: usize = 1024;
 
@@ -416,7 +464,7 @@ impl<L: Layout512> Tile<'_, L> {
         let rows: [*const u8; R] = std::array::from_fn(|i| self.w.row_bytes(self.r + i).as_ptr());
         let ys: [*const i8; N] = std::array::from_fn(|k| x.interleaved().as_ptr().add((self.t0 + k) * cols));
         let ds: [*const f32; N] = std::array::from_fn(|k| x.scales().as_ptr().add((self.t0 + k) * nb));
-        let mut acc = [[_mm512_setzero_ps(); N]; R];
+        let mut acc = [[_mm256_setzero_ps(); N]; R];
         for b in 0..nb {
             for row in rows {
                 // A hint only: an address past the matrix is never read.
@@ -436,13 +484,13 @@ impl<L: Layout512> Tile<'_, L> {
                     _mm512_loadu_si512(y.add(2)),
                     _mm512_loadu_si512(y.add(3)),
                 ];
-                let s = _mm512_set1_ps(*ds[k].add(b));
+                let s = _mm256_set1_ps(*ds[k].add(b));
                 for i in 0..R {
                     let mut isum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c[i][0], y[0]);
                     isum = _mm512_dpbusd_epi32(isum, c[i][1], y[1]);
                     isum = _mm512_dpbusd_epi32(isum, c[i][2], y[2]);
                     isum = _mm512_dpbusd_epi32(isum, c[i][3], y[3]);
-                    acc[i][k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), s, acc[i][k]);
+                    acc[i][k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(fold(isum)), s, acc[i][k]);
                 }
             }
         }
@@ -451,7 +499,7 @@ impl<L: Layout512> Tile<'_, L> {
             let d = self.d[self.r + i];
             for k in 0..N {
                 let t = self.t0 + k;
-                self.out[(self.r + i - self.first) * n + t] = d * (_mm512_reduce_add_ps(acc[i][k]) - x.scaled_sums()[t]);
+                self.out[(self.r + i - self.first) * n + t] = d * (hsum(acc[i][k]) - x.scaled_sums()[t]);
             }
         }
         N

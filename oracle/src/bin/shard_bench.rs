@@ -72,6 +72,13 @@ enum Cmd {
         tokens: Vec<usize>,
         #[arg(long, default_value_t = 5)]
         reps: usize,
+        /// Only this layout (tq2_0, tq1_0, i2s) and scaling (row, block, tensor), e.g. for
+        /// counting instructions under callgrind one case at a time.
+        #[arg(long)]
+        only: Option<String>,
+        /// Only this shape, ROWSxCOLS.
+        #[arg(long)]
+        shape: Option<String>,
     },
     /// What golden tickets cost: the reference draft model's check of one ticket against the
     /// target's verification of one Scout job, and the CPU share at the ticket rates.
@@ -109,6 +116,23 @@ fn xorshift(mut s: u64) -> impl FnMut() -> u64 {
     }
 }
 
+/// Bytes per second that rayon's threads read from memory together: each sums its share of a
+/// 1 GiB buffer (far larger than any cache), best of five.
+fn read_bandwidth() -> f64 {
+    use rayon::prelude::*;
+    let words = (1usize << 30) / 8;
+    let buf: Vec<u64> = (0..words as u64).collect();
+    let share = words.div_ceil(rayon::current_num_threads());
+    (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let sum: u64 = buf.par_chunks(share).map(|c| c.iter().fold(0u64, |a, &v| a.wrapping_add(v))).sum();
+            std::hint::black_box(sum);
+            (words * 8) as f64 / t.elapsed().as_secs_f64()
+        })
+        .fold(0.0, f64::max)
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -122,7 +146,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Model { model, kernel, context, decode, reps } => {
             bench_model(model, kernel, context, decode, reps, threads, args.json)
         }
-        Cmd::Kernels { tokens, reps } => bench_kernels(&tokens, reps, threads, args.json),
+        Cmd::Kernels { tokens, reps, only, shape } => {
+            bench_kernels(&tokens, reps, only.as_deref(), shape.as_deref(), threads, args.json)
+        }
         Cmd::Dense { tokens, reps } => bench_dense(&tokens, reps, threads, args.json),
         Cmd::Spec { target, draft, tokens, k_max } => bench_spec(&target, &draft, tokens, k_max, threads, args.json),
         Cmd::Tickets { target, reference, k, context, jobs } => {
@@ -155,7 +181,7 @@ fn bench_model(
 
     // k-token passes after the context, rolled back each time (as verification does).
     let mut k_times = vec![];
-    for k in [1usize, 2, 4, 8] {
+    for k in [1usize, 2, 4, 8, 9] {
         let toks: Vec<u32> = (0..k as u32).map(|i| (i * 31 + 5) % n_vocab).collect();
         let mut times = vec![];
         for _ in 0..reps.max(1) + 1 {
@@ -176,6 +202,11 @@ fn bench_model(
     let decode_time = t.elapsed();
     let tok_s = decode as f64 / decode_time.as_secs_f64();
     let pp_tok_s = context as f64 / prompt_time.as_secs_f64();
+    // Decoding reads every weight once per token: the memory bound, from the bandwidth this
+    // machine delivers to this many threads right now.
+    let bytes = m.weight_bytes_per_pass();
+    let bandwidth = read_bandwidth();
+    let bound_tok_s = bandwidth / bytes as f64;
 
     if as_json {
         println!(
@@ -183,6 +214,7 @@ fn bench_model(
             json!({
                 "engine": "shard", "kernel": kernel.name(), "threads": threads, "load_s": load.as_secs_f64(),
                 "prompt_tok_s": pp_tok_s, "decode_tok_s": tok_s,
+                "weight_bytes_per_token": bytes, "read_bandwidth_gb_s": bandwidth / 1e9, "bound_tok_s": bound_tok_s,
                 "forward_ms": k_times.iter().map(|(k, d)| (k.to_string(), json!(d.as_secs_f64() * 1e3))).collect::<serde_json::Map<_, _>>(),
             })
         );
@@ -197,6 +229,13 @@ fn bench_model(
         println!("load            {:>10.2} s", load.as_secs_f64());
         println!("prompt ({context:>3} tok) {:>8.1} tok/s", pp_tok_s);
         println!("decode          {:>10.2} tok/s", tok_s);
+        println!(
+            "memory bound    {:>10.2} tok/s ({:.0} MB of weights per token at {:.1} GB/s read; decode is {:.0}% of it)",
+            bound_tok_s,
+            bytes as f64 / 1e6,
+            bandwidth / 1e9,
+            100.0 * tok_s / bound_tok_s
+        );
         for (k, d) in &k_times {
             println!(
                 "forward k={k:<2}    {:>10.2} ms  ({:.2}x one token)",
@@ -496,7 +535,14 @@ fn pass_time(engine: &Engine, ctx: &[u32], k: usize) -> Duration {
     median(v)
 }
 
-fn bench_kernels(tokens: &[usize], reps: usize, threads: usize, as_json: bool) -> anyhow::Result<()> {
+fn bench_kernels(
+    tokens: &[usize],
+    reps: usize,
+    only: Option<&str>,
+    shape: Option<&str>,
+    threads: usize,
+    as_json: bool,
+) -> anyhow::Result<()> {
     // bitnet-b1.58-2B-4T: attention 2560x2560, FFN up/gate 6912x2560, FFN down 2560x6912.
     let shapes = [(2560usize, 2560usize), (6912, 2560), (2560, 6912)];
     let all = kernels::available();
@@ -519,7 +565,13 @@ fn bench_kernels(tokens: &[usize], reps: usize, threads: usize, as_json: bool) -
         (TernaryFormat::I2S, "tensor"),
     ];
     for (format, scaling) in cases {
+        if only.is_some_and(|o| !o.eq_ignore_ascii_case(&format!("{format:?}:{scaling}"))) {
+            continue;
+        }
         for &(rows, cols) in &shapes {
+            if shape.is_some_and(|s| s != format!("{rows}x{cols}")) {
+                continue;
+            }
             let mut next = xorshift(0x9e3779b97f4a7c15u64);
             let values: Vec<i8> = (0..rows * cols).map(|_| (next() % 3) as i8 - 1).collect();
             let scales: Vec<f32> = (0..rows * cols / format.block_len())
@@ -565,13 +617,22 @@ fn bench_kernels(tokens: &[usize], reps: usize, threads: usize, as_json: bool) -
 fn bench_dense(tokens: &[usize], reps: usize, threads: usize, as_json: bool) -> anyhow::Result<()> {
     use rayon::prelude::*;
     use shard_oracle::engine::kernels::dense::{dot_f16, DenseMatrix, DenseType};
-    // The default pair's tied output layer and draft FFN, then 2B-4T's attention and FFN.
-    let shapes = [(6144usize, 256usize), (640, 256), (2560, 2560), (6912, 2560)];
+    // The default pair's tied output layer and draft FFN, 2B-4T's attention and FFN, then
+    // output layers too big for any cache: SmolLM2's 49k vocabulary (the bench file's) and
+    // Llama 3's 128k (bitnet-b1.58-2B-4T's tied embedding), where memory is the limit.
+    let shapes = [(6144usize, 256usize), (640, 256), (2560, 2560), (6912, 2560), (49152, 2560), (128256, 2560)];
+    let bandwidth = read_bandwidth();
     let mut rows_out = vec![];
     if !as_json {
         println!(
-            "{:>10} {:>2} {:>14} {:>10} {:>8}   ({threads} threads, median of {reps})",
-            "shape", "n", "row dots ms", "tiled ms", "ratio"
+            "{:>11} {:>2} {:>14} {:>10} {:>8} {:>18}   ({threads} threads, median of {reps}; read bandwidth {:.1} GB/s)",
+            "shape",
+            "n",
+            "row dots ms",
+            "tiled ms",
+            "ratio",
+            "tiled GB/s (share)",
+            bandwidth / 1e9
         );
     }
     for &(rows, cols) in &shapes {
@@ -611,10 +672,18 @@ fn bench_dense(tokens: &[usize], reps: usize, threads: usize, as_json: bool) -> 
             };
             let reference = time(&mut |o| row_dots(o));
             let tiled = time(&mut |o| m.matmul(&x, n, o));
+            let gb_s = (rows * cols * 2) as f64 / (tiled / 1e3);
             if as_json {
-                rows_out.push(json!({"rows": rows, "cols": cols, "tokens": n, "row_dots_ms": reference, "tiled_ms": tiled}));
+                rows_out.push(json!({"rows": rows, "cols": cols, "tokens": n, "row_dots_ms": reference, "tiled_ms": tiled,
+                    "tiled_gb_s": gb_s / 1e9, "read_bandwidth_gb_s": bandwidth / 1e9}));
             } else {
-                println!("{:>10} {n:>2} {reference:>14.3} {tiled:>10.3} {:>7.2}x", format!("{rows}x{cols}"), reference / tiled);
+                println!(
+                    "{:>11} {n:>2} {reference:>14.3} {tiled:>10.3} {:>7.2}x {:>10.1} ({:>4.0}%)",
+                    format!("{rows}x{cols}"),
+                    reference / tiled,
+                    gb_s / 1e9,
+                    100.0 * gb_s / bandwidth
+                );
             }
         }
     }

@@ -20,7 +20,7 @@ use shard_shared::gguf::{GgmlType, Gguf, TensorInfo};
 
 use super::config::{Activation, BitNetConfig, ConfigError, RopeStyle};
 use super::kernels::dense::{DenseMatrix, DenseType};
-use super::kernels::{MatrixError, QuantizedActivations, TernaryFormat, TernaryKernel, TernaryMatrix, WeightBytes};
+use super::kernels::{self, MatrixError, QuantizedActivations, TernaryFormat, TernaryKernel, TernaryMatrix, WeightBytes};
 use super::kv_cache::KvCache;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,14 @@ impl Linear {
         matches!(self, Linear::Ternary(_))
     }
 
+    /// Bytes of weights one pass reads.
+    pub fn weight_bytes(&self) -> usize {
+        match self {
+            Linear::Ternary(t) => t.format().row_bytes(t.cols()) * t.rows(),
+            Linear::Dense { m, .. } => m.dtype().size() * m.rows() * m.cols(),
+        }
+    }
+
     /// `out = W · x` for `n` tokens; `xq` is `x` quantized (used by ternary weights).
     fn forward(&self, kernel: &dyn TernaryKernel, x: &[f32], xq: &QuantizedActivations, n: usize, out: &mut [f32]) {
         match self {
@@ -66,6 +74,24 @@ impl Linear {
                 }
             }
         }
+    }
+}
+
+/// `outs[i] = lins[i] · x` for layers of the same input, in one parallel pass when they are
+/// all ternary ([`kernels::matmul_group`]).
+fn forward_group(
+    kernel: &dyn TernaryKernel,
+    lins: &[&Linear],
+    x: &[f32],
+    xq: &QuantizedActivations,
+    n: usize,
+    outs: &mut [&mut [f32]],
+) {
+    let ternary: Option<Vec<&TernaryMatrix>> =
+        lins.iter().map(|l| if let Linear::Ternary(t) = l { Some(t) } else { None }).collect();
+    match ternary {
+        Some(mats) => kernels::matmul_group(kernel, &mats, xq, outs),
+        None => lins.iter().zip(outs.iter_mut()).for_each(|(l, out)| l.forward(kernel, x, xq, n, out)),
     }
 }
 
@@ -253,6 +279,26 @@ impl BitNetModel {
         Ok(Self { config, tok_embd, output, output_norm, layers })
     }
 
+    /// Bytes of weights a forward pass reads from memory, whatever its number of tokens:
+    /// every layer's matrices and norms and the output layer (a token's embedding row aside).
+    /// Decoding cannot go faster than memory delivers these.
+    pub fn weight_bytes_per_pass(&self) -> usize {
+        let head = self.output.as_ref().unwrap_or(&self.tok_embd);
+        let norms = |v: &[f32]| std::mem::size_of_val(v);
+        self.layers
+            .iter()
+            .map(|l| {
+                [&l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_gate, &l.ffn_up, &l.ffn_down].iter().map(|m| m.weight_bytes()).sum::<usize>()
+                    + norms(&l.attn_norm)
+                    + norms(&l.ffn_norm)
+                    + l.attn_sub_norm.as_deref().map_or(0, norms)
+                    + l.ffn_sub_norm.as_deref().map_or(0, norms)
+            })
+            .sum::<usize>()
+            + head.dtype().size() * head.rows() * head.cols()
+            + norms(&self.output_norm)
+    }
+
     /// A fresh cache for up to `capacity` positions.
     pub fn new_cache(&self, capacity: usize) -> KvCache {
         KvCache::new(self.config.n_layer, self.config.kv_dim(), capacity)
@@ -291,9 +337,7 @@ impl BitNetModel {
         for (il, l) in self.layers.iter().enumerate() {
             rms_norm(&x, &l.attn_norm, c.rms_eps, &mut norm);
             quantize(&mut xq, &[&l.wq, &l.wk, &l.wv], &norm, e);
-            l.wq.forward(kernel, &norm, &xq, n, &mut q);
-            l.wk.forward(kernel, &norm, &xq, n, &mut k);
-            l.wv.forward(kernel, &norm, &xq, n, &mut v);
+            forward_group(kernel, &[&l.wq, &l.wk, &l.wv], &norm, &xq, n, &mut [&mut q, &mut k, &mut v]);
             self.rope(&mut q, c.n_head, start);
             self.rope(&mut k, c.n_head_kv, start);
             cache.store(il, start, &k, &v);
@@ -311,8 +355,7 @@ impl BitNetModel {
 
             rms_norm(&x, &l.ffn_norm, c.rms_eps, &mut norm);
             quantize(&mut xq, &[&l.ffn_gate, &l.ffn_up], &norm, e);
-            l.ffn_gate.forward(kernel, &norm, &xq, n, &mut gate);
-            l.ffn_up.forward(kernel, &norm, &xq, n, &mut up);
+            forward_group(kernel, &[&l.ffn_gate, &l.ffn_up], &norm, &xq, n, &mut [&mut gate, &mut up]);
             match c.activation {
                 Activation::Silu => gate.iter_mut().zip(&up).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u),
                 Activation::ReluSquared => gate.iter_mut().zip(&up).for_each(|(g, u)| *g = g.max(0.0).powi(2) * u),
