@@ -479,6 +479,34 @@ mod tests {
         (sum * m.scale as f64, mag * m.scale.abs() as f64)
     }
 
+    /// Random ternary values with random scales, one per row (`uniform`, which the SIMD
+    /// kernels factor out) or one per block; and the generator, to draw activations from.
+    fn random_matrix(
+        format: TernaryFormat,
+        rows: usize,
+        cols: usize,
+        uniform: bool,
+        seed: u64,
+    ) -> (TernaryMatrix, Vec<i8>, impl FnMut() -> u64) {
+        let mut state = seed | 1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let values: Vec<i8> = (0..rows * cols).map(|_| (next() % 3) as i8 - 1).collect();
+        let n_blocks = rows * cols / format.block_len();
+        let per_row = cols / format.block_len();
+        let mut scales: Vec<f32> = (0..n_blocks).map(|_| 0.01 + (next() % 1000) as f32 / 500.0).collect();
+        if uniform {
+            for b in 0..n_blocks {
+                scales[b] = scales[b / per_row * per_row];
+            }
+        }
+        (matrix(format, rows, cols, &values, &scales), values, next)
+    }
+
     fn format_strategy() -> impl Strategy<Value = TernaryFormat> {
         prop_oneof![Just(TernaryFormat::TQ2_0), Just(TernaryFormat::TQ1_0), Just(TernaryFormat::I2S)]
     }
@@ -499,18 +527,8 @@ mod tests {
             seed in any::<u64>(),
         ) {
             let cols = col_blocks * ACT_BLOCK;
-            let mut state = seed | 1;
-            let mut next = move || { state ^= state << 13; state ^= state >> 7; state ^= state << 17; state };
-            let values: Vec<i8> = (0..rows * cols).map(|_| (next() % 3) as i8 - 1).collect();
-            let n_blocks = rows * cols / format.block_len();
-            let mut scales: Vec<f32> = (0..n_blocks.max(1)).map(|_| 0.01 + (next() % 1000) as f32 / 500.0).collect();
+            let (m, values, mut next) = random_matrix(format, rows, cols, uniform, seed);
             let per_row = cols / format.block_len();
-            if uniform {
-                for b in 0..n_blocks {
-                    scales[b] = scales[b / per_row * per_row];
-                }
-            }
-            let m = matrix(format, rows, cols, &values, &scales);
             // I2_S has no block scales; random TQ block scales differ within a row once it has
             // two blocks.
             if format == TernaryFormat::I2S || uniform || per_row == 1 {
@@ -555,14 +573,7 @@ mod tests {
             seed in any::<u64>(),
         ) {
             let cols = col_blocks * ACT_BLOCK;
-            let mut state = seed | 1;
-            let mut next = move || { state ^= state << 13; state ^= state >> 7; state ^= state << 17; state };
-            let values: Vec<i8> = (0..rows * cols).map(|_| (next() % 3) as i8 - 1).collect();
-            let n_blocks = rows * cols / format.block_len();
-            let scales: Vec<f32> = (0..n_blocks)
-                .map(|b| if uniform { 0.75 } else { 0.01 + ((next() + b as u64) % 1000) as f32 / 500.0 })
-                .collect();
-            let m = matrix(format, rows, cols, &values, &scales);
+            let (m, _, mut next) = random_matrix(format, rows, cols, uniform, seed);
             let x: Vec<f32> = (0..n_tokens * cols).map(|_| ((next() % 20001) as f32 - 10000.0) / 997.0).collect();
             let all = QuantizedActivations::quantize(&x, n_tokens, cols);
             for kernel in available() {
