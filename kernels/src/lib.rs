@@ -18,6 +18,7 @@
 
 pub mod dense;
 pub mod formats;
+pub mod int8_rows;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 pub mod scalar;

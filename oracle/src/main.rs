@@ -68,6 +68,12 @@ struct Args {
     #[arg(long, value_enum)]
     ffn_activation: Option<shard_oracle::engine::config::Activation>,
 
+    /// The output layer's product: `exact` as stored (llama.cpp's logits), or `int8`, a copy
+    /// made at load that reads half the bytes of an F16 layer per token (faster decoding on a
+    /// big vocabulary; logits move a little, see docs/performance.md).
+    #[arg(long, value_enum, default_value_t = shard_oracle::engine::Head::Exact, env = "SHARD_HEAD")]
+    head: shard_oracle::engine::Head,
+
     /// A small draft model with the same vocabulary, run in-process for speculative decoding
     /// (like llama.cpp's -md). Float `llama` or BitNet GGUF.
     #[arg(long = "draft-model", visible_alias = "md", env = "SHARD_DRAFT_MODEL")]
@@ -345,6 +351,7 @@ async fn main() -> anyhow::Result<()> {
         n_ctx: args.ctx_size,
         alias: args.alias.clone(),
         activation: args.ffn_activation,
+        head: args.head,
         ..LoadOptions::new(kernel)
     };
     let model_path = args.model.clone();

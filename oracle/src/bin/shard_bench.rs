@@ -21,7 +21,7 @@ use shard_oracle::engine::kernels::{
     self, formats, KernelChoice, QuantizedActivations, TernaryFormat, TernaryMatrix, WeightBytes,
 };
 use shard_oracle::engine::model::Logits;
-use shard_oracle::engine::{Engine, LoadOptions};
+use shard_oracle::engine::{Engine, Head, LoadOptions};
 use shard_shared::sampling::argmax;
 
 #[derive(Parser)]
@@ -44,6 +44,9 @@ enum Cmd {
         model: PathBuf,
         #[arg(long, value_enum, default_value_t = KernelChoice::Auto)]
         kernel: KernelChoice,
+        /// The output layer's product.
+        #[arg(long, value_enum, default_value_t = Head::Exact)]
+        head: Head,
         /// Tokens of context before the timed passes.
         #[arg(long, default_value_t = 64)]
         context: usize,
@@ -143,8 +146,8 @@ fn main() -> anyhow::Result<()> {
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
     match args.cmd {
-        Cmd::Model { model, kernel, context, decode, reps } => {
-            bench_model(model, kernel, context, decode, reps, threads, args.json)
+        Cmd::Model { model, kernel, head, context, decode, reps } => {
+            bench_model(model, kernel, head, context, decode, reps, threads, args.json)
         }
         Cmd::Kernels { tokens, reps, only, shape } => {
             bench_kernels(&tokens, reps, only.as_deref(), shape.as_deref(), threads, args.json)
@@ -157,9 +160,11 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn bench_model(
     path: PathBuf,
     kernel: KernelChoice,
+    head: Head,
     context: usize,
     decode: usize,
     reps: usize,
@@ -168,7 +173,7 @@ fn bench_model(
 ) -> anyhow::Result<()> {
     let kernel = kernels::select(kernel).map_err(anyhow::Error::msg)?;
     let t0 = Instant::now();
-    let engine = Engine::load(&path, &LoadOptions { n_ctx: context + decode + 16, ..LoadOptions::new(kernel) }, |_, _| {})?;
+    let engine = Engine::load(&path, &LoadOptions { n_ctx: context + decode + 16, head, ..LoadOptions::new(kernel) }, |_, _| {})?;
     let load = t0.elapsed();
     let m = &engine.model;
     let n_vocab = m.config.n_vocab as u32;
@@ -212,7 +217,7 @@ fn bench_model(
         println!(
             "{}",
             json!({
-                "engine": "shard", "kernel": kernel.name(), "threads": threads, "load_s": load.as_secs_f64(),
+                "engine": "shard", "kernel": kernel.name(), "head": format!("{head:?}"), "threads": threads, "load_s": load.as_secs_f64(),
                 "prompt_tok_s": pp_tok_s, "decode_tok_s": tok_s,
                 "weight_bytes_per_token": bytes, "read_bandwidth_gb_s": bandwidth / 1e9, "bound_tok_s": bound_tok_s,
                 "forward_ms": k_times.iter().map(|(k, d)| (k.to_string(), json!(d.as_secs_f64() * 1e3))).collect::<serde_json::Map<_, _>>(),

@@ -46,13 +46,27 @@ pub struct LoadOptions {
     /// Overrides the architecture's FFN activation (`--ffn-activation`; llama.cpp has no
     /// such switch, so this leaves its logits behind).
     pub activation: Option<config::Activation>,
+    /// How the output layer multiplies (`--head`).
+    pub head: Head,
 }
 
 impl LoadOptions {
-    /// The defaults: the model's own context and activation, the file name as its id.
+    /// The defaults: the model's own context and activation, the file name as its id, the
+    /// exact output layer.
     pub fn new(kernel: &'static dyn TernaryKernel) -> Self {
-        Self { kernel, n_ctx: 0, alias: None, activation: None }
+        Self { kernel, n_ctx: 0, alias: None, activation: None, head: Head::Exact }
     }
+}
+
+/// The output layer's product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Head {
+    /// As stored (F16 times F16-rounded activations, as llama.cpp multiplies it).
+    #[default]
+    Exact,
+    /// An int8 copy made at load, one scale per row: half the bytes of F16 read per token,
+    /// logits a little off (`docs/performance.md`).
+    Int8,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,10 +88,13 @@ impl Engine {
         let g = Gguf::parse(&map).map_err(LoadError::from)?;
         let total = g.total_tensor_bytes();
         let mut done = 0;
-        let model = BitNetModel::from_gguf(&g, &map, opts.activation, |bytes| {
+        let mut model = BitNetModel::from_gguf(&g, &map, opts.activation, |bytes| {
             done += bytes;
             progress(done.min(total), total);
         })?;
+        if opts.head == Head::Int8 {
+            model.use_int8_head();
+        }
         let tokenizer = Tokenizer::from_gguf(&g)?;
         let token_text = |id: Option<u32>| {
             id.and_then(|i| tokenizer.piece(i)).map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default()

@@ -20,6 +20,7 @@ use shard_shared::gguf::{GgmlType, Gguf, TensorInfo};
 
 use super::config::{Activation, BitNetConfig, ConfigError, RopeStyle};
 use super::kernels::dense::{DenseMatrix, DenseType};
+use super::kernels::int8_rows::Int8Rows;
 use super::kernels::{self, MatrixError, QuantizedActivations, TernaryFormat, TernaryKernel, TernaryMatrix, WeightBytes};
 use super::kv_cache::KvCache;
 
@@ -125,6 +126,8 @@ pub struct BitNetModel {
     pub output: Option<DenseMatrix>,
     pub output_norm: Vec<f32>,
     pub layers: Vec<Layer>,
+    /// The output layer as int8 rows, when chosen (`--head int8`): used in its place.
+    pub head_int8: Option<Int8Rows>,
 }
 
 /// Reads tensors from a parsed file, sharing the memory map.
@@ -276,7 +279,7 @@ impl BitNetModel {
             progress(layer_bytes);
             layers.push(layer);
         }
-        Ok(Self { config, tok_embd, output, output_norm, layers })
+        Ok(Self { config, tok_embd, output, output_norm, layers, head_int8: None })
     }
 
     /// Bytes of weights a forward pass reads from memory, whatever its number of tokens:
@@ -295,8 +298,14 @@ impl BitNetModel {
                     + l.ffn_sub_norm.as_deref().map_or(0, norms)
             })
             .sum::<usize>()
-            + head.dtype().size() * head.rows() * head.cols()
+            + self.head_int8.as_ref().map_or(head.dtype().size() * head.rows() * head.cols(), Int8Rows::weight_bytes)
             + norms(&self.output_norm)
+    }
+
+    /// Multiplies the output layer through an int8 copy from now on (see [`Int8Rows`]).
+    pub fn use_int8_head(&mut self) {
+        let head = self.output.as_ref().unwrap_or(&self.tok_embd);
+        self.head_int8 = Some(Int8Rows::from_dense(head));
     }
 
     /// A fresh cache for up to `capacity` positions.
@@ -381,12 +390,16 @@ impl BitNetModel {
         for (i, &t) in rows.iter().enumerate() {
             rms_norm(&x[t * e..(t + 1) * e], &self.output_norm, c.rms_eps, &mut h[i * e..(i + 1) * e]);
         }
+        let mut logits = vec![0f32; rows.len() * c.n_vocab];
+        if let Some(q) = &self.head_int8 {
+            q.matmul(&h, rows.len(), &mut logits);
+            return logits;
+        }
         let head = self.output.as_ref().unwrap_or(&self.tok_embd);
         if head.dtype() == DenseType::F16 {
             // llama.cpp multiplies F16 weights by F16-rounded activations.
             h.iter_mut().for_each(|v| *v = round_f16(*v));
         }
-        let mut logits = vec![0f32; rows.len() * c.n_vocab];
         head.matmul(&h, rows.len(), &mut logits);
         logits
     }
