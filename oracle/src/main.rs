@@ -89,9 +89,20 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     min_step_ms: u64,
 
-    /// Requests that may wait for the engine; more get 429 with Retry-After.
+    /// Requests that may wait for the engine, per tier; more get 429 with Retry-After.
     #[arg(long, default_value_t = 64)]
     queue_capacity: usize,
+
+    /// Requests decoded together in shared forward passes (continuous batching), each in a
+    /// slot with its own KV cache (llama.cpp's `--parallel`).
+    #[arg(long, short = 'n', env = "SHARD_PARALLEL", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    parallel: u16,
+
+    /// Tokens one forward pass takes at most: every decoding request's tokens first, then
+    /// chunks of new prompts, so a long prompt does not stall the others (llama.cpp's
+    /// `--ubatch-size`).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=8192))]
+    step_tokens: u32,
 
     /// Largest accepted request body, in bytes.
     #[arg(long, default_value_t = 4 << 20)]
@@ -452,7 +463,12 @@ async fn main() -> anyhow::Result<()> {
     };
     let single_step = engine.time_single_step();
     let engine = Arc::new(engine);
-    let queue = InferenceQueue::start(engine.clone(), args.queue_capacity, spec, Some(trust.clone()));
+    let queue_config = shard_oracle::queue::QueueConfig {
+        capacity: args.queue_capacity,
+        parallel: args.parallel as usize,
+        step_tokens: args.step_tokens as usize,
+    };
+    let queue = InferenceQueue::start_with(engine.clone(), queue_config, spec, Some(trust.clone()));
     queue.stats.spec.single_step_micros.store(single_step.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
     let p2p = match scouts {
         None => None,

@@ -109,6 +109,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl axum::response:
     let _ = writeln!(out, "# HELP shard_requests_completed_total Requests finished.\n# TYPE shard_requests_completed_total counter\nshard_requests_completed_total {}", s.completed.load(Ordering::Relaxed));
     let _ = writeln!(out, "# HELP shard_requests_stalled_total Requests cancelled because their client stopped reading.\n# TYPE shard_requests_stalled_total counter\nshard_requests_stalled_total {}", s.stalled.load(Ordering::Relaxed));
     s.spec.render(&mut out);
+    s.steps.render(&mut out);
     let t = &state.trust.tickets;
     for (name, help, v) in [
         ("picked", "Answered Scout jobs picked as golden tickets.", &t.picked),

@@ -46,7 +46,9 @@ pub async fn overview(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({
         "depth": q.stats.depth.load(Ordering::SeqCst),
         "capacity": q.capacity,
-        "running": running,
+        "running": running > 0,
+        "active": running,
+        "slots": q.slots(),
         "waiting": waiting.iter().sum::<usize>(),
         "accepted": q.accepted(),
         "completed": q.stats.completed.load(Ordering::Relaxed),

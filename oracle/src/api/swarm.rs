@@ -46,6 +46,7 @@ pub async fn swarm(State(state): State<Arc<AppState>>) -> Result<Json<Value>, Ap
             "tokens_generated": q.tokens_generated.load(Ordering::Relaxed),
             "dropped_peers": info.dropped_peers,
             "stale_draft_answers": stale_answers,
+            "batch": q.steps.summary(),
         },
         "scouts": scouts,
         "peers": peers,

@@ -1,27 +1,20 @@
-//! The decoding loop: prompt evaluation (reusing the cached prefix of the previous request),
-//! sampling, logprobs, stop sequences and end-of-generation tokens.
+//! What a generation takes and gives (parameters, events, the finish), a sequence's session,
+//! and [`generate`]: one request decoded alone, by driving a [`Sequence`] pass after pass.
 //!
 //! Text is released to the caller only when it cannot be the start of a stop sequence, and
 //! never in the middle of a UTF-8 character.
 
 use std::time::{Duration, Instant};
 
-use shard_shared::sampling::{log_softmax, top_n, Distribution, Sampler, SamplingParams};
-use shard_shared::tokenizer::Utf8Stream;
+use shard_shared::sampling::SamplingParams;
 
 use super::kv_cache::KvCache;
 use super::model::Logits;
+use super::sequence::{PassShare, PassTiming, Sequence, PROMPT_CHUNK};
 use super::Engine;
-use crate::spec::accept;
-use crate::spec::adaptive::{DraftLength, Pace};
-use crate::spec::draft::{DraftRequest, DraftSource};
+use crate::spec::adaptive::Pace;
+use crate::spec::draft::DraftSource;
 use crate::spec::metrics::SpecStats;
-
-/// Prompt tokens evaluated per forward pass.
-const PROMPT_CHUNK: usize = 64;
-
-/// Passes at the start of each request that draft whatever the measured costs say.
-const PROBE_PASSES: usize = 2;
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -118,6 +111,7 @@ pub struct Session {
 }
 
 impl Session {
+    /// An empty session; its cache grows as it is used, up to the context.
     pub fn new(engine: &Engine) -> Self {
         Self { cache: engine.model.new_cache(engine.n_ctx), tokens: vec![] }
     }
@@ -169,284 +163,26 @@ pub fn generate(
     spec: Option<Speculation<'_>>,
     emit: &mut dyn FnMut(Event) -> bool,
 ) -> Result<Finish, GenerateError> {
-    if prompt.is_empty() {
-        return Err(GenerateError::EmptyPrompt);
-    }
-    let n_vocab = engine.model.config.n_vocab;
-    if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= n_vocab) {
-        return Err(GenerateError::BadToken(bad));
-    }
-    if prompt.len() >= engine.n_ctx {
-        return Err(GenerateError::ContextExceeded { prompt: prompt.len(), n_ctx: engine.n_ctx });
-    }
-    let started = Instant::now();
-
-    // Prompt: reuse the cached common prefix, unless every position's logits are wanted.
-    let mut logits;
-    let cached;
-    if let Some(n_top) = p.prompt_logprobs {
-        cached = 0;
-        session.truncate(0);
-        let mut prompt_lp: Vec<Option<TokenLogprob>> = vec![None];
-        logits = vec![];
-        for chunk in prompt.chunks(PROMPT_CHUNK) {
-            let out = session.eval(engine, chunk, Logits::All);
-            for row in out.chunks_exact(n_vocab) {
-                // Row j predicts the token after it: prompt_lp grows one entry per row.
-                let idx = prompt_lp.len();
-                if idx < prompt.len() {
-                    let lp = log_softmax(row);
-                    prompt_lp.push(Some(TokenLogprob {
-                        token: prompt[idx],
-                        logprob: lp[prompt[idx] as usize],
-                        top: top_n(&lp, n_top),
-                    }));
-                }
-            }
-            logits = out[out.len() - n_vocab..].to_vec();
+    let taken = std::mem::replace(session, Session::new(engine));
+    let mut seq = match Sequence::new(engine, taken, prompt.to_vec(), p.clone(), spec) {
+        Ok(seq) => seq,
+        Err((e, back)) => {
+            *session = back;
+            return Err(e);
         }
-        if !emit(Event::Prompt(prompt_lp)) {
-            return Ok(finish(
-                FinishReason::Cancelled,
-                String::new(),
-                prompt.len(),
-                0,
-                0,
-                started,
-                Instant::now(),
-                SpecStats::default(),
-            ));
-        }
-    } else {
-        cached = session.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
-        logits = session.extend_to(engine, prompt);
-    }
-    let prompt_done = Instant::now();
-
-    let max_new = p.max_tokens.min(engine.n_ctx - prompt.len());
-    let mut out = Output {
-        engine,
-        p,
-        generated: vec![],
-        utf8: Utf8Stream::default(),
-        pending: String::new(),
-        stopped_by_sequence: false,
-        emit,
     };
-    let mut sampler = Sampler::new(p.sampling.clone(), p.seed);
-    let mut draft_len = spec.map(|s| DraftLength::new(s.k_max, 0.1));
-    let pace = spec.and_then(|s| s.pace);
-    let probing = pace.is_none_or(Pace::start_request);
-    let mut stats = SpecStats::default();
-    if max_new == 0 {
-        return Ok(finish(FinishReason::Length, String::new(), prompt.len(), 0, cached, started, prompt_done, stats));
-    }
-    // `next` has been chosen from `next_logits` but not yet run through the model.
-    let mut next = sampler.sample(&logits, &[]);
-    let mut next_logits = logits;
-    let reason = 'decode: loop {
-        match out.push(next, &next_logits) {
-            Flow::Go => {}
-            Flow::Stop(reason) => break 'decode reason,
+    let finish = loop {
+        seq.plan(engine, PassShare::ALONE);
+        let started = Instant::now();
+        let logits = engine.model.forward_batch(engine.kernel, &mut [seq.segment()]).pop().expect("one segment");
+        if let Some(rest) = engine.min_step.checked_sub(started.elapsed()) {
+            std::thread::sleep(rest);
         }
-        let remaining = max_new - out.generated.len();
-        if remaining == 0 {
-            break FinishReason::Length;
+        let timing = PassTiming { ms: started.elapsed().as_secs_f64() * 1e3, sequences: 1 };
+        if let Some(f) = seq.absorb(engine, logits, timing, emit) {
+            break f;
         }
-        let position = session.tokens.len();
-        let wanted = match (pace, &draft_len) {
-            // A probing request's first two passes draft (its acceptance is its own; the
-            // second times steady drafting, the first also catches the draft up on the
-            // prompt), once a plain step has been timed to compare with; after that, the
-            // fastest length.
-            (Some(pace), Some(_)) if !probing || !pace.knows_step() => 0,
-            (Some(_), Some(d)) if stats.verifications < PROBE_PASSES => d.k(),
-            (Some(pace), Some(d)) => pace.costs().map_or_else(|| d.k(), |c| d.choose(&c)),
-            (None, Some(d)) => d.k(),
-            (_, None) => 0,
-        };
-        // Room for the drafted tokens plus the target's own token after them.
-        let k = wanted.min(remaining - 1).min(engine.n_ctx.saturating_sub(position + 2));
-        let draft_started = Instant::now();
-        let draft = match spec {
-            Some(s) if k > 0 => {
-                let mut context = Vec::with_capacity(position + 1);
-                context.extend_from_slice(&session.tokens);
-                context.push(next);
-                let req = DraftRequest { sequence: s.sequence, context: &context, k, sampling: &p.sampling, seed: p.seed };
-                s.source.draft(&req).map(|mut d| {
-                    // Whatever a source sends, verify at most k in-vocabulary tokens.
-                    let valid = d.tokens.iter().take(k).take_while(|&&t| (t as usize) < n_vocab).count();
-                    d.tokens.truncate(valid);
-                    if let Some(q) = &mut d.q {
-                        q.truncate(valid);
-                    }
-                    (d, s)
-                })
-            }
-            _ => None,
-        };
-        stats.target_passes += 1;
-        let draft_ms = draft_started.elapsed().as_secs_f64() * 1e3;
-        let Some((draft, s)) = draft.filter(|(d, _)| !d.tokens.is_empty()) else {
-            let step_started = Instant::now();
-            next_logits = session.step(engine, next);
-            if let Some(pace) = pace {
-                pace.record_step(step_started.elapsed().as_secs_f64() * 1e3);
-            }
-            next = sampler.sample(&next_logits, &out.generated);
-            continue;
-        };
-
-        // Verify: one pass over `next` and the drafted tokens gives k + 1 distributions.
-        let mut batch = Vec::with_capacity(draft.tokens.len() + 1);
-        batch.push(next);
-        batch.extend_from_slice(&draft.tokens);
-        let verify_started = Instant::now();
-        let rows = session.eval(engine, &batch, Logits::All);
-        if let Some(pace) = pace {
-            let steady = (stats.verifications > 0).then_some(draft_ms);
-            pace.record_pass(draft.tokens.len(), steady, verify_started.elapsed().as_secs_f64() * 1e3);
-        }
-        let mut history = out.generated.clone();
-        let mut dists: Vec<Distribution> = Vec::with_capacity(batch.len());
-        for (i, row) in rows.chunks_exact(n_vocab).enumerate() {
-            dists.push(sampler.distribution(row, &history));
-            if let Some(&d) = draft.tokens.get(i) {
-                history.push(d);
-            }
-        }
-        let verdict = if p.sampling.is_greedy() {
-            let argmax: Vec<u32> = dists.iter().map(Distribution::argmax).collect();
-            accept::greedy(&argmax, &draft.tokens)
-        } else {
-            let q = if s.source.trusted() { draft.q.as_deref().filter(|q| q.len() == draft.tokens.len()) } else { None };
-            accept::sampled(&dists, &draft.tokens, q, &mut sampler)
-        };
-        stats.verifications += 1;
-        stats.drafted += draft.tokens.len();
-        stats.accepted += verdict.accepted;
-        s.source.feedback(s.sequence, draft.tokens.len(), verdict.accepted);
-        if let Some(d) = draft_len.as_mut() {
-            d.update(draft.tokens.len(), verdict.accepted);
-        }
-        // Keep `next` and the accepted drafts; the rejected positions are rolled back.
-        session.truncate(position + 1 + verdict.accepted);
-        for (i, &d) in draft.tokens[..verdict.accepted].iter().enumerate() {
-            if let Flow::Stop(reason) = out.push(d, &rows[i * n_vocab..(i + 1) * n_vocab]) {
-                break 'decode reason;
-            }
-        }
-        next = verdict.next;
-        next_logits = rows[verdict.accepted * n_vocab..(verdict.accepted + 1) * n_vocab].to_vec();
     };
-    let tail = if out.stopped_by_sequence { String::new() } else { out.finish_text() };
-    Ok(finish(reason, tail, prompt.len(), out.generated.len(), cached, started, prompt_done, stats))
-}
-
-enum Flow {
-    Go,
-    Stop(FinishReason),
-}
-
-/// Turns accepted tokens into events: logprobs, text safe to show, stop conditions.
-struct Output<'a, 'e> {
-    engine: &'a Engine,
-    p: &'a GenerateParams,
-    generated: Vec<u32>,
-    utf8: Utf8Stream,
-    /// Text not yet released, because it could still become a stop sequence.
-    pending: String,
-    /// A stop sequence matched; the text after it is dropped.
-    stopped_by_sequence: bool,
-    emit: &'a mut (dyn FnMut(Event) -> bool + 'e),
-}
-
-impl Output<'_, '_> {
-    /// Takes one token chosen from `logits`.
-    fn push(&mut self, id: u32, logits: &[f32]) -> Flow {
-        if self.engine.tokenizer.is_end_of_generation(id) {
-            return Flow::Stop(FinishReason::Stop);
-        }
-        let logprob = self.p.logprobs.map(|n_top| {
-            let lp = log_softmax(logits);
-            TokenLogprob { token: id, logprob: lp[id as usize], top: top_n(&lp, n_top) }
-        });
-        self.generated.push(id);
-        self.pending.push_str(&self.utf8.push(self.engine.tokenizer.output_bytes(id, false)));
-        if let Some(at) = self.p.stop.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
-            self.pending.truncate(at);
-            let text = std::mem::take(&mut self.pending);
-            (self.emit)(Event::Token { id, text, logprob });
-            self.stopped_by_sequence = true;
-            return Flow::Stop(FinishReason::Stop);
-        }
-        let hold = partial_stop_suffix(&self.pending, &self.p.stop);
-        let text: String = self.pending.drain(..self.pending.len() - hold).collect();
-        if !(self.emit)(Event::Token { id, text, logprob }) {
-            return Flow::Stop(FinishReason::Cancelled);
-        }
-        Flow::Go
-    }
-
-    /// Whatever text is still held back.
-    fn finish_text(&mut self) -> String {
-        let mut tail = std::mem::take(&mut self.pending);
-        tail.push_str(&self.utf8.finish());
-        tail
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn finish(
-    reason: FinishReason,
-    tail: String,
-    prompt_tokens: usize,
-    completion_tokens: usize,
-    cached_tokens: usize,
-    started: Instant,
-    prompt_done: Instant,
-    spec: SpecStats,
-) -> Finish {
-    Finish {
-        reason,
-        tail,
-        prompt_tokens,
-        completion_tokens,
-        cached_tokens,
-        prompt_time: prompt_done - started,
-        decode_time: prompt_done.elapsed(),
-        spec,
-    }
-}
-
-/// Length of the longest suffix of `text` that begins one of the stop sequences.
-fn partial_stop_suffix(text: &str, stops: &[String]) -> usize {
-    let mut hold = 0;
-    for s in stops {
-        for k in (1..s.len()).rev() {
-            if k <= hold {
-                break;
-            }
-            if s.is_char_boundary(k) && text.ends_with(&s[..k]) {
-                hold = k;
-                break;
-            }
-        }
-    }
-    hold
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn holds_back_partial_stop_sequences() {
-        let stops = vec!["</end>".to_string(), "\n\n".to_string()];
-        assert_eq!(partial_stop_suffix("hello </e", &stops), 3);
-        assert_eq!(partial_stop_suffix("hello\n", &stops), 1);
-        assert_eq!(partial_stop_suffix("hello", &stops), 0);
-        assert_eq!(partial_stop_suffix("é<", &["<é>".to_string()]), 1);
-    }
+    *session = seq.into_session();
+    Ok(finish)
 }

@@ -1,10 +1,12 @@
 //! The inference engine: a BitNet model, its tokenizer and chat template, and the kernel that
 //! runs it. [`generate`] holds the decoding loop the API drives.
 
+pub mod batch;
 pub mod config;
 pub mod generate;
 pub mod kv_cache;
 pub mod model;
+pub mod sequence;
 
 /// The kernels live in their own crate (`kernels/`), so they cross-build and test quickly.
 pub use shard_kernels as kernels;

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use shard_shared::gguf::{GgmlType, Gguf, TensorInfo};
 
+use super::batch::{RowMap, Segment};
 use super::config::{Activation, BitNetConfig, ConfigError, RopeStyle};
 use super::kernels::dense::{DenseMatrix, DenseType};
 use super::kernels::int8_rows::Int8Rows;
@@ -316,13 +317,27 @@ impl BitNetModel {
     /// Runs `tokens` at positions `cache.len()..` and returns logits: one row of `n_vocab`
     /// for the last token, or one per token.
     pub fn forward(&self, kernel: &dyn TernaryKernel, tokens: &[u32], cache: &mut KvCache, want: Logits) -> Vec<f32> {
+        let mut seg = [Segment { tokens, cache, want }];
+        self.forward_batch(kernel, &mut seg).pop().expect("one segment gives one result")
+    }
+
+    /// Runs the new tokens of every segment in one pass (each weight matrix is read once for
+    /// all of them) and returns each segment's logits, as [`BitNetModel::forward`] would.
+    pub fn forward_batch(&self, kernel: &dyn TernaryKernel, segments: &mut [Segment<'_>]) -> Vec<Vec<f32>> {
         let c = &self.config;
-        let n = tokens.len();
+        let map = RowMap::new(segments);
+        let n = map.rows.len();
         let (e, f, kv) = (c.n_embd, c.n_ff, c.kv_dim());
-        let start = cache.len();
-        assert!(n > 0 && start + n <= cache.capacity(), "forward pass past the context");
+        let starts: Vec<usize> = segments.iter().map(|s| s.cache.len()).collect();
+        for s in segments.iter() {
+            assert!(
+                !s.tokens.is_empty() && s.cache.len() + s.tokens.len() <= s.cache.capacity(),
+                "forward pass past the context"
+            );
+        }
         let mut x = vec![0f32; n * e];
-        for (t, &tok) in tokens.iter().enumerate() {
+        for (t, &(s, i)) in map.rows.iter().enumerate() {
+            let tok = segments[s].tokens[i];
             assert!((tok as usize) < c.n_vocab, "token {tok} outside the vocabulary");
             self.tok_embd.row_into(tok as usize, &mut x[t * e..(t + 1) * e]);
         }
@@ -347,10 +362,14 @@ impl BitNetModel {
             rms_norm(&x, &l.attn_norm, c.rms_eps, &mut norm);
             quantize(&mut xq, &[&l.wq, &l.wk, &l.wv], &norm, e);
             forward_group(kernel, &[&l.wq, &l.wk, &l.wv], &norm, &xq, n, &mut [&mut q, &mut k, &mut v]);
-            self.rope(&mut q, c.n_head, start);
-            self.rope(&mut k, c.n_head_kv, start);
-            cache.store(il, start, &k, &v);
-            self.attention(&q, cache, il, start, n, &mut attn);
+            for (s, seg) in segments.iter_mut().enumerate() {
+                let (off, len, start) = (map.offsets[s], seg.tokens.len(), starts[s]);
+                self.rope(&mut q[off * e..(off + len) * e], c.n_head, start);
+                self.rope(&mut k[off * kv..(off + len) * kv], c.n_head_kv, start);
+                seg.cache.store(il, start, &k[off * kv..(off + len) * kv], &v[off * kv..(off + len) * kv]);
+            }
+            let caches: Vec<&KvCache> = segments.iter().map(|s| &*s.cache).collect();
+            self.attention(&q, &caches, &starts, &map, il, &mut attn);
             let attn_in = match &l.attn_sub_norm {
                 Some(w) => {
                     rms_norm(&attn, w, c.rms_eps, &mut norm);
@@ -380,12 +399,11 @@ impl BitNetModel {
             l.ffn_down.forward(kernel, down_in, &xq, n, &mut proj);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
         }
-        cache.set_len(start + n);
+        for (seg, &start) in segments.iter_mut().zip(&starts) {
+            seg.cache.set_len(start + seg.tokens.len());
+        }
 
-        let rows: Vec<usize> = match want {
-            Logits::Last => vec![n - 1],
-            Logits::All => (0..n).collect(),
-        };
+        let rows = map.wanted(segments);
         let mut h = vec![0f32; rows.len() * e];
         for (i, &t) in rows.iter().enumerate() {
             rms_norm(&x[t * e..(t + 1) * e], &self.output_norm, c.rms_eps, &mut h[i * e..(i + 1) * e]);
@@ -393,15 +411,23 @@ impl BitNetModel {
         let mut logits = vec![0f32; rows.len() * c.n_vocab];
         if let Some(q) = &self.head_int8 {
             q.matmul(&h, rows.len(), &mut logits);
-            return logits;
+        } else {
+            let head = self.output.as_ref().unwrap_or(&self.tok_embd);
+            if head.dtype() == DenseType::F16 {
+                // llama.cpp multiplies F16 weights by F16-rounded activations.
+                h.iter_mut().for_each(|v| *v = round_f16(*v));
+            }
+            head.matmul(&h, rows.len(), &mut logits);
         }
-        let head = self.output.as_ref().unwrap_or(&self.tok_embd);
-        if head.dtype() == DenseType::F16 {
-            // llama.cpp multiplies F16 weights by F16-rounded activations.
-            h.iter_mut().for_each(|v| *v = round_f16(*v));
-        }
-        head.matmul(&h, rows.len(), &mut logits);
-        logits
+        let mut rest = logits.as_slice();
+        segments
+            .iter()
+            .map(|seg| {
+                let (mine, after) = rest.split_at(seg.logit_rows() * c.n_vocab);
+                rest = after;
+                mine.to_vec()
+            })
+            .collect()
     }
 
     /// Rotary position embedding, NeoX style (dimension i with i + n_rot/2) or interleaved
@@ -428,21 +454,23 @@ impl BitNetModel {
         }
     }
 
-    /// Causal attention of the `n` new queries over every cached position up to their own.
+    /// Causal attention of every new query over its own sequence's cached positions up to
+    /// its own.
     ///
     /// Like llama.cpp's CPU path, the query and the softmax weights are rounded to f16 where
     /// they meet the f16 cache, and products accumulate in f32.
-    fn attention(&self, q: &[f32], cache: &KvCache, layer: usize, start: usize, n: usize, out: &mut [f32]) {
+    fn attention(&self, q: &[f32], caches: &[&KvCache], starts: &[usize], map: &RowMap, layer: usize, out: &mut [f32]) {
         let c = &self.config;
         let (hd, kv_dim) = (c.head_dim, c.kv_dim());
         let group = c.n_head / c.n_head_kv;
         let scale = 1.0 / (hd as f32).sqrt();
-        let (keys, values) = (cache.keys(layer), cache.values(layer));
         let head = |(i, o): (usize, &mut [f32])| {
-            let (t, h) = (i / c.n_head, i % c.n_head);
-            let qh: Vec<f32> = q[t * c.n_embd + h * hd..t * c.n_embd + (h + 1) * hd].iter().map(|&v| round_f16(v)).collect();
+            let (row, h) = (i / c.n_head, i % c.n_head);
+            let (s, t) = map.rows[row];
+            let (keys, values) = (caches[s].keys(layer), caches[s].values(layer));
+            let qh: Vec<f32> = q[row * c.n_embd + h * hd..row * c.n_embd + (h + 1) * hd].iter().map(|&v| round_f16(v)).collect();
             let kvh = h / group;
-            let len = start + t + 1;
+            let len = starts[s] + t + 1;
             let mut scores: Vec<f32> =
                 (0..len).map(|p| dot_f16(&keys[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd], &qh) * scale).collect();
             let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -458,13 +486,15 @@ impl BitNetModel {
                 super::kernels::dense::axpy_f16(w, bytemuck::cast_slice(vp), o);
             }
         };
-        // Parallel over (token, head) only when there is enough work to share.
-        if n * c.n_head * (start + n) * hd >= 1 << 16 {
+        // Parallel over (token, head) only when there is enough work to share; each head's
+        // result is the same either way.
+        let work: usize = map.rows.iter().map(|&(s, t)| starts[s] + t + 1).sum::<usize>() * c.n_head * hd;
+        if work >= 1 << 16 {
             out.par_chunks_mut(hd).enumerate().for_each(head);
         } else {
             out.chunks_mut(hd).enumerate().for_each(head);
         }
-        debug_assert_eq!(out.len(), n * c.n_embd);
+        debug_assert_eq!(out.len(), map.rows.len() * c.n_embd);
     }
 }
 

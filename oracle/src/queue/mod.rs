@@ -1,29 +1,35 @@
 //! The request queue in front of the engine: priority tiers, bounded rooms, live positions.
 //!
-//! One worker thread owns the model's session and runs one generation at a time. Requests wait
-//! in one bounded room per [`Tier`] (Oracle > Scout > Leech), so under load the Leech room
-//! fills and refuses first (the API answers 429 with `Retry-After`) while Oracle and Scout
-//! requests are still admitted. The worker takes the highest tier's oldest request, except
-//! that every [`LOWER_SHARE`]-th pick goes to the oldest request of a lower tier while one
-//! waits: Leeches are slowed by a crowd of higher tiers, never starved by it. A request whose
-//! client left while it waited is dropped without running.
+//! One engine thread ([`scheduler`]) decodes up to `--parallel` requests at once, one slot
+//! each, in shared forward passes. Requests wait for a slot in one bounded room per [`Tier`]
+//! (Oracle > Scout > Leech), so under load the Leech room fills and refuses first (the API
+//! answers 429 with `Retry-After`) while Oracle and Scout requests are still admitted. A free
+//! slot takes the highest tier's oldest request, except that every [`LOWER_SHARE`]-th pick
+//! goes to the oldest request of a lower tier while one waits: Leeches are slowed by a crowd
+//! of higher tiers, never starved by it. A request whose client left while it waited is
+//! dropped without running.
 //!
 //! Every accepted request holds a ticket: a random id, so that nobody can enumerate other
-//! people's requests. Its place in line is counted from the rooms themselves (the running
-//! request, every request waiting in a higher tier, and the older ones in its own), so it
-//! stays right when a higher tier jumps ahead; a [`Submission`] turns it into live
-//! [`QueueStatus`] updates (the web app's "position 3, about 12 s"), and
-//! `GET /api/queue/{ticket}` answers the same for whoever holds the id.
+//! people's requests. Its place in line is counted from the rooms themselves (every request
+//! waiting in a higher tier, the older ones in its own, and one running request when every
+//! slot is taken), so it stays right when a higher tier jumps ahead or requests finish out of
+//! order; a [`Submission`] turns it into live [`QueueStatus`] updates (the web app's
+//! "position 3, about 12 s"), and `GET /api/queue/{ticket}` answers the same for whoever
+//! holds the id.
 //!
 //! Each request's events go through a bounded channel. A client that stops reading fills it
 //! (the socket's buffers first, then the channel); once it has stayed full for
-//! [`STALL_GRACE`] the job is cancelled and its place freed, so a client that never reads
-//! cannot hold the engine or grow the Oracle's memory.
+//! [`STALL_GRACE`] the job is cancelled and its slot freed, so a client that never reads
+//! cannot hold the engine or grow the Oracle's memory. The engine thread never blocks on a
+//! client: events wait in the request's own outbox.
 //!
-//! The worker's KV cache keeps the previous request's tokens, so that a conversation's next
-//! turn reuses its prefix. That reuse is kept within one client ([`ClientKey`]): another
-//! client's request starts from an empty cache, so neither `cached_tokens` nor timing tells
-//! anyone what the previous request held.
+//! A slot's KV cache keeps its previous request's tokens, so that a conversation's next turn
+//! reuses its prefix. That reuse is kept within one client ([`ClientKey`]): another client's
+//! request starts from an empty cache, so neither `cached_tokens` nor timing tells anyone what
+//! the previous request held.
+
+pub mod metrics;
+mod scheduler;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -35,12 +41,12 @@ use serde::Serialize;
 pub use shard_shared::trust::{TicketState, Tier};
 use tokio::sync::{mpsc, watch};
 
-use crate::engine::generate::{generate, Event, Finish, GenerateError, GenerateParams, Session, Speculation};
+use crate::engine::generate::{Event, Finish, GenerateError, GenerateParams};
 use crate::engine::Engine;
-use crate::spec::adaptive::Pace;
 use crate::spec::draft::DraftSource;
 use crate::spec::metrics::SpecMetrics;
 use crate::trust::Trust;
+use metrics::StepMetrics;
 
 /// What a queued request hears back from the worker.
 #[derive(Debug)]
@@ -92,6 +98,7 @@ impl Placement {
 struct Job {
     /// Place in the order of submission.
     seq: u64,
+    submitted: Instant,
     ticket: String,
     placement: Placement,
     prompt: Vec<u32>,
@@ -119,9 +126,8 @@ pub struct QueueStats {
     pub refused: [AtomicU64; 3],
     /// Exponential moving average of a request's run time, in milliseconds.
     pub avg_job_ms: AtomicU64,
-    /// When the running request started (ms since the queue started), for wait estimates.
-    pub running_since_ms: AtomicU64,
     pub spec: SpecMetrics,
+    pub steps: StepMetrics,
 }
 
 /// Speculative decoding settings for the worker.
@@ -146,10 +152,12 @@ fn tier_index(t: Tier) -> usize {
 }
 
 /// The waiting rooms and what runs.
-#[derive(Default)]
 struct Rooms {
     waiting: [VecDeque<Job>; 3],
-    running: Option<(u64, Tier)>,
+    /// Running requests: their place in the order of submission and when they started.
+    running: Vec<(u64, Instant)>,
+    /// Requests that may run at once (`--parallel`).
+    slots: usize,
     picks: u64,
 }
 
@@ -171,13 +179,22 @@ impl Rooms {
         self.waiting[room].pop_front()
     }
 
-    /// Requests that run before `seq` of tier `tier` as things stand, the running one
-    /// included; `None` when it is not waiting.
+    fn new(slots: usize) -> Self {
+        Self { waiting: Default::default(), running: vec![], slots: slots.max(1), picks: 0 }
+    }
+
+    /// Whether every slot is taken: a waiting request then also waits for a running one.
+    fn full(&self) -> bool {
+        self.running.len() >= self.slots
+    }
+
+    /// Requests that go before `seq` of tier `tier` as things stand (plus the running one
+    /// whose slot it waits for, when every slot is taken); `None` when it is not waiting.
     fn ahead_of(&self, seq: u64, tier: Tier) -> Option<u64> {
         let t = tier_index(tier);
         let pos = self.waiting[t].iter().position(|j| j.seq == seq)?;
         let higher: usize = self.waiting[..t].iter().map(VecDeque::len).sum();
-        Some(self.running.is_some() as u64 + higher as u64 + pos as u64)
+        Some(self.full() as u64 + higher as u64 + pos as u64)
     }
 }
 
@@ -213,7 +230,24 @@ pub struct InferenceQueue {
     next_seq: Arc<AtomicU64>,
     /// Bumped whenever a request starts or finishes, so waiting requests recount.
     changed: watch::Receiver<u64>,
-    epoch: Instant,
+}
+
+/// How the engine thread runs requests.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// Requests each tier's room holds.
+    pub capacity: usize,
+    /// Requests decoded together at most (`--parallel`), one KV cache each.
+    pub parallel: usize,
+    /// Tokens one forward pass takes at most, decoded and drafted tokens first, then chunks
+    /// of new prompts (`--step-tokens`): a long prompt does not stall the others.
+    pub step_tokens: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self { capacity: 64, parallel: 1, step_tokens: 256 }
+    }
 }
 
 /// Where a request stands in the queue.
@@ -282,16 +316,31 @@ impl Submission {
 }
 
 impl InferenceQueue {
-    /// Starts the worker thread. `capacity` bounds each tier's waiting room; `spec` turns on
+    /// Starts the engine thread. `capacity` bounds each tier's waiting room; `spec` turns on
     /// speculative decoding; `trust` charges Scout-tier requests.
     pub fn start(engine: Arc<Engine>, capacity: usize, spec: Option<SpecConfig>, trust: Option<Arc<Trust>>) -> Self {
-        let shared = Arc::new(Shared { rooms: Mutex::default(), wake: Condvar::new(), tickets: Mutex::default() });
+        Self::start_with(engine, QueueConfig { capacity, ..QueueConfig::default() }, spec, trust)
+    }
+
+    /// [`InferenceQueue::start`] with slots and a step budget.
+    pub fn start_with(engine: Arc<Engine>, config: QueueConfig, spec: Option<SpecConfig>, trust: Option<Arc<Trust>>) -> Self {
+        let slots = config.parallel.max(1);
+        let shared = Arc::new(Shared { rooms: Mutex::new(Rooms::new(slots)), wake: Condvar::new(), tickets: Mutex::default() });
         let stats = Arc::new(QueueStats::default());
+        stats.steps.slots.store(slots, Ordering::Relaxed);
         let (changed_tx, changed) = watch::channel(0u64);
-        let epoch = Instant::now();
-        let worker = Worker { engine, shared: shared.clone(), stats: stats.clone(), spec, trust, changed: changed_tx, epoch };
-        std::thread::Builder::new().name("shard-engine".into()).spawn(move || worker.run()).expect("spawn engine worker");
-        Self { shared, capacity: capacity.max(1), stats, next_seq: Arc::new(AtomicU64::new(0)), changed, epoch }
+        let worker = scheduler::Scheduler {
+            engine,
+            shared: shared.clone(),
+            stats: stats.clone(),
+            spec,
+            trust,
+            changed: changed_tx,
+            slots,
+            step_tokens: config.step_tokens.max(1),
+        };
+        std::thread::Builder::new().name("shard-engine".into()).spawn(move || worker.run()).expect("spawn engine thread");
+        Self { shared, capacity: config.capacity.max(1), stats, next_seq: Arc::new(AtomicU64::new(0)), changed }
     }
 
     /// Enqueues a generation; its events and queue updates come through the [`Submission`].
@@ -300,13 +349,14 @@ impl InferenceQueue {
         let (events, rx) = mpsc::channel(EVENT_BUFFER);
         let ticket = format!("{:016x}{:016x}", rand08::random::<u64>(), rand08::random::<u64>());
         let mut rooms = self.shared.rooms();
+        let slots = rooms.slots as u64;
         let room = &mut rooms.waiting[tier_index(tier)];
         if room.len() >= self.capacity {
-            let ahead = rooms.len() as u64 + rooms.running.is_some() as u64;
+            let ahead = rooms.len() as u64 + rooms.running.len() as u64;
             drop(rooms);
             self.stats.refused[tier_index(tier)].fetch_add(1, Ordering::Relaxed);
             let avg_ms = self.stats.avg_job_ms.load(Ordering::Relaxed).max(500);
-            let secs = (avg_ms * (ahead + 1)).div_ceil(1000);
+            let secs = (avg_ms * (ahead + 1)).div_ceil(1000 * slots);
             return Err(QueueFull { tier, retry_after_secs: secs.clamp(1, 600) });
         }
         let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
@@ -316,7 +366,7 @@ impl InferenceQueue {
             tickets.retain(|_, t| !t.done || t.issued.elapsed() < DONE_TICKET_TTL);
             tickets.insert(ticket.clone(), TicketEntry { seq, tier, issued: Instant::now(), done: false });
         }
-        room.push_back(Job { seq, ticket: ticket.clone(), placement, prompt, params, events });
+        room.push_back(Job { seq, submitted: Instant::now(), ticket: ticket.clone(), placement, prompt, params, events });
         self.stats.depth.fetch_add(1, Ordering::SeqCst);
         drop(rooms);
         self.shared.wake.notify_one();
@@ -333,7 +383,7 @@ impl InferenceQueue {
         let rooms = self.shared.rooms();
         let (ahead, state) = if done {
             (0, TicketState::Done)
-        } else if rooms.running.is_some_and(|(s, _)| s == seq) {
+        } else if rooms.running.iter().any(|&(s, _)| s == seq) {
             (0, TicketState::Running)
         } else {
             match rooms.ahead_of(seq, tier) {
@@ -342,22 +392,26 @@ impl InferenceQueue {
                 None => (0, TicketState::Running),
             }
         };
+        let est_wait_ms = self.wait_for(&rooms, ahead);
         drop(rooms);
-        Some(QueueStatus { ticket: ticket.to_string(), ahead, state, est_wait_ms: self.wait_for(ahead), tier })
+        Some(QueueStatus { ticket: ticket.to_string(), ahead, state, est_wait_ms, tier })
     }
 
     /// What a request of `tier` submitted now would face.
     pub fn status_of_next(&self, tier: Tier) -> QueueStatus {
         let rooms = self.shared.rooms();
         let t = tier_index(tier);
-        let ahead = rooms.running.is_some() as u64 + rooms.waiting[..=t].iter().map(VecDeque::len).sum::<usize>() as u64;
+        let ahead = rooms.full() as u64 + rooms.waiting[..=t].iter().map(VecDeque::len).sum::<usize>() as u64;
+        let est_wait_ms = self.wait_for(&rooms, ahead);
         drop(rooms);
-        QueueStatus { ticket: String::new(), ahead, state: TicketState::Waiting, est_wait_ms: self.wait_for(ahead), tier }
+        QueueStatus { ticket: String::new(), ahead, state: TicketState::Waiting, est_wait_ms, tier }
     }
 
-    /// A rough wait behind `ahead` requests: the running one's remaining time, then a full
-    /// average for each one after it. Before any request has finished, a guess of 128 steps.
-    fn wait_for(&self, ahead: u64) -> u64 {
+    /// A rough wait behind `ahead` requests: until the longest-running request's slot frees
+    /// (its average run time, less what it has run), then a slot's turnover (the average run
+    /// time over the slots) for each request after it. Before any request has finished, a
+    /// guess of 128 single steps per request.
+    fn wait_for(&self, rooms: &Rooms, ahead: u64) -> u64 {
         if ahead == 0 {
             return 0;
         }
@@ -366,170 +420,24 @@ impl InferenceQueue {
             0 => guess.max(1),
             ms => ms,
         };
-        let now = self.epoch.elapsed().as_millis() as u64;
-        let ran = now.saturating_sub(self.stats.running_since_ms.load(Ordering::Relaxed));
-        avg.saturating_sub(ran).max(avg / 10) + (ahead - 1) * avg
+        let ran = rooms.running.iter().map(|&(_, t)| t.elapsed().as_millis() as u64).max().unwrap_or(0);
+        avg.saturating_sub(ran).max(avg / 10) + (ahead - 1) * avg / rooms.slots as u64
     }
 
-    /// Requests waiting per tier (Oracle, Scout, Leech), and whether one runs.
-    pub fn rooms(&self) -> ([usize; 3], bool) {
+    /// Requests waiting per tier (Oracle, Scout, Leech), and how many run.
+    pub fn rooms(&self) -> ([usize; 3], usize) {
         let rooms = self.shared.rooms();
-        ([rooms.waiting[0].len(), rooms.waiting[1].len(), rooms.waiting[2].len()], rooms.running.is_some())
+        ([rooms.waiting[0].len(), rooms.waiting[1].len(), rooms.waiting[2].len()], rooms.running.len())
+    }
+
+    /// Requests that may run at once.
+    pub fn slots(&self) -> usize {
+        self.shared.rooms().slots
     }
 
     /// Requests accepted so far.
     pub fn accepted(&self) -> u64 {
         self.next_seq.load(Ordering::SeqCst)
-    }
-}
-
-/// What became of an event sent to a request's client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sent {
-    Delivered,
-    /// The client went away.
-    Gone,
-    /// The client's channel stayed full for [`STALL_GRACE`]: it stopped reading.
-    Stalled,
-}
-
-/// Sends an event to a request's client, waiting up to [`STALL_GRACE`] while its channel is
-/// full.
-fn send_event(events: &mpsc::Sender<JobEvent>, mut event: JobEvent) -> Sent {
-    let deadline = Instant::now() + STALL_GRACE;
-    loop {
-        match events.try_send(event) {
-            Ok(()) => return Sent::Delivered,
-            Err(mpsc::error::TrySendError::Closed(_)) => return Sent::Gone,
-            Err(mpsc::error::TrySendError::Full(back)) => {
-                if Instant::now() >= deadline {
-                    return Sent::Stalled;
-                }
-                event = back;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-    }
-}
-
-struct Worker {
-    engine: Arc<Engine>,
-    shared: Arc<Shared>,
-    stats: Arc<QueueStats>,
-    spec: Option<SpecConfig>,
-    trust: Option<Arc<Trust>>,
-    changed: watch::Sender<u64>,
-    epoch: Instant,
-}
-
-impl Worker {
-    fn next_job(&self) -> Job {
-        let mut rooms = self.shared.rooms();
-        loop {
-            if let Some(job) = rooms.pick() {
-                rooms.running = Some((job.seq, job.placement.tier));
-                return job;
-            }
-            rooms = self.shared.wake.wait(rooms).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    /// Marks the running job done and tells the waiting ones to recount.
-    fn done(&self, job: &Job) {
-        self.shared.rooms().running = None;
-        if let Some(t) = self.shared.tickets().get_mut(&job.ticket) {
-            t.done = true;
-        }
-        self.stats.depth.fetch_sub(1, Ordering::SeqCst);
-        self.changed.send_modify(|v| *v += 1);
-    }
-
-    fn run(self) {
-        let engine = &self.engine;
-        let stats = &self.stats;
-        let mut session = Session::new(engine);
-        // Whose tokens the session's cache holds.
-        let mut owner = ClientKey::default();
-        let mut sequence = 0u64;
-        let pace = Pace::new();
-        loop {
-            let job = self.next_job();
-            self.changed.send_modify(|v| *v += 1);
-            sequence += 1;
-            if job.events.is_closed() {
-                self.done(&job);
-                continue;
-            }
-            if job.placement.client != owner {
-                // Another client's prefix is not reused (nor reported as cached).
-                session.truncate(0);
-                owner = job.placement.client;
-            }
-            let started = Instant::now();
-            stats.running_since_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-            let events = job.events.clone();
-            let mut stalled = false;
-            let spec = self.spec.as_ref().filter(|s| !s.reads_text || job.placement.scouts_may_read);
-            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let speculation = spec.map(|s| Speculation {
-                    source: s.source.as_ref(),
-                    k_max: s.k_max,
-                    sequence,
-                    pace: s.paced.then_some(&pace),
-                });
-                generate(engine, &mut session, &job.prompt, &job.params, speculation, &mut |e| match send_event(
-                    &events,
-                    JobEvent::Event(e),
-                ) {
-                    Sent::Delivered => true,
-                    Sent::Gone => false,
-                    Sent::Stalled => {
-                        stalled = true;
-                        false
-                    }
-                })
-            }));
-            if let Some(s) = spec {
-                s.source.finished(sequence);
-            }
-            let result = match run {
-                Ok(r) => r.map_err(JobError::from),
-                Err(panic) => {
-                    let msg = panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "panic".into());
-                    tracing::error!(%msg, "generation panicked; resetting the session");
-                    session = Session::new(engine);
-                    Err(JobError::Internal(msg))
-                }
-            };
-            if let Ok(f) = &result {
-                stats.tokens_generated.fetch_add(f.completion_tokens as u64, Ordering::Relaxed);
-                stats.spec.record(&f.spec, f.completion_tokens, f.decode_time.as_micros() as u64);
-                if let Some(c) = pace.costs() {
-                    stats.spec.set_pace(&c);
-                }
-                // A Scout-tier request is paid for with the Scout's credits.
-                if let (Tier::Scout, Some(peer), Some(trust)) = (job.placement.tier, &job.placement.payer, &self.trust) {
-                    if let Err(e) = trust.spend(peer, f.completion_tokens) {
-                        tracing::error!(%peer, "charging a Scout-tier request failed: {e}");
-                    }
-                }
-            }
-            let ms = started.elapsed().as_millis() as u64;
-            let old = stats.avg_job_ms.load(Ordering::Relaxed);
-            stats.avg_job_ms.store(if old == 0 { ms } else { (old * 7 + ms) / 8 }, Ordering::Relaxed);
-            stats.completed.fetch_add(1, Ordering::Relaxed);
-            if stalled {
-                stats.stalled.fetch_add(1, Ordering::Relaxed);
-                tracing::info!("cancelled a request whose client stopped reading");
-            } else {
-                let _ = send_event(&job.events, JobEvent::Finished(result));
-            }
-            self.done(&job);
-        }
     }
 }
 
@@ -541,6 +449,7 @@ mod tests {
         let (events, _) = mpsc::channel(1);
         Job {
             seq,
+            submitted: Instant::now(),
             ticket: seq.to_string(),
             placement: Placement { tier, ..Placement::leech(ClientKey(1)) },
             prompt: vec![1],
@@ -558,7 +467,7 @@ mod tests {
 
     #[test]
     fn higher_tiers_first_with_a_share_for_the_rest() {
-        let mut rooms = Rooms::default();
+        let mut rooms = Rooms::new(1);
         for s in 0..6 {
             rooms.waiting[2].push_back(job(s, Tier::Leech));
         }

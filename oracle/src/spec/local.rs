@@ -1,9 +1,12 @@
 //! The in-process draft source: a small model loaded next to the target
 //! (`shard-oracle --draft-model`, like llama.cpp's `-md`), for operators without Scouts.
 //!
-//! It keeps one KV cache and reuses its longest common prefix with each request's context,
-//! so consecutive drafts of one sequence only evaluate the tokens added since.
+//! It keeps a KV cache per sequence (the scheduler decodes several at once) and reuses its
+//! longest common prefix with each request's context, so consecutive drafts of one sequence
+//! only evaluate the tokens added since. A sequence's cache goes when it finishes; past
+//! [`MAX_SESSIONS`] the least recently used one is dropped.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use shard_shared::sampling::{Sampler, SamplingParams};
@@ -12,9 +15,15 @@ use super::draft::{Draft, DraftRequest, DraftSource};
 use crate::engine::generate::Session;
 use crate::engine::Engine;
 
+/// Draft caches kept at most (more than the largest `--parallel` is harmless: a dropped cache
+/// is rebuilt from the context).
+pub const MAX_SESSIONS: usize = 64;
+
 pub struct LocalDraft {
     engine: Engine,
-    session: Mutex<Session>,
+    /// Per sequence: its cache and when it was last used.
+    sessions: Mutex<HashMap<u64, (Session, u64)>>,
+    clock: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +43,7 @@ impl LocalDraft {
         if draft.model.config.n_vocab != target.model.config.n_vocab {
             return Err(IncompatibleDraft("output layer size differs from the target's".into()));
         }
-        let session = Mutex::new(Session::new(&draft));
-        Ok(Self { engine: draft, session })
+        Ok(Self { engine: draft, sessions: Mutex::default(), clock: Default::default() })
     }
 
     pub fn model_id(&self) -> &str {
@@ -56,7 +64,14 @@ impl DraftSource for LocalDraft {
         if req.k == 0 || req.context.is_empty() || req.context.len() + req.k >= self.engine.n_ctx {
             return None;
         }
-        let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if !sessions.contains_key(&req.sequence) && sessions.len() >= MAX_SESSIONS {
+            let oldest = sessions.iter().min_by_key(|(_, (_, used))| *used).map(|(&k, _)| k);
+            sessions.remove(&oldest.expect("a full map has an oldest entry"));
+        }
+        let now = self.clock.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (session, used) = sessions.entry(req.sequence).or_insert_with(|| (Session::new(&self.engine), now));
+        *used = now;
         let mut logits = session.extend_to(&self.engine, req.context);
         // The draft samples like the request, minus penalties and biases (the acceptance
         // rule corrects for any difference, and `q` records what was really used).
@@ -80,5 +95,9 @@ impl DraftSource for LocalDraft {
             }
         }
         Some(Draft { tokens, q: (!greedy).then_some(q) })
+    }
+
+    fn finished(&self, sequence: u64) {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&sequence);
     }
 }
