@@ -149,7 +149,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 #[test]
 fn one_clients_cached_prefix_is_not_anothers() {
     let oracle = Oracle::start(&synthetic_model("tq2_0"), &["--no-p2p"]);
-    let (a, b, c) = (client_from("127.0.0.2"), client_from("127.0.0.3"), client_from("127.0.0.4"));
+    let a = client_from("127.0.0.2");
     let secret = "My account password is hunter2 and my bank is in Zurich. ".repeat(12);
     let other = "Our team meets every Tuesday to plan the week ahead, calm. ".repeat(12);
     let tokens = |text: &str| {
@@ -161,7 +161,11 @@ fn one_clients_cached_prefix_is_not_anothers() {
     let (cached, _) = timed_completion(&a, &oracle, &secret);
     assert!(cached > 0, "the same client reuses its own prefix");
     let (mut same, mut different) = (vec![], vec![]);
-    for _ in 0..5 {
+    // B and C are new clients each round: with several slots, a client's own earlier request
+    // would otherwise leave it a prefix of its own.
+    for round in 0..5 {
+        let b = client_from(&format!("127.0.0.{}", 10 + 2 * round));
+        let c = client_from(&format!("127.0.0.{}", 11 + 2 * round));
         timed_completion(&a, &oracle, &secret);
         let (cached_b, tb) = timed_completion(&b, &oracle, &secret);
         timed_completion(&a, &oracle, &secret);
