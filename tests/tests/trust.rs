@@ -234,9 +234,11 @@ fn higher_tiers_go_first_and_leeches_are_refused_first() {
     };
     let oracle = Oracle::start(
         &synthetic_model("tq2_0"),
-        &["--no-p2p", "--state-dir", &state.arg(), "--min-step-ms", "15", "--queue-capacity", "12"],
+        &["--no-p2p", "--state-dir", &state.arg(), "--min-step-ms", "15", "--queue-capacity", "12", "--parallel", "1"],
     );
-    // Twelve Leeches queue first; an Oracle-tier and a Scout-tier request come last.
+    // One slot, so the finish order is the order in which the tiers took it (with more
+    // slots the same picks fill each free slot). Twelve Leeches queue first; an Oracle-tier
+    // and a Scout-tier request come last.
     let mut requests: Vec<(String, Option<String>)> = (0..12).map(|i| (format!("leech-{i}"), None)).collect();
     requests.push(("oracle".into(), Some(key.clone())));
     requests.push(("scout".into(), Some(state.proof(&scout))));
