@@ -10,9 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The repository root.
+/// The repository root: from the manifest directory cargo gives the running test (a test
+/// binary built in another checkout, and reused from a shared target directory, would
+/// otherwise look for files where it was compiled), else from where this was compiled.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    let manifest = manifest.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    Path::new(&manifest).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 /// Where generated test data lives (`SHARD_DATA_DIR`, default `work-data/` in the repo).
