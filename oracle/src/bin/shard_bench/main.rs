@@ -8,8 +8,12 @@
 //!   dot product per row and token, as a ratio.
 //! * `shard-bench tickets TARGET REFERENCE`: what golden tickets cost the Oracle: the checker's
 //!   time per ticket against the target's time per Scout job, and the CPU share at each rate.
+//! * `shard-bench spec-batch TARGET`: Scout-style drafts at acceptance α through the step
+//!   scheduler, 1 and N streams, against plain decoding ([`spec_batch`]).
 //!
 //! `scripts/bench.sh` runs the model benchmark side by side with llama.cpp on the same file.
+
+mod spec_batch;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -67,6 +71,25 @@ enum Cmd {
         /// Longest draft.
         #[arg(long, default_value_t = 8)]
         k_max: usize,
+    },
+    /// Scout-style drafts at a given acceptance through the step scheduler, against plain
+    /// decoding of the same requests (`spec_batch.rs`).
+    SpecBatch {
+        target: PathBuf,
+        /// Tokens generated per stream.
+        #[arg(long, default_value_t = 48)]
+        tokens: usize,
+        /// Concurrent streams (each its own slot).
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8])]
+        streams: Vec<usize>,
+        /// Per-token acceptance of the drafts.
+        #[arg(long, value_delimiter = ',', default_values_t = [0.6f64, 0.8, 0.9])]
+        acceptance: Vec<f64>,
+        #[arg(long, default_value_t = 8)]
+        k_max: usize,
+        /// Prompt tokens per stream.
+        #[arg(long, default_value_t = 32)]
+        context: usize,
     },
     /// Every kernel against the scalar reference.
     Kernels {
@@ -154,6 +177,9 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Dense { tokens, reps } => bench_dense(&tokens, reps, threads, args.json),
         Cmd::Spec { target, draft, tokens, k_max } => bench_spec(&target, &draft, tokens, k_max, threads, args.json),
+        Cmd::SpecBatch { target, tokens, streams, acceptance, k_max, context } => {
+            spec_batch::run(&target, tokens, &streams, &acceptance, k_max, context)
+        }
         Cmd::Tickets { target, reference, k, context, jobs } => {
             bench_tickets(&target, &reference, k, context, jobs, threads, args.json)
         }

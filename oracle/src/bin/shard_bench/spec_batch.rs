@@ -1,0 +1,157 @@
+//! `shard-bench spec-batch`: what Scout-style drafts buy end to end, through the real step
+//! scheduler, at a given acceptance.
+//!
+//! The drafter proposes the target's own greedy continuation (computed first by plain
+//! decoding), each drafted token replaced by a wrong one with probability 1 − α: an honest
+//! stand-in for the content of Scouts' drafts, free for the Oracle to make and always in time.
+//! The target's passes are real. Each row runs the same N requests through `--parallel N`
+//! slots with and without drafts, checks that the output is the same, and reports the
+//! speed-up.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shard_oracle::engine::generate::{generate, Event, GenerateParams, Session};
+use shard_oracle::engine::kernels::{self, KernelChoice};
+use shard_oracle::engine::{Engine, LoadOptions};
+use shard_oracle::queue::{ClientKey, InferenceQueue, JobEvent, Placement, QueueConfig, SpecConfig};
+use shard_oracle::spec::draft::{Draft, DraftRequest, DraftSource};
+use shard_shared::sampling::SamplingParams;
+
+/// Proposes the known continuation of each prompt, corrupted at rate 1 − α.
+struct KnownContinuation {
+    /// Prompt → the target's greedy continuation.
+    answers: HashMap<Vec<u32>, Vec<u32>>,
+    alpha: f64,
+    n_vocab: u32,
+}
+
+impl DraftSource for KnownContinuation {
+    fn name(&self) -> &str {
+        "known-continuation"
+    }
+    fn trusted(&self) -> bool {
+        false
+    }
+    fn draft(&self, req: &DraftRequest<'_>) -> Option<Draft> {
+        let (prompt, answer) = self.answers.iter().find(|(p, _)| req.context.starts_with(p))?;
+        let at = req.context.len() - prompt.len();
+        let tokens = answer
+            .get(at..)?
+            .iter()
+            .take(req.k)
+            .enumerate()
+            .map(|(i, &t)| {
+                // A fixed coin per (sequence position): the same draft whatever else runs.
+                let mut s = (req.context.len() as u64 + i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ t as u64;
+                s ^= s >> 29;
+                s = s.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                s ^= s >> 32;
+                let u = (s >> 11) as f64 / (1u64 << 53) as f64;
+                if u < self.alpha {
+                    t
+                } else {
+                    (t + 1) % self.n_vocab
+                }
+            })
+            .collect::<Vec<_>>();
+        (!tokens.is_empty()).then_some(Draft { tokens, q: None })
+    }
+}
+
+/// Runs `prompts` at once through `parallel` slots; returns each output and the wall time.
+fn serve(
+    engine: &Arc<Engine>,
+    spec: Option<SpecConfig>,
+    prompts: &[Vec<u32>],
+    params: &GenerateParams,
+) -> (Vec<Vec<u32>>, Duration) {
+    let config = QueueConfig { capacity: prompts.len().max(1), parallel: prompts.len(), step_tokens: 512 };
+    let queue = InferenceQueue::start_with(engine.clone(), config, spec, None);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let started = Instant::now();
+    let outs = rt.block_on(async {
+        let subs: Vec<_> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| queue.submit(p.clone(), params.clone(), Placement::leech(ClientKey(i as u64))).expect("room"))
+            .collect();
+        let mut outs = vec![];
+        for mut sub in subs {
+            let mut out = vec![];
+            while let Some(ev) = sub.recv().await {
+                match ev {
+                    JobEvent::Event(Event::Token { id, .. }) => out.push(id),
+                    JobEvent::Event(_) => {}
+                    JobEvent::Finished(f) => {
+                        f.expect("generation");
+                        break;
+                    }
+                }
+            }
+            outs.push(out);
+        }
+        outs
+    });
+    (outs, started.elapsed())
+}
+
+pub fn run(target: &Path, tokens: usize, streams: &[usize], alphas: &[f64], k_max: usize, context: usize) -> anyhow::Result<()> {
+    let kernel = kernels::select(KernelChoice::Auto).map_err(anyhow::Error::msg)?;
+    let engine = Arc::new(Engine::load(target, &LoadOptions::new(kernel), |_, _| {})?);
+    let n_vocab = engine.model.config.n_vocab as u32;
+    let most = streams.iter().copied().max().unwrap_or(1);
+    // Distinct prompts of `context` tokens (ids spread over the vocabulary).
+    let prompts: Vec<Vec<u32>> =
+        (0..most).map(|i| (0..context).map(|j| 2 + ((i * 7919 + j * 104_729) as u32 % (n_vocab - 2))).collect()).collect();
+    let params = GenerateParams {
+        max_tokens: tokens,
+        sampling: SamplingParams::greedy(),
+        seed: 1,
+        stop: vec![],
+        logprobs: None,
+        prompt_logprobs: None,
+    };
+    // The target's own answers, decoded plainly one at a time.
+    let mut answers = HashMap::new();
+    for p in &prompts {
+        let mut out = vec![];
+        generate(&engine, &mut Session::new(&engine), p, &params, None, &mut |e| {
+            if let Event::Token { id, .. } = e {
+                out.push(id);
+            }
+            true
+        })?;
+        answers.insert(p.clone(), out);
+    }
+    println!(
+        "# spec-batch: {} ({} prompt tokens, {tokens} generated per stream, k ≤ {k_max}); drafts are the target's \
+         greedy continuation with each token wrong with probability 1 − α",
+        target.display(),
+        context
+    );
+    println!();
+    println!("| streams | α | plain tok/s | drafted tok/s | speed-up | identical |");
+    println!("|---:|---:|---:|---:|---:|---|");
+    for &n in streams {
+        let batch = &prompts[..n];
+        let (plain_out, plain_time) = serve(&engine, None, batch, &params);
+        let generated: usize = plain_out.iter().map(Vec::len).sum();
+        for &alpha in alphas {
+            let source = Arc::new(KnownContinuation { answers: answers.clone(), alpha, n_vocab });
+            let spec = SpecConfig { source, k_max, paced: false, reads_text: false };
+            let (out, time) = serve(&engine, Some(spec), batch, &params);
+            let rate = |t: Duration| generated as f64 / t.as_secs_f64();
+            println!(
+                "| {n} | {alpha:.1} | {:.1} | {:.1} | {:.2}× | {} |",
+                rate(plain_time),
+                rate(time),
+                plain_time.as_secs_f64() / time.as_secs_f64(),
+                if out == plain_out { "yes" } else { "NO" }
+            );
+        }
+    }
+    Ok(())
+}
