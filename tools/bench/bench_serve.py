@@ -190,10 +190,13 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--ctx", type=int, default=1024, help="context per stream")
     ap.add_argument("--shard-args", default="", help="extra shard-oracle arguments")
+    ap.add_argument("--prompt-words", default=",".join(map(str, PROMPT_WORDS)),
+                    help="prompt lengths in words, cycled over the streams")
     a = ap.parse_args()
+    PROMPT_WORDS[:] = [int(w) for w in a.prompt_words.split(",")]
     name = os.path.basename(a.model)
     print(f"# serving: {name}, {a.threads} threads, {a.max_tokens} tokens per stream, prompts of "
-          f"{PROMPT_WORDS} words cycled; tok/s is aggregate over all streams")
+          f"{PROMPT_WORDS} words cycled; tok/s is generated tokens over wall time, all streams together")
     print()
     print("| N | server | tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | shard/llama tok/s |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")

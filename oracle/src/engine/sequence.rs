@@ -34,13 +34,14 @@ pub struct PassShare {
     pub sequences: usize,
     /// Prompt tokens this sequence may add to the pass.
     pub prompt_budget: usize,
-    /// How long the last pass with this many sequences took, when known: a drafted token is
-    /// then weighed against this sequence's share of a pass, not a whole solo step.
-    pub last_pass_ms: Option<f64>,
+    /// What the driver measured passes to cost ([`crate::spec::adaptive::PassCost`]), as this
+    /// sequence's share sees them (a drafted token made for free): a drafted token is then
+    /// weighed against this sequence's share of a pass, not a whole solo step.
+    pub pass_cost: Option<Costs>,
 }
 
 impl PassShare {
-    pub const ALONE: PassShare = PassShare { sequences: 1, prompt_budget: PROMPT_CHUNK, last_pass_ms: None };
+    pub const ALONE: PassShare = PassShare { sequences: 1, prompt_budget: PROMPT_CHUNK, pass_cost: None };
 }
 
 /// What a pass did, as the driver measured it.
@@ -199,7 +200,14 @@ impl<'s> Sequence<'s> {
             Some(pace) if !self.probing || !pace.knows_step() => 0,
             Some(_) if self.stats.verifications < PROBE_PASSES => d.k(),
             Some(pace) => pace.costs().map_or_else(|| d.k(), |c| d.choose(&share_of(c, share))),
-            None => d.k(),
+            // Drafts made elsewhere (Scouts) cost only their verification. Greedy requests
+            // draft as far as the measured pass costs say it pays (in a large batch on a
+            // CPU, often not at all); a sampled request keeps a length that timing cannot
+            // move, so that its seed alone decides its output.
+            None => match share.pass_cost {
+                Some(c) if self.params.sampling.is_greedy() => d.choose(&c),
+                _ => d.k(),
+            },
         };
         // Room for the drafted tokens plus the target's own token after them.
         let k = wanted.min(remaining - 1).min(engine.n_ctx.saturating_sub(position + 2));
@@ -380,11 +388,12 @@ impl<'s> Sequence<'s> {
     }
 }
 
-/// The costs as they weigh on one sequence among `share.sequences`: its plain step is its
-/// share of a whole pass, so a drafted token pays when it beats the batch's own rate.
+/// An in-process draft's costs as they weigh on one sequence among `share.sequences`: its
+/// plain step is its share of a whole pass, so a drafted token pays when it beats the
+/// batch's own rate.
 fn share_of(c: Costs, share: PassShare) -> Costs {
-    match share.last_pass_ms {
-        Some(ms) if share.sequences > 1 => Costs { step_ms: ms / share.sequences as f64, ..c },
+    match share.pass_cost {
+        Some(p) if share.sequences > 1 => Costs { draft_per_token_ms: c.draft_per_token_ms, ..p },
         _ => c,
     }
 }

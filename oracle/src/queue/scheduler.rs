@@ -19,7 +19,7 @@ use super::{ClientKey, Job, JobError, JobEvent, QueueStats, Shared, SpecConfig, 
 use crate::engine::generate::{Event, Finish, Session, Speculation};
 use crate::engine::sequence::{PassShare, PassTiming, Sequence};
 use crate::engine::Engine;
-use crate::spec::adaptive::Pace;
+use crate::spec::adaptive::{Pace, PassCost};
 use crate::trust::Trust;
 
 pub(super) struct Scheduler {
@@ -107,8 +107,8 @@ impl Scheduler {
         let mut draining: Vec<Outbox> = Vec::new();
         let mut sequence = 0u64;
         let mut clock = 0u64;
-        // The last pass time for each number of sequences, for draft pacing.
-        let mut pass_ms: Vec<Option<f64>> = vec![None; self.slots + 1];
+        // What passes cost against their tokens, for draft lengths.
+        let mut pass_cost = PassCost::default();
         loop {
             draining.retain_mut(|o| o.flush() == Delivery::Flowing && !o.queue.is_empty());
             // Fill free slots.
@@ -149,7 +149,7 @@ impl Scheduler {
                 }
                 continue;
             }
-            self.step(&mut active, &mut slots, &mut draining, &mut pass_ms, &spec, &pace);
+            self.step(&mut active, &mut slots, &mut draining, &mut pass_cost, &spec, &pace);
         }
     }
 
@@ -187,7 +187,7 @@ impl Scheduler {
         active: &mut Vec<Active<'s>>,
         slots: &mut [Slot],
         draining: &mut Vec<Outbox>,
-        pass_ms: &mut [Option<f64>],
+        pass_cost: &mut PassCost,
         spec: &Option<SpecConfig>,
         pace: &Pace,
     ) {
@@ -213,7 +213,7 @@ impl Scheduler {
             if a.seq.in_prompt() && budget == 0 {
                 continue;
             }
-            let share = PassShare { sequences, prompt_budget: budget, last_pass_ms: pass_ms[sequences.min(pass_ms.len() - 1)] };
+            let share = PassShare { sequences, prompt_budget: budget, pass_cost: pass_cost.costs_for(sequences) };
             match catch_unwind(AssertUnwindSafe(|| a.seq.plan(engine, share))) {
                 Ok(()) => {
                     in_pass[i] = true;
@@ -237,7 +237,7 @@ impl Scheduler {
         let mut ended: Vec<(usize, Ending)> = failed.into_iter().map(|(i, m)| (i, Ending::Failed(m))).collect();
         match pass {
             Ok(rows) => {
-                pass_ms[n_in_pass.min(pass_ms.len() - 1)] = Some(ms);
+                pass_cost.record(tokens, ms);
                 let mut rows = rows.into_iter();
                 for (i, a) in active.iter_mut().enumerate() {
                     if !in_pass[i] {

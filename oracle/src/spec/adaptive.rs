@@ -77,6 +77,63 @@ impl Costs {
     }
 }
 
+/// A forward pass's time as a linear function of its tokens, `ms ≈ base + per_token · tokens`,
+/// fitted by exponentially weighted least squares over recent passes (whatever they held:
+/// decoding, drafts, prompt chunks). It prices a drafted token in a shared pass: it costs
+/// `per_token` for everyone, while a plain step's share of the pass is `base / sequences +
+/// per_token`.
+#[derive(Debug, Clone, Default)]
+pub struct PassCost {
+    w: f64,
+    t: f64,
+    y: f64,
+    tt: f64,
+    ty: f64,
+}
+
+/// Weight kept by older passes at each new one (a memory of about 50 passes).
+const PASS_COST_DECAY: f64 = 0.98;
+
+impl PassCost {
+    pub fn record(&mut self, tokens: usize, ms: f64) {
+        let t = tokens as f64;
+        for v in [&mut self.w, &mut self.t, &mut self.y, &mut self.tt, &mut self.ty] {
+            *v *= PASS_COST_DECAY;
+        }
+        self.w += 1.0;
+        self.t += t;
+        self.y += ms;
+        self.tt += t * t;
+        self.ty += t * ms;
+    }
+
+    /// `(base_ms, per_token_ms)`, once the passes seen differ enough in size to tell them
+    /// apart.
+    pub fn model(&self) -> Option<(f64, f64)> {
+        if self.w < 8.0 {
+            return None;
+        }
+        let (mt, my) = (self.t / self.w, self.y / self.w);
+        let var = self.tt / self.w - mt * mt;
+        if var < 0.5 {
+            return None;
+        }
+        let per_token = ((self.ty / self.w - mt * my) / var).max(0.0);
+        Some(((my - per_token * mt).max(0.0), per_token))
+    }
+
+    /// The costs as one of `sequences` in a pass sees them, for a source whose drafts cost
+    /// the Oracle nothing to make (Scouts).
+    pub fn costs_for(&self, sequences: usize) -> Option<Costs> {
+        let (base, per_token) = self.model()?;
+        Some(Costs {
+            step_ms: base / sequences.max(1) as f64 + per_token,
+            extra_per_token_ms: per_token,
+            draft_per_token_ms: 0.0,
+        })
+    }
+}
+
 /// Running measurements of [`Costs`], shared by the requests one decoding worker serves.
 #[derive(Debug, Default)]
 pub struct Pace {
@@ -163,6 +220,28 @@ impl Pace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pass_cost_recovers_a_linear_model() {
+        let mut c = PassCost::default();
+        assert_eq!(c.model(), None);
+        for i in 0..200 {
+            let tokens = 1 + i % 9;
+            c.record(tokens, 23.0 + 14.0 * tokens as f64);
+        }
+        let (base, per_token) = c.model().unwrap();
+        assert!((base - 23.0).abs() < 1e-6 && (per_token - 14.0).abs() < 1e-6, "{base} {per_token}");
+        // A 2B-like target: drafting pays alone, not among eight sequences.
+        let d = trained(3);
+        assert!(d.choose(&c.costs_for(1).unwrap()) >= 2);
+        assert_eq!(d.choose(&c.costs_for(8).unwrap()), 0);
+        // Passes all of one size say nothing about the per-token cost.
+        let mut same = PassCost::default();
+        for _ in 0..50 {
+            same.record(8, 100.0);
+        }
+        assert_eq!(same.model(), None);
+    }
 
     #[test]
     fn length_follows_acceptance() {

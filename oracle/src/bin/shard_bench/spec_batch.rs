@@ -61,13 +61,14 @@ impl DraftSource for KnownContinuation {
     }
 }
 
-/// Runs `prompts` at once through `parallel` slots; returns each output and the wall time.
+/// Runs `prompts` at once through `parallel` slots; returns each output, the wall time, and
+/// the drafted and accepted tokens and target passes.
 fn serve(
     engine: &Arc<Engine>,
     spec: Option<SpecConfig>,
     prompts: &[Vec<u32>],
     params: &GenerateParams,
-) -> (Vec<Vec<u32>>, Duration) {
+) -> (Vec<Vec<u32>>, Duration, [u64; 3]) {
     let config = QueueConfig { capacity: prompts.len().max(1), parallel: prompts.len(), step_tokens: 512 };
     let queue = InferenceQueue::start_with(engine.clone(), config, spec, None);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
@@ -95,7 +96,12 @@ fn serve(
         }
         outs
     });
-    (outs, started.elapsed())
+    let elapsed = started.elapsed();
+    // The finish is sent just after the counters are updated: wait for the last one.
+    std::thread::sleep(Duration::from_millis(50));
+    let s = &queue.stats.spec;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    (outs, elapsed, [load(&s.drafted_tokens), load(&s.accepted_tokens), load(&s.target_passes)])
 }
 
 pub fn run(target: &Path, tokens: usize, streams: &[usize], alphas: &[f64], k_max: usize, context: usize) -> anyhow::Result<()> {
@@ -133,22 +139,24 @@ pub fn run(target: &Path, tokens: usize, streams: &[usize], alphas: &[f64], k_ma
         context
     );
     println!();
-    println!("| streams | α | plain tok/s | drafted tok/s | speed-up | identical |");
-    println!("|---:|---:|---:|---:|---:|---|");
+    println!("| streams | α | plain tok/s | drafted tok/s | speed-up | accepted / drafted | tokens per pass | identical |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---|");
     for &n in streams {
         let batch = &prompts[..n];
-        let (plain_out, plain_time) = serve(&engine, None, batch, &params);
+        let (plain_out, plain_time, _) = serve(&engine, None, batch, &params);
         let generated: usize = plain_out.iter().map(Vec::len).sum();
         for &alpha in alphas {
             let source = Arc::new(KnownContinuation { answers: answers.clone(), alpha, n_vocab });
             let spec = SpecConfig { source, k_max, paced: false, reads_text: false };
-            let (out, time) = serve(&engine, Some(spec), batch, &params);
+            let (out, time, [drafted, accepted, passes]) = serve(&engine, Some(spec), batch, &params);
             let rate = |t: Duration| generated as f64 / t.as_secs_f64();
             println!(
-                "| {n} | {alpha:.1} | {:.1} | {:.1} | {:.2}× | {} |",
+                "| {n} | {alpha:.1} | {:.1} | {:.1} | {:.2}× | {:.2} | {:.2} | {} |",
                 rate(plain_time),
                 rate(time),
                 plain_time.as_secs_f64() / time.as_secs_f64(),
+                accepted as f64 / drafted.max(1) as f64,
+                generated as f64 / passes.max(1) as f64,
                 if out == plain_out { "yes" } else { "NO" }
             );
         }
