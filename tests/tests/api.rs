@@ -102,6 +102,24 @@ fn seeded_sampling_is_reproducible() {
     let d: Value =
         post("/v1/completions", json!({"prompt": "The", "max_tokens": 12, "temperature": 1.0, "seed": 100})).json().unwrap();
     assert_ne!(c["choices"][0]["text"], d["choices"][0]["text"], "different seeds should usually differ");
+    // `n` choices decode together, choice k with seed + k: each is what it would be alone.
+    let body = json!({"prompt": "The", "max_tokens": 12, "temperature": 1.0, "seed": 99, "n": 4});
+    let together: Value = post("/v1/completions", body).json().unwrap();
+    for k in 0..4u64 {
+        let alone: Value =
+            post("/v1/completions", json!({"prompt": "The", "max_tokens": 12, "temperature": 1.0, "seed": 99 + k}))
+                .json()
+                .unwrap();
+        assert_eq!(together["choices"][k as usize]["text"], alone["choices"][0]["text"], "choice {k}");
+    }
+    let chat = |n: u64, seed: u64| -> Value {
+        let body = json!({"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8, "temperature": 1.0, "seed": seed, "n": n});
+        post("/v1/chat/completions", body).json().unwrap()
+    };
+    let together = chat(3, 7);
+    for k in 0..3u64 {
+        assert_eq!(together["choices"][k as usize]["message"], chat(1, 7 + k)["choices"][0]["message"], "chat choice {k}");
+    }
 }
 
 #[test]

@@ -17,7 +17,7 @@ use super::json::ApiJson;
 use super::limits::{Client, Limits, MAX_MESSAGES};
 use super::openapi::{ChatResponse, ErrorBody};
 use super::types::{choices_per_prompt, max_tokens, new_id, unix_now, SamplingFields, StreamOptions, Usage};
-use super::{collect, job_error, logprob_count, queue_comment, with_ticket, AppState};
+use super::{collect_all, job_error, logprob_count, queue_comment, with_ticket, AppState};
 use crate::engine::generate::{Event, GenerateParams, TokenLogprob};
 use crate::queue::{JobEvent, Update};
 
@@ -219,12 +219,17 @@ pub async fn handler(
         return Ok(with_ticket(Sse::new(body).keep_alive(KeepAlive::default()).into_response(), &ticket));
     }
 
+    let jobs = (0..n)
+        .map(|k| {
+            let mut p = params.clone();
+            p.seed = params.seed.wrapping_add(k as u64);
+            (prompt.clone(), p)
+        })
+        .collect();
+    let collected = collect_all(&state, jobs, &client).await?;
     let mut choices = vec![];
     let mut usage = Usage::default();
-    for k in 0..n {
-        let mut p = params.clone();
-        p.seed = params.seed.wrapping_add(k as u64);
-        let c = collect(state.submit(prompt.clone(), p, &client)?).await?;
+    for (k, c) in collected.into_iter().enumerate() {
         let finish = c.finish.as_ref().expect("collected");
         usage.add(finish);
         let logprobs = if req.logprobs {

@@ -15,7 +15,7 @@ use super::json::ApiJson;
 use super::limits::{Client, Limits};
 use super::openapi::{CompletionResponse, ErrorBody};
 use super::types::{choices_per_prompt, max_tokens, new_id, unix_now, SamplingFields, StreamOptions, Usage};
-use super::{collect, job_error, logprob_count, queue_comment, with_ticket, AppState};
+use super::{collect_all, job_error, logprob_count, queue_comment, with_ticket, AppState};
 use crate::engine::generate::{Event, GenerateParams, TokenLogprob};
 use crate::queue::{JobEvent, Update};
 
@@ -170,12 +170,12 @@ pub async fn handler(
         return stream(state, client, slot, runs, id, created, model, req.echo, include_usage).await;
     }
 
+    let jobs = runs.iter().map(|(_, prompt, p)| (prompt.tokens.clone(), p.clone())).collect();
+    let collected = collect_all(&state, jobs, &client).await?;
     let mut choices = vec![];
     let mut usage = Usage::default();
-    for (index, prompt, p) in runs {
+    for ((index, prompt, p), c) in runs.into_iter().zip(collected) {
         let want_lp = p.logprobs.is_some();
-        let rx = state.submit(prompt.tokens.clone(), p, &client)?;
-        let c = collect(rx).await?;
         let finish = c.finish.expect("collected");
         usage.add(&finish);
         let mut logprobs = LegacyLogprobs::default();

@@ -290,6 +290,25 @@ pub struct Collected {
 }
 
 /// Waits for a job and gathers everything it produced.
+/// Runs one request's jobs (its prompts × `n`) a slot-load at a time: those in a wave decode
+/// together in the engine's batches, and one request never fills a waiting room by itself.
+/// The results come back in the jobs' order.
+pub async fn collect_all(
+    state: &AppState,
+    jobs: Vec<(Vec<u32>, GenerateParams)>,
+    client: &Client,
+) -> Result<Vec<Collected>, ApiError> {
+    let wave = state.queue.slots().max(1);
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut jobs = jobs.into_iter().peekable();
+    while jobs.peek().is_some() {
+        // A refusal drops the wave's earlier submissions, which cancels them.
+        let subs = jobs.by_ref().take(wave).map(|(p, params)| state.submit(p, params, client)).collect::<Result<Vec<_>, _>>()?;
+        out.extend(futures::future::try_join_all(subs.into_iter().map(collect)).await?);
+    }
+    Ok(out)
+}
+
 pub async fn collect(mut rx: Submission) -> Result<Collected, ApiError> {
     // Events are read as they come, so the bounded channel never fills for a collected job.
     let mut out = Collected::default();
