@@ -6,6 +6,7 @@ pub mod config;
 pub mod generate;
 pub mod kv_cache;
 pub mod model;
+pub mod ops;
 pub mod sequence;
 
 /// The kernels live in their own crate (`kernels/`), so they cross-build and test quickly.

@@ -1,0 +1,102 @@
+//! The per-sequence operations of the forward pass, apart from the graph in `model.rs`:
+//! RMSNorm, rotary position embedding and causal attention over the KV cache, with
+//! llama.cpp's f16 roundings where they meet f16 data.
+
+use rayon::prelude::*;
+
+use super::batch::RowMap;
+use super::config::{BitNetConfig, RopeStyle};
+use super::kv_cache::KvCache;
+
+/// Rotary position embedding, NeoX style (dimension i with i + n_rot/2) or interleaved
+/// (2i with 2i+1), on the first `n_rot` dimensions of each head, with the file's position
+/// scaling ([`shard_shared::hparams::Rope`]).
+pub fn rope(c: &BitNetConfig, x: &mut [f32], n_heads: usize, start: usize) {
+    let half = c.rope.n_rot / 2;
+    let width = n_heads * c.head_dim;
+    let mut angles = Vec::with_capacity(half);
+    for (t, row) in x.chunks_exact_mut(width).enumerate() {
+        c.rope.cos_sin(start + t, &mut angles);
+        for head in row.chunks_exact_mut(c.head_dim) {
+            for (i, &(cos, sin)) in angles.iter().enumerate() {
+                let (ia, ib) = match c.rope_style {
+                    RopeStyle::Neox => (i, i + half),
+                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                };
+                let (a, b) = (head[ia], head[ib]);
+                head[ia] = a * cos - b * sin;
+                head[ib] = a * sin + b * cos;
+            }
+        }
+    }
+}
+
+/// Causal attention of every new query over its own sequence's cached positions up to
+/// its own.
+///
+/// Like llama.cpp's CPU path, the query and the softmax weights are rounded to f16 where
+/// they meet the f16 cache, and products accumulate in f32.
+pub(crate) fn attention(
+    c: &BitNetConfig,
+    q: &[f32],
+    caches: &[&KvCache],
+    starts: &[usize],
+    map: &RowMap,
+    layer: usize,
+    out: &mut [f32],
+) {
+    let (hd, kv_dim) = (c.head_dim, c.kv_dim());
+    let group = c.n_head / c.n_head_kv;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let head = |(i, o): (usize, &mut [f32])| {
+        let (row, h) = (i / c.n_head, i % c.n_head);
+        let (s, t) = map.rows[row];
+        let (keys, values) = (caches[s].keys(layer), caches[s].values(layer));
+        let qh: Vec<f32> = q[row * c.n_embd + h * hd..row * c.n_embd + (h + 1) * hd].iter().map(|&v| round_f16(v)).collect();
+        let kvh = h / group;
+        let len = starts[s] + t + 1;
+        let mut scores: Vec<f32> =
+            (0..len).map(|p| dot_f16(&keys[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd], &qh) * scale).collect();
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut total = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            total += *s;
+        }
+        o.fill(0.0);
+        for (p, s) in scores.iter().enumerate() {
+            let w = round_f16(s / total);
+            let vp = &values[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+            super::kernels::dense::axpy_f16(w, bytemuck::cast_slice(vp), o);
+        }
+    };
+    // Parallel over (token, head) only when there is enough work to share; each head's
+    // result is the same either way.
+    let work: usize = map.rows.iter().map(|&(s, t)| starts[s] + t + 1).sum::<usize>() * c.n_head * hd;
+    if work >= 1 << 16 {
+        out.par_chunks_mut(hd).enumerate().for_each(head);
+    } else {
+        out.chunks_mut(hd).enumerate().for_each(head);
+    }
+    debug_assert_eq!(out.len(), map.rows.len() * c.n_embd);
+}
+
+pub fn round_f16(v: f32) -> f32 {
+    half::f16::from_f32(v).to_f32()
+}
+
+fn dot_f16(a: &[half::f16], b: &[f32]) -> f32 {
+    super::kernels::dense::dot_f16(bytemuck::cast_slice(a), b)
+}
+
+/// RMSNorm of each row of `x` (rows of `w.len()`), times `w`.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let ms = row.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / d as f64;
+        let inv = 1.0 / ((ms as f32) + eps).sqrt();
+        for ((o, v), g) in o.iter_mut().zip(row).zip(w) {
+            *o = v * inv * g;
+        }
+    }
+}
