@@ -281,25 +281,7 @@ pub struct SwarmOracle {
     pub dropped_peers: u64,
     pub stale_draft_answers: u64,
     /// The step loop: slots, tokens per pass, pass time, latencies.
-    pub batch: BatchView,
-}
-
-/// What continuous batching is doing (`/api/swarm`'s `oracle.batch`).
-#[derive(Serialize, ToSchema)]
-pub struct BatchView {
-    /// Requests that may run at once (`--parallel`).
-    pub slots: usize,
-    /// Sequences in the last forward pass.
-    pub active: usize,
-    pub steps: u64,
-    pub tokens_per_step: f64,
-    pub step_ms: f64,
-    /// Time to first token, from submission, over a recent window (null before any).
-    pub ttft_p50_ms: Option<f64>,
-    pub ttft_p99_ms: Option<f64>,
-    /// Inter-token latency over a recent window.
-    pub itl_p50_ms: Option<f64>,
-    pub itl_p99_ms: Option<f64>,
+    pub batch: crate::queue::metrics::StepSummary,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -7,7 +7,7 @@
 //! back past a rejection and emits events. [`super::generate::generate`] drives one sequence
 //! alone; the queue's scheduler drives many in one pass.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use shard_shared::sampling::{log_softmax, top_n, Distribution, Sampler};
 use shard_shared::tokenizer::Utf8Stream;
@@ -96,12 +96,6 @@ pub struct Sequence<'s> {
     planned: Option<Planned>,
 }
 
-/// A finished sequence: its result and its session (for the next request's prefix).
-pub struct Outcome {
-    pub finish: Finish,
-    pub session: Session,
-}
-
 impl<'s> Sequence<'s> {
     /// Starts a request on `session`, keeping the longest prefix it shares with `prompt`
     /// (unless every prompt position's logprobs are wanted).
@@ -152,11 +146,6 @@ impl<'s> Sequence<'s> {
     /// Whether the sequence is still evaluating its prompt.
     pub fn in_prompt(&self) -> bool {
         matches!(self.stage, Stage::Prompt { .. })
-    }
-
-    /// Tokens generated so far.
-    pub fn generated(&self) -> usize {
-        self.out.generated.len()
     }
 
     /// Chooses the tokens of the next pass (drafting them, when a draft source is set and a
@@ -375,11 +364,6 @@ impl<'s> Sequence<'s> {
             decode_time: prompt_done.elapsed(),
             spec: self.stats,
         }
-    }
-
-    /// Time since the request started.
-    pub fn age(&self) -> Duration {
-        self.started.elapsed()
     }
 
     /// Gives the session back (for the next request of the same client).

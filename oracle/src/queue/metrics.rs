@@ -57,18 +57,22 @@ pub struct StepMetrics {
     pub itl: LatencyWindow,
 }
 
-/// A summary for JSON.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+/// What continuous batching is doing (`/api/swarm`'s `oracle.batch`).
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct StepSummary {
+    /// Requests that may run at once (`--parallel`).
     pub slots: usize,
+    /// Sequences in the last forward pass.
     pub active: usize,
     pub steps: u64,
     /// Mean tokens per pass.
     pub tokens_per_step: f64,
     /// Mean pass time, in milliseconds.
     pub step_ms: f64,
+    /// Time to first token, from submission, over a recent window (null before any).
     pub ttft_p50_ms: Option<f64>,
     pub ttft_p99_ms: Option<f64>,
+    /// Inter-token latency over a recent window.
     pub itl_p50_ms: Option<f64>,
     pub itl_p99_ms: Option<f64>,
 }
