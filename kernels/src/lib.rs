@@ -4,7 +4,10 @@
 //! Three weight layouts are read as they sit in the GGUF file, without repacking: llama.cpp's
 //! TQ2_0 and TQ1_0 and microsoft/BitNet's I2_S (x86 layout). See [`formats`] for the bits.
 //! Activations are quantized to int8 in blocks of 256 with one f32 scale per block, exactly as
-//! llama.cpp's Q8_K does (same rounding), so the integer dot products match llama.cpp's.
+//! llama.cpp's Q8_K does (same rounding), so the integer dot products match llama.cpp's. As an
+//! opt-in ([`ActScales::Token`]) they take one scale per token instead, as BitNet b1.58 was
+//! trained and as bitnet.cpp runs it: a row's dot product is then one integer sum and one
+//! multiply, which is what makes batched passes cheap.
 //!
 //! Every kernel implements [`TernaryKernel`]. [`scalar::Scalar`] is the reference; the SIMD
 //! kernels (AVX2 and AVX-512 VNNI on x86-64, NEON with and without `dotprod` on aarch64, each
@@ -35,6 +38,20 @@ pub use formats::TernaryFormat;
 /// Activation block length: one scale per this many int8 values (llama.cpp's `QK_K`).
 pub const ACT_BLOCK: usize = 256;
 
+/// How activations are scaled to int8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum ActScales {
+    /// One scale per 256 values, as llama.cpp's Q8_K (its logits, bit for bit in the integer
+    /// part).
+    #[default]
+    Block,
+    /// One scale per token (absmax over the whole vector), as BitNet b1.58 quantizes
+    /// activations in training and bitnet.cpp at inference. Where a matrix's blocks share
+    /// their row's scale, the SIMD kernels then sum a whole row in integers and scale once.
+    Token,
+}
+
 /// Several tokens' activations, quantized to int8 in blocks of [`ACT_BLOCK`].
 ///
 /// The fields are private so that their lengths always agree (`n_tokens * cols` values,
@@ -58,6 +75,12 @@ pub struct QuantizedActivations {
     /// Per token, the sum over its blocks of scale × sum: that subtraction for a whole row
     /// whose weight blocks share one scale ([`TernaryMatrix::row_scales`]).
     scaled_sums: Vec<f32>,
+    /// How the scales were chosen; with [`ActScales::Token`] every block of a token carries
+    /// the token's one scale.
+    mode: ActScales,
+    /// Per token, the sum of all its quantized values (kept in [`ActScales::Token`] mode,
+    /// where a whole row's integer dot product is corrected by it at once).
+    totals: Vec<i32>,
 }
 
 impl QuantizedActivations {
@@ -72,46 +95,51 @@ impl QuantizedActivations {
         q
     }
 
+    /// Quantizes `x` with one scale per token ([`ActScales::Token`]), chosen as
+    /// [`QuantizedActivations::quantize`] chooses a block's.
+    pub fn quantize_per_token(x: &[f32], n_tokens: usize, cols: usize) -> Self {
+        let mut q = Self::default();
+        q.requantize_with(x, n_tokens, cols, ActScales::Token);
+        q
+    }
+
     /// Like [`QuantizedActivations::quantize`], reusing this buffer.
     pub fn requantize(&mut self, x: &[f32], n_tokens: usize, cols: usize) {
+        self.requantize_with(x, n_tokens, cols, ActScales::Block);
+    }
+
+    /// Quantizes `x` (`n_tokens` rows of `cols`) with scales chosen per `mode`, reusing this
+    /// buffer.
+    pub fn requantize_with(&mut self, x: &[f32], n_tokens: usize, cols: usize, mode: ActScales) {
         assert_eq!(cols % ACT_BLOCK, 0, "activation length {cols} is not a multiple of {ACT_BLOCK}");
         assert_eq!(x.len(), n_tokens * cols);
         let n_blocks = x.len() / ACT_BLOCK;
         self.n_tokens = n_tokens;
         self.cols = cols;
+        self.mode = mode;
         self.qs.resize(x.len(), 0);
         self.scales.resize(n_blocks, 0.0);
         self.sums.resize(n_blocks, 0);
-        for (b, block) in x.chunks_exact(ACT_BLOCK).enumerate() {
-            let (mut amax, mut max) = (0f32, 0f32);
-            for &v in block {
-                if v.abs() > amax {
-                    amax = v.abs();
-                    max = v;
-                }
+        let span = match mode {
+            ActScales::Block => ACT_BLOCK,
+            ActScales::Token => cols,
+        };
+        for (i, chunk) in x.chunks_exact(span).enumerate() {
+            let d = quantize_span(chunk, &mut self.qs[i * span..(i + 1) * span]);
+            let first = i * span / ACT_BLOCK;
+            for b in first..first + span / ACT_BLOCK {
+                self.scales[b] = d;
+                self.sums[b] = self.qs[b * ACT_BLOCK..(b + 1) * ACT_BLOCK].iter().map(|&q| q as i32).sum();
             }
-            let out = &mut self.qs[b * ACT_BLOCK..(b + 1) * ACT_BLOCK];
-            if amax == 0.0 || !amax.is_finite() {
-                out.fill(0);
-                self.scales[b] = 0.0;
-                self.sums[b] = 0;
-                continue;
-            }
-            let iscale = -127.0 / max;
-            let mut sum = 0i32;
-            for (o, &v) in out.iter_mut().zip(block) {
-                let q = nearest_int(iscale * v).min(127) as i8;
-                *o = q;
-                sum += q as i32;
-            }
-            self.scales[b] = 1.0 / iscale;
-            self.sums[b] = sum;
         }
         let nb = cols / ACT_BLOCK;
         self.scaled_sums.clear();
+        self.totals.clear();
         for t in 0..n_tokens {
             let range = t * nb..(t + 1) * nb;
-            self.scaled_sums.push(self.scales[range.clone()].iter().zip(&self.sums[range]).map(|(&d, &s)| d * s as f32).sum());
+            self.scaled_sums
+                .push(self.scales[range.clone()].iter().zip(&self.sums[range.clone()]).map(|(&d, &s)| d * s as f32).sum());
+            self.totals.push(self.sums[range].iter().sum());
         }
         self.interleaved.resize(x.len(), 0);
         for (src, dst) in self.qs.chunks_exact(ACT_BLOCK).zip(self.interleaved.chunks_exact_mut(ACT_BLOCK)) {
@@ -120,6 +148,16 @@ impl QuantizedActivations {
                 dst[64 * l + 32..64 * l + 64].copy_from_slice(&src[128 + 32 * l..128 + 32 * l + 32]);
             }
         }
+    }
+
+    /// How the scales were chosen.
+    pub fn mode(&self) -> ActScales {
+        self.mode
+    }
+
+    /// Per token, the sum of all its quantized values.
+    pub fn totals(&self) -> &[i32] {
+        &self.totals
     }
 
     pub fn blocks_per_token(&self) -> usize {
@@ -176,6 +214,29 @@ impl QuantizedActivations {
         let nb = self.blocks_per_token();
         &self.sums[t * nb..(t + 1) * nb]
     }
+}
+
+/// Quantizes one span with absmax scaling, as llama.cpp's `quantize_row_q8_K_ref` does a block:
+/// the scale comes from the value of largest magnitude *with its sign*,
+/// `q = round_ties_even(x * -127 / max)` capped at 127. Returns the scale `-max / 127` (zero,
+/// with every value zero, when the span is all zero or not finite).
+fn quantize_span(x: &[f32], out: &mut [i8]) -> f32 {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax == 0.0 || !amax.is_finite() {
+        out.fill(0);
+        return 0.0;
+    }
+    let iscale = -127.0 / max;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = nearest_int(iscale * v).min(127) as i8;
+    }
+    1.0 / iscale
 }
 
 /// Rounds to the nearest integer, ties to even, as llama.cpp's `nearest_int` (|v| < 2^22):
@@ -525,6 +586,8 @@ mod tests {
             n_tokens in 1usize..10,
             // One scale per row (the SIMD kernels factor it out) or one per block.
             uniform in any::<bool>(),
+            // Activation scales per block (Q8_K) or per token.
+            per_token in any::<bool>(),
             seed in any::<u64>(),
         ) {
             let cols = col_blocks * ACT_BLOCK;
@@ -539,7 +602,9 @@ mod tests {
             let x: Vec<f32> = (0..n_tokens * cols).map(|i| {
                 if (i / ACT_BLOCK) % 7 == 3 { 0.0 } else { ((next() % 20001) as f32 - 10000.0) / 1000.0 * (1 + i % 5) as f32 }
             }).collect();
-            let q = QuantizedActivations::quantize(&x, n_tokens, cols);
+            let mode = if per_token { ActScales::Token } else { ActScales::Block };
+            let mut q = QuantizedActivations::default();
+            q.requantize_with(&x, n_tokens, cols, mode);
             let mut want = vec![0f32; rows * n_tokens];
             m.matmul(&scalar::Scalar, &q, &mut want);
             for t in 0..n_tokens {
@@ -571,17 +636,24 @@ mod tests {
             col_blocks in 1usize..4,
             n_tokens in 2usize..12,
             uniform in any::<bool>(),
+            per_token in any::<bool>(),
             seed in any::<u64>(),
         ) {
             let cols = col_blocks * ACT_BLOCK;
             let (m, _, mut next) = random_matrix(format, rows, cols, uniform, seed);
             let x: Vec<f32> = (0..n_tokens * cols).map(|_| ((next() % 20001) as f32 - 10000.0) / 997.0).collect();
-            let all = QuantizedActivations::quantize(&x, n_tokens, cols);
+            let mode = if per_token { ActScales::Token } else { ActScales::Block };
+            let quantize = |x: &[f32], n: usize| {
+                let mut q = QuantizedActivations::default();
+                q.requantize_with(x, n, cols, mode);
+                q
+            };
+            let all = quantize(&x, n_tokens);
             for kernel in available() {
                 let mut batched = vec![0f32; rows * n_tokens];
                 m.matmul(kernel, &all, &mut batched);
                 for t in 0..n_tokens {
-                    let one = QuantizedActivations::quantize(&x[t * cols..(t + 1) * cols], 1, cols);
+                    let one = quantize(&x[t * cols..(t + 1) * cols], 1);
                     let mut single = vec![0f32; rows];
                     m.matmul(kernel, &one, &mut single);
                     for r in 0..rows {
@@ -601,6 +673,35 @@ mod tests {
                 prop_assert!((q.values()[i] as f32 * d - v).abs() <= d.abs() * 0.5 + 1e-4);
             }
             prop_assert_eq!(q.sums()[0], q.values().iter().map(|&v| v as i32).sum::<i32>());
+        }
+
+        /// Per-token scales: one absmax scale over the whole vector, shared by its blocks, and
+        /// the token's total is the sum of its values.
+        #[test]
+        fn per_token_quantization_shares_one_scale(
+            blocks in 1usize..5,
+            n_tokens in 1usize..4,
+            seed in any::<u64>(),
+        ) {
+            let cols = blocks * ACT_BLOCK;
+            let mut state = seed | 1;
+            let x: Vec<f32> = (0..n_tokens * cols).map(|_| {
+                state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+                (state % 20001) as f32 / 100.0 - 100.0
+            }).collect();
+            let q = QuantizedActivations::quantize_per_token(&x, n_tokens, cols);
+            prop_assert_eq!(q.mode(), ActScales::Token);
+            for t in 0..n_tokens {
+                let xs = &x[t * cols..(t + 1) * cols];
+                let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = q.token_scales(t)[0];
+                prop_assert!(q.token_scales(t).iter().all(|&s| s == d));
+                prop_assert!((d.abs() - amax / 127.0).abs() <= 1e-6 * amax);
+                prop_assert_eq!(q.totals()[t], q.token(t).iter().map(|&v| v as i32).sum::<i32>());
+                for (i, &v) in xs.iter().enumerate() {
+                    prop_assert!((q.token(t)[i] as f32 * d - v).abs() <= d.abs() * 0.5 + 1e-4);
+                }
+            }
         }
     }
 

@@ -17,7 +17,7 @@ use std::mem::size_of;
 use std::ops::Range;
 
 use super::formats::{BlockI2s, BlockTq1_0, BlockTq2_0};
-use super::{QuantizedActivations, TernaryFormat, TernaryKernel, TernaryMatrix, ACT_BLOCK};
+use super::{ActScales, QuantizedActivations, TernaryFormat, TernaryKernel, TernaryMatrix, ACT_BLOCK};
 
 /// Tokens that share one decoding of a weight block.
 const TILE: usize = 4;
@@ -47,13 +47,53 @@ impl TernaryKernel for Avx2 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gemm(w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32]) {
     // Each arm passes its decoder as a constant, so that it is inlined into the loops.
+    let per_token = x.mode() == ActScales::Token;
     match (w.format(), w.row_scales()) {
-        (TernaryFormat::TQ2_0, Some(d)) => uniform(w, rows, x, out, d, tq2_block),
-        (TernaryFormat::TQ1_0, Some(d)) => uniform(w, rows, x, out, d, tq1_block),
-        (TernaryFormat::I2S, Some(d)) => uniform(w, rows, x, out, d, i2s_block),
-        (TernaryFormat::TQ2_0, None) => gemm_with(w, rows, x, out, tq2_block),
-        (TernaryFormat::TQ1_0, None) => gemm_with(w, rows, x, out, tq1_block),
-        (TernaryFormat::I2S, None) => gemm_with(w, rows, x, out, i2s_block),
+        (TernaryFormat::TQ2_0, Some(d)) if per_token => by_rows(w, rows, x, out, Integer { d, decode: tq2_block }),
+        (TernaryFormat::TQ1_0, Some(d)) if per_token => by_rows(w, rows, x, out, Integer { d, decode: tq1_block }),
+        (TernaryFormat::I2S, Some(d)) if per_token => by_rows(w, rows, x, out, Integer { d, decode: i2s_block }),
+        (TernaryFormat::TQ2_0, Some(d)) => by_rows(w, rows, x, out, Uniform { d, decode: tq2_block }),
+        (TernaryFormat::TQ1_0, Some(d)) => by_rows(w, rows, x, out, Uniform { d, decode: tq1_block }),
+        (TernaryFormat::I2S, Some(d)) => by_rows(w, rows, x, out, Uniform { d, decode: i2s_block }),
+        (TernaryFormat::TQ2_0, None) => by_rows(w, rows, x, out, PerBlock { decode: tq2_block }),
+        (TernaryFormat::TQ1_0, None) => by_rows(w, rows, x, out, PerBlock { decode: tq1_block }),
+        (TernaryFormat::I2S, None) => by_rows(w, rows, x, out, PerBlock { decode: i2s_block }),
+    }
+}
+
+/// One row's product against `N` tokens, one way of scaling it.
+trait RowTile {
+    /// Multiplies row `r` (bytes at `row`, `cols` weights) by tokens `t0..t0 + N` into
+    /// `dst[..N]`; returns `N`.
+    unsafe fn run<const N: usize>(
+        &self,
+        row: *const u8,
+        r: usize,
+        cols: usize,
+        x: &QuantizedActivations,
+        t0: usize,
+        dst: &mut [f32],
+    ) -> usize;
+}
+
+/// Each row of `rows` against every token, in tiles of up to [`TILE`] tokens that share each
+/// decoded weight block; the accumulators stay in registers.
+#[inline(always)]
+unsafe fn by_rows<T: RowTile>(w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32], tile: T) {
+    let (n, cols) = (x.n_tokens(), w.cols());
+    debug_assert!(x.cols() == cols);
+    for (ri, r) in rows.enumerate() {
+        let row = w.row_bytes(r).as_ptr();
+        let mut t0 = 0;
+        while t0 < n {
+            let dst = &mut out[ri * n + t0..];
+            t0 += match n - t0 {
+                1 => tile.run::<1>(row, r, cols, x, t0, dst),
+                2 => tile.run::<2>(row, r, cols, x, t0, dst),
+                3 => tile.run::<3>(row, r, cols, x, t0, dst),
+                _ => tile.run::<TILE>(row, r, cols, x, t0, dst),
+            };
+        }
     }
 }
 
@@ -61,114 +101,139 @@ unsafe fn gemm(w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, 
 /// `out = d_r · (Σ_b s_b · Σ code·y − Σ_b s_b · Σ y)`, where the second sum is the same for
 /// every row ([`QuantizedActivations::scaled_sums`]), so a block costs its integer dot
 /// products, one convert and one multiply-add.
-#[inline(always)]
-unsafe fn uniform(
-    w: &TernaryMatrix,
-    rows: Range<usize>,
-    x: &QuantizedActivations,
-    out: &mut [f32],
-    d: &[f32],
+struct Uniform<'a> {
+    d: &'a [f32],
     decode: BlockDecoder,
-) {
-    let n = x.n_tokens();
-    for (ri, r) in rows.enumerate() {
-        let row = w.row_bytes(r).as_ptr();
-        let mut t0 = 0;
-        while t0 < n {
-            let dst = &mut out[ri * n + t0..];
-            t0 += match n - t0 {
-                1 => uniform_tile::<1>(row, w.cols(), x, t0, dst, d[r], decode),
-                2 => uniform_tile::<2>(row, w.cols(), x, t0, dst, d[r], decode),
-                3 => uniform_tile::<3>(row, w.cols(), x, t0, dst, d[r], decode),
-                _ => uniform_tile::<TILE>(row, w.cols(), x, t0, dst, d[r], decode),
-            };
+}
+
+impl RowTile for Uniform<'_> {
+    #[inline(always)]
+    unsafe fn run<const N: usize>(
+        &self,
+        row: *const u8,
+        r: usize,
+        cols: usize,
+        x: &QuantizedActivations,
+        t0: usize,
+        dst: &mut [f32],
+    ) -> usize {
+        let nb = cols / ACT_BLOCK;
+        let ys: [*const i8; N] = std::array::from_fn(|k| x.values().as_ptr().add((t0 + k) * cols));
+        let ds: [*const f32; N] = std::array::from_fn(|k| x.scales().as_ptr().add((t0 + k) * nb));
+        let mut acc = [_mm256_setzero_ps(); N];
+        for b in 0..nb {
+            let (lo, hi, _) = (self.decode)(row, b);
+            for k in 0..N {
+                let y = ys[k].add(b * ACT_BLOCK);
+                let isum = _mm256_add_epi32(dot128(&lo, y), dot128(&hi, y.add(128)));
+                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_broadcast_ss(&*ds[k].add(b)), acc[k]);
+            }
         }
+        for k in 0..N {
+            dst[k] = self.d[r] * (hsum(acc[k]) - x.scaled_sums()[t0 + k]);
+        }
+        N
     }
 }
 
-/// One row of a [`uniform`] product against `N` tokens from `t0`.
-#[inline(always)]
-unsafe fn uniform_tile<const N: usize>(
-    row: *const u8,
-    cols: usize,
-    x: &QuantizedActivations,
-    t0: usize,
-    dst: &mut [f32],
-    d: f32,
+/// Rows whose blocks share one scale `d_r`, times activations with one scale `s_t` per token
+/// ([`ActScales::Token`]): `out = d_r · s_t · (Σ code·y − Σ y)`, both sums over the whole row
+/// in integers, so a block costs only its integer dot products, and the result is the same
+/// whatever order or grouping the sums take.
+struct Integer<'a> {
+    d: &'a [f32],
     decode: BlockDecoder,
-) -> usize {
-    let nb = cols / ACT_BLOCK;
-    let ys: [*const i8; N] = std::array::from_fn(|k| x.values().as_ptr().add((t0 + k) * cols));
-    let ds: [*const f32; N] = std::array::from_fn(|k| x.scales().as_ptr().add((t0 + k) * nb));
-    let mut acc = [_mm256_setzero_ps(); N];
-    for b in 0..nb {
-        let (lo, hi, _) = decode(row, b);
-        for k in 0..N {
-            let y = ys[k].add(b * ACT_BLOCK);
-            let isum = _mm256_add_epi32(dot128(&lo, y), dot128(&hi, y.add(128)));
-            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_broadcast_ss(&*ds[k].add(b)), acc[k]);
+}
+
+impl RowTile for Integer<'_> {
+    #[inline(always)]
+    unsafe fn run<const N: usize>(
+        &self,
+        row: *const u8,
+        r: usize,
+        cols: usize,
+        x: &QuantizedActivations,
+        t0: usize,
+        dst: &mut [f32],
+    ) -> usize {
+        let nb = cols / ACT_BLOCK;
+        let ys: [*const i8; N] = std::array::from_fn(|k| x.values().as_ptr().add((t0 + k) * cols));
+        let mut acc = [_mm256_setzero_si256(); N];
+        for b in 0..nb {
+            let (lo, hi, _) = (self.decode)(row, b);
+            for k in 0..N {
+                let y = ys[k].add(b * ACT_BLOCK);
+                acc[k] = _mm256_add_epi32(acc[k], _mm256_add_epi32(dot128(&lo, y), dot128(&hi, y.add(128))));
+            }
         }
+        for k in 0..N {
+            dst[k] = token_scaled(self.d[r], x, t0 + k, hsum_i32(acc[k]));
+        }
+        N
     }
-    for k in 0..N {
-        dst[k] = d * (hsum(acc[k]) - x.scaled_sums()[t0 + k]);
+}
+
+/// Rows whose blocks carry scales of their own: each block's dot products are scaled by the
+/// block's scale times the activation block's, and the code offset is subtracted per block.
+struct PerBlock {
+    decode: BlockDecoder,
+}
+
+impl RowTile for PerBlock {
+    #[inline(always)]
+    unsafe fn run<const N: usize>(
+        &self,
+        row: *const u8,
+        _: usize,
+        cols: usize,
+        x: &QuantizedActivations,
+        t0: usize,
+        dst: &mut [f32],
+    ) -> usize {
+        let nb = cols / ACT_BLOCK;
+        debug_assert!(t0 + N <= x.n_tokens());
+        let ys: [*const i8; N] = std::array::from_fn(|k| x.values().as_ptr().add((t0 + k) * cols));
+        let ds: [*const f32; N] = std::array::from_fn(|k| x.scales().as_ptr().add((t0 + k) * nb));
+        let ss: [*const i32; N] = std::array::from_fn(|k| x.sums().as_ptr().add((t0 + k) * nb));
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut corr = [0f32; N];
+        for b in 0..nb {
+            let (lo, hi, d) = (self.decode)(row, b);
+            for k in 0..N {
+                let y = ys[k].add(b * ACT_BLOCK);
+                let isum = _mm256_add_epi32(dot128(&lo, y), dot128(&hi, y.add(128)));
+                let scale = d * *ds[k].add(b);
+                acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(scale), acc[k]);
+                corr[k] += scale * *ss[k].add(b) as f32;
+            }
+        }
+        for k in 0..N {
+            dst[k] = hsum(acc[k]) - corr[k];
+        }
+        N
     }
-    N
+}
+
+/// `d_r · s_t · (isum − Σ y_t)`: a row's integer dot product with token `t`, scaled. The same
+/// expression in every kernel's per-token path, so that a token's result does not depend on
+/// which path or batch computed its integer sum.
+#[inline(always)]
+fn token_scaled(d: f32, x: &QuantizedActivations, t: usize, isum: i32) -> f32 {
+    d * (x.scales()[t * x.blocks_per_token()] * (isum - x.totals()[t]) as f32)
+}
+
+/// The sum of a vector's eight 32-bit integer lanes.
+#[inline(always)]
+unsafe fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
 }
 
 /// Decodes weight block `b` of a row (256 weights) into two sets of four 32-code vectors and
 /// the block's scale.
 type BlockDecoder = unsafe fn(*const u8, usize) -> ([__m256i; 4], [__m256i; 4], f32);
-
-#[inline(always)]
-unsafe fn gemm_with(w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32], decode: BlockDecoder) {
-    let n = x.n_tokens();
-    for (ri, r) in rows.enumerate() {
-        let row = w.row_bytes(r).as_ptr();
-        let mut t0 = 0;
-        while t0 < n {
-            let dst = &mut out[ri * n + t0..];
-            match n - t0 {
-                1 => t0 += row_tile::<1>(row, w.cols(), x, t0, dst, decode),
-                2 => t0 += row_tile::<2>(row, w.cols(), x, t0, dst, decode),
-                3 => t0 += row_tile::<3>(row, w.cols(), x, t0, dst, decode),
-                _ => t0 += row_tile::<TILE>(row, w.cols(), x, t0, dst, decode),
-            }
-        }
-    }
-}
-
-/// One row against `N` tokens from `t0`; the accumulators stay in registers.
-#[inline(always)]
-unsafe fn row_tile<const N: usize>(
-    row: *const u8,
-    cols: usize,
-    x: &QuantizedActivations,
-    t0: usize,
-    dst: &mut [f32],
-    decode: BlockDecoder,
-) -> usize {
-    let nb = cols / ACT_BLOCK;
-    debug_assert!(t0 + N <= x.n_tokens() && x.cols() == cols);
-    let ys: [*const i8; N] = std::array::from_fn(|k| x.values().as_ptr().add((t0 + k) * cols));
-    let ds: [*const f32; N] = std::array::from_fn(|k| x.scales().as_ptr().add((t0 + k) * nb));
-    let ss: [*const i32; N] = std::array::from_fn(|k| x.sums().as_ptr().add((t0 + k) * nb));
-    let mut acc = [_mm256_setzero_ps(); N];
-    let mut corr = [0f32; N];
-    for b in 0..nb {
-        let (lo, hi, d) = decode(row, b);
-        for k in 0..N {
-            let y = ys[k].add(b * ACT_BLOCK);
-            let isum = _mm256_add_epi32(dot128(&lo, y), dot128(&hi, y.add(128)));
-            let scale = d * *ds[k].add(b);
-            acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(scale), acc[k]);
-            corr[k] += scale * *ss[k].add(b) as f32;
-        }
-    }
-    for k in 0..N {
-        dst[k] = hsum(acc[k]) - corr[k];
-    }
-    N
-}
 
 /// The sum of a vector's eight lanes.
 #[inline(always)]
@@ -343,7 +408,11 @@ impl Layout512 for Tq1 {
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 unsafe fn gemm512(w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32]) {
+    let per_token = x.mode() == ActScales::Token;
     match (w.format(), w.row_scales()) {
+        (TernaryFormat::TQ2_0, Some(d)) if per_token && x.n_tokens() == 1 => integer_one256(w, rows, x, out, d, tq2_block),
+        (TernaryFormat::TQ1_0, Some(d)) if per_token && x.n_tokens() == 1 => integer_one256(w, rows, x, out, d, tq1_block),
+        (TernaryFormat::I2S, Some(d)) if per_token && x.n_tokens() == 1 => integer_one256(w, rows, x, out, d, i2s_block),
         // One token: 256-bit vectors, which measured faster for it (2B-4T shapes, one and two
         // threads on Zen 4, whose 512-bit operations take two passes through 256-bit units);
         // the 512-bit tiles pay where a decoded block serves several tokens. Both sum into the
@@ -363,8 +432,9 @@ unsafe fn gemm512(w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivation
 
 /// Rows whose blocks share one scale `d_r` (see [`TernaryMatrix::row_scales`]):
 /// `out = d_r · (Σ_b s_b · Σ code·y − Σ_b s_b · Σ y)`, where the second sum is the same for
-/// every row ([`QuantizedActivations::scaled_sums`]). When verifying, tiles of two rows by up
-/// to eight tokens share each activation load and each decoded block. When decoding one token
+/// every row ([`QuantizedActivations::scaled_sums`]); with activations scaled per token, the
+/// whole row's integer sum instead ([`Tile::run_integer`]). When verifying, tiles of two rows
+/// by up to eight tokens share each activation load and each decoded block. When decoding one token
 /// a tile is one row: one stream of weight bytes per thread measured faster (2B-4T shapes, out
 /// of cache) than two or four rows read side by side.
 #[inline(always)]
@@ -378,22 +448,22 @@ unsafe fn uniform512<L: Layout512>(w: &TernaryMatrix, rows: Range<usize>, x: &Qu
         while t0 < n {
             let tile = Tile::<L> { w, r, first: rows.start, x, t0, out: &mut *out, d, layout: PhantomData };
             t0 += match (step, (n - t0).min(8)) {
-                (2, 1) => tile.run::<2, 1>(),
-                (2, 2) => tile.run::<2, 2>(),
-                (2, 3) => tile.run::<2, 3>(),
-                (2, 4) => tile.run::<2, 4>(),
-                (2, 5) => tile.run::<2, 5>(),
-                (2, 6) => tile.run::<2, 6>(),
-                (2, 7) => tile.run::<2, 7>(),
-                (2, _) => tile.run::<2, 8>(),
-                (_, 1) => tile.run::<1, 1>(),
-                (_, 2) => tile.run::<1, 2>(),
-                (_, 3) => tile.run::<1, 3>(),
-                (_, 4) => tile.run::<1, 4>(),
-                (_, 5) => tile.run::<1, 5>(),
-                (_, 6) => tile.run::<1, 6>(),
-                (_, 7) => tile.run::<1, 7>(),
-                (_, _) => tile.run::<1, 8>(),
+                (2, 1) => tile.run_scaled::<2, 1>(),
+                (2, 2) => tile.run_scaled::<2, 2>(),
+                (2, 3) => tile.run_scaled::<2, 3>(),
+                (2, 4) => tile.run_scaled::<2, 4>(),
+                (2, 5) => tile.run_scaled::<2, 5>(),
+                (2, 6) => tile.run_scaled::<2, 6>(),
+                (2, 7) => tile.run_scaled::<2, 7>(),
+                (2, _) => tile.run_scaled::<2, 8>(),
+                (_, 1) => tile.run_scaled::<1, 1>(),
+                (_, 2) => tile.run_scaled::<1, 2>(),
+                (_, 3) => tile.run_scaled::<1, 3>(),
+                (_, 4) => tile.run_scaled::<1, 4>(),
+                (_, 5) => tile.run_scaled::<1, 5>(),
+                (_, 6) => tile.run_scaled::<1, 6>(),
+                (_, 7) => tile.run_scaled::<1, 7>(),
+                (_, _) => tile.run_scaled::<1, 8>(),
             };
         }
         r += step;
@@ -436,6 +506,38 @@ unsafe fn uniform_one256(
             acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(*ds.add(b)), acc);
         }
         out[ri] = d[r] * (hsum(acc) - x.scaled_sums()[0]);
+    }
+}
+
+/// One token, one row at a time, per-token activation scales: [`uniform_one256`] with the
+/// integer sum carried across the whole row.
+#[inline(always)]
+unsafe fn integer_one256(
+    w: &TernaryMatrix,
+    rows: Range<usize>,
+    x: &QuantizedActivations,
+    out: &mut [f32],
+    d: &[f32],
+    decode: BlockDecoder,
+) {
+    let nb = w.cols() / ACT_BLOCK;
+    let y0 = x.interleaved().as_ptr();
+    for (ri, r) in rows.enumerate() {
+        let row = w.row_bytes(r).as_ptr();
+        // Eight sums, so that no `vpdpbusd` waits for the one before it.
+        let mut isum = [_mm256_setzero_si256(); 8];
+        for b in 0..nb {
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(b * w.format().row_bytes(ACT_BLOCK) + PREFETCH_BYTES) as *const i8);
+            let (lo, hi, _) = decode(row, b);
+            let y = y0.add(b * ACT_BLOCK) as *const __m256i;
+            for l in 0..4 {
+                isum[2 * l] = _mm256_dpbusd_epi32(isum[2 * l], lo[l], _mm256_loadu_si256(y.add(2 * l)));
+                isum[2 * l + 1] = _mm256_dpbusd_epi32(isum[2 * l + 1], hi[l], _mm256_loadu_si256(y.add(2 * l + 1)));
+            }
+        }
+        let s = |a: __m256i, b: __m256i| _mm256_add_epi32(a, b);
+        let total = s(s(s(isum[0], isum[1]), s(isum[2], isum[3])), s(s(isum[4], isum[5]), s(isum[6], isum[7])));
+        out[ri] = token_scaled(d[r], x, 0, hsum_i32(total));
     }
 }
 
@@ -500,6 +602,56 @@ impl<L: Layout512> Tile<'_, L> {
             for k in 0..N {
                 let t = self.t0 + k;
                 self.out[(self.r + i - self.first) * n + t] = d * (hsum(acc[i][k]) - x.scaled_sums()[t]);
+            }
+        }
+        N
+    }
+}
+
+impl<L: Layout512> Tile<'_, L> {
+    /// [`Tile::run_integer`] for activations scaled per token, else [`Tile::run`].
+    #[inline(always)]
+    unsafe fn run_scaled<const R: usize, const N: usize>(self) -> usize {
+        match self.x.mode() {
+            ActScales::Token => self.run_integer::<R, N>(),
+            ActScales::Block => self.run::<R, N>(),
+        }
+    }
+
+    /// [`Tile::run`] for per-token activation scales: the `vpdpbusd` sums accumulate across
+    /// every block of the row, and each is scaled once at the end. Returns `N`.
+    #[inline(always)]
+    unsafe fn run_integer<const R: usize, const N: usize>(self) -> usize {
+        let (x, cols) = (self.x, self.w.cols());
+        let nb = cols / ACT_BLOCK;
+        let rows: [*const u8; R] = std::array::from_fn(|i| self.w.row_bytes(self.r + i).as_ptr());
+        let ys: [*const i8; N] = std::array::from_fn(|k| x.interleaved().as_ptr().add((self.t0 + k) * cols));
+        let mut acc = [[_mm512_setzero_si512(); N]; R];
+        for b in 0..nb {
+            for row in rows {
+                // A hint only: an address past the matrix is never read.
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(b * L::BLOCK_BYTES + PREFETCH_BYTES) as *const i8);
+            }
+            let mut c = [[_mm512_setzero_si512(); 4]; R];
+            for i in 0..R {
+                c[i] = L::codes(rows[i], b);
+            }
+            for k in 0..N {
+                let y = ys[k].add(b * ACT_BLOCK) as *const __m512i;
+                for l in 0..4 {
+                    let yl = _mm512_loadu_si512(y.add(l));
+                    for i in 0..R {
+                        acc[i][k] = _mm512_dpbusd_epi32(acc[i][k], c[i][l], yl);
+                    }
+                }
+            }
+        }
+        let n = x.n_tokens();
+        for i in 0..R {
+            let d = self.d[self.r + i];
+            for k in 0..N {
+                let t = self.t0 + k;
+                self.out[(self.r + i - self.first) * n + t] = token_scaled(d, x, t, _mm512_reduce_add_epi32(acc[i][k]));
             }
         }
         N

@@ -74,6 +74,13 @@ struct Args {
     #[arg(long, value_enum, default_value_t = shard_oracle::engine::Head::Exact, env = "SHARD_HEAD")]
     head: shard_oracle::engine::Head,
 
+    /// How activations are scaled to int8 before each ternary product: `block`, one scale per
+    /// 256 values as llama.cpp's Q8_K (its logits), or `token`, one scale per token as
+    /// BitNet b1.58 was trained and as bitnet.cpp runs it (a whole row is then one integer
+    /// sum; logits move a little, see docs/performance.md).
+    #[arg(long, value_enum, default_value_t = shard_oracle::engine::ActScales::Block, env = "SHARD_ACT_SCALES")]
+    act_scales: shard_oracle::engine::ActScales,
+
     /// A small draft model with the same vocabulary, run in-process for speculative decoding
     /// (like llama.cpp's -md). Float `llama` or BitNet GGUF.
     #[arg(long = "draft-model", visible_alias = "md", env = "SHARD_DRAFT_MODEL")]
@@ -363,6 +370,7 @@ async fn main() -> anyhow::Result<()> {
         alias: args.alias.clone(),
         activation: args.ffn_activation,
         head: args.head,
+        act_scales: args.act_scales,
         ..LoadOptions::new(kernel)
     };
     let model_path = args.model.clone();

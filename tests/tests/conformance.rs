@@ -254,41 +254,65 @@ fn bitnet_b158_i2_s_matches_numpy_reference() {
     check_b158("i2_s");
 }
 
-/// The opt-in int8 output layer (`--head int8`) against the exact one, on the default target
-/// and real text: how far its log-probabilities move, and how often its greedy token differs.
-/// It is not llama.cpp's product, so it is measured here rather than held to the fixture.
-#[test]
-fn int8_head_stays_close_to_the_exact_one() {
+/// How far an opt-in engine setting moves the default target's logits on real text, against
+/// the exact settings: top-5 |Δ logprob| (max, mean) and the share of positions with the same
+/// greedy token. Opt-ins are not llama.cpp's product, so they are measured here rather than
+/// held to the fixture.
+fn distance_from_exact(
+    opts: impl Fn(shard_oracle::engine::LoadOptions) -> shard_oracle::engine::LoadOptions,
+    what: &str,
+) -> (f32, f32, f64) {
     use shard_oracle::engine::kernels::{self, KernelChoice};
     use shard_oracle::engine::model::Logits;
-    use shard_oracle::engine::{Engine, Head, LoadOptions};
+    use shard_oracle::engine::{Engine, LoadOptions};
     use shard_shared::sampling::{argmax, log_softmax};
     let (target, _) = shard_tests::default_pair();
     let kernel = kernels::select(KernelChoice::Auto).unwrap();
-    let load = |head| Engine::load(&target, &LoadOptions { n_ctx: 512, head, ..LoadOptions::new(kernel) }, |_, _| {}).unwrap();
-    let (exact, int8) = (load(Head::Exact), load(Head::Int8));
+    let base = LoadOptions { n_ctx: 512, ..LoadOptions::new(kernel) };
+    let exact = Engine::load(&target, &base, |_, _| {}).unwrap();
+    let other = Engine::load(&target, &opts(base.clone()), |_, _| {}).unwrap();
     let text = std::fs::read_to_string(repo_root().join("models/README.md")).unwrap();
     let tokens = exact.tokenizer.encode(&text, true, false).unwrap();
     let tokens = &tokens[..tokens.len().min(400)];
     let run = |e: &Engine| e.model.forward(kernel, tokens, &mut e.model.new_cache(512), Logits::All);
-    let (a, b) = (run(&exact), run(&int8));
+    let (a, b) = (run(&exact), run(&other));
     let n_vocab = exact.model.config.n_vocab;
     let (mut worst, mut total, mut same) = (0f32, 0f32, 0usize);
     for (ra, rb) in a.chunks(n_vocab).zip(b.chunks(n_vocab)) {
         let (la, lb) = (log_softmax(ra), log_softmax(rb));
-        // As the conformance checks measure: the exact head's top 5.
+        // As the conformance checks measure: the exact run's top 5.
         let d = shard_shared::sampling::top_n(&la, 5).iter().map(|&(id, l)| (l - lb[id as usize]).abs()).fold(0f32, f32::max);
         worst = worst.max(d);
         total += d;
         same += (argmax(ra) == argmax(rb)) as usize;
     }
     let n = tokens.len();
+    let share = same as f64 / n as f64;
     println!(
-        "int8 head against the exact head over {n} positions: top-5 |Δ logprob| max {worst:.4}, mean {:.4}; \
+        "{what} against the exact settings over {n} positions: top-5 |Δ logprob| max {worst:.4}, mean {:.4}; \
          same greedy token at {same} ({:.1}%)",
         total / n as f32,
-        100.0 * same as f64 / n as f64
+        100.0 * share
     );
-    assert!(same as f64 >= 0.95 * n as f64, "the int8 head changes the greedy token at {} of {n} positions", n - same);
-    assert!(total / (n as f32) < 0.05, "mean top-5 distance {}", total / n as f32);
+    (worst, total / n as f32, share)
+}
+
+/// The opt-in int8 output layer (`--head int8`) against the exact one.
+#[test]
+fn int8_head_stays_close_to_the_exact_one() {
+    use shard_oracle::engine::{Head, LoadOptions};
+    let (_, mean, same) = distance_from_exact(|o| LoadOptions { head: Head::Int8, ..o }, "int8 head");
+    assert!(same >= 0.95, "the int8 head changes the greedy token at {:.1}% of positions", 100.0 * (1.0 - same));
+    assert!(mean < 0.05, "mean top-5 distance {mean}");
+}
+
+/// Activations scaled per token (`--act-scales token`, as bitnet.cpp runs BitNet) against
+/// llama.cpp's per-256-value scales.
+#[test]
+fn per_token_activation_scales_stay_close_to_q8k() {
+    use shard_oracle::engine::{ActScales, LoadOptions};
+    let (_, mean, same) =
+        distance_from_exact(|o| LoadOptions { act_scales: ActScales::Token, ..o }, "per-token activation scales");
+    assert!(same >= 0.95, "per-token scales change the greedy token at {:.1}% of positions", 100.0 * (1.0 - same));
+    assert!(mean < 0.05, "mean top-5 distance {mean}");
 }

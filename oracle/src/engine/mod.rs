@@ -18,6 +18,7 @@ use shard_shared::chat::{ChatTemplate, FALLBACK_TEMPLATE};
 use shard_shared::gguf::Gguf;
 use shard_shared::tokenizer::Tokenizer;
 
+pub use kernels::ActScales;
 use kernels::TernaryKernel;
 use model::{BitNetModel, LoadError};
 
@@ -51,13 +52,15 @@ pub struct LoadOptions {
     pub activation: Option<config::Activation>,
     /// How the output layer multiplies (`--head`).
     pub head: Head,
+    /// How activations are scaled to int8 before a ternary product (`--act-scales`).
+    pub act_scales: ActScales,
 }
 
 impl LoadOptions {
     /// The defaults: the model's own context and activation, the file name as its id, the
     /// exact output layer.
     pub fn new(kernel: &'static dyn TernaryKernel) -> Self {
-        Self { kernel, n_ctx: 0, alias: None, activation: None, head: Head::Exact }
+        Self { kernel, n_ctx: 0, alias: None, activation: None, head: Head::Exact, act_scales: ActScales::Block }
     }
 }
 
@@ -98,6 +101,7 @@ impl Engine {
         if opts.head == Head::Int8 {
             model.use_int8_head();
         }
+        model.act_scales = opts.act_scales;
         let tokenizer = Tokenizer::from_gguf(&g)?;
         let token_text = |id: Option<u32>| {
             id.and_then(|i| tokenizer.piece(i)).map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default()

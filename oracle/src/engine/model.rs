@@ -21,7 +21,9 @@ use super::batch::{RowMap, Segment};
 use super::config::{Activation, BitNetConfig, ConfigError};
 use super::kernels::dense::{DenseMatrix, DenseType};
 use super::kernels::int8_rows::Int8Rows;
-use super::kernels::{self, MatrixError, QuantizedActivations, TernaryFormat, TernaryKernel, TernaryMatrix, WeightBytes};
+use super::kernels::{
+    self, ActScales, MatrixError, QuantizedActivations, TernaryFormat, TernaryKernel, TernaryMatrix, WeightBytes,
+};
 use super::kv_cache::KvCache;
 use super::ops::{self, rms_norm, round_f16};
 
@@ -129,6 +131,9 @@ pub struct BitNetModel {
     pub layers: Vec<Layer>,
     /// The output layer as int8 rows, when chosen (`--head int8`): used in its place.
     pub head_int8: Option<Int8Rows>,
+    /// How activations are scaled to int8 for the ternary products (`--act-scales`): per 256
+    /// values as llama.cpp (the default), or per token as BitNet b1.58 was trained.
+    pub act_scales: ActScales,
 }
 
 /// Reads tensors from a parsed file, sharing the memory map.
@@ -280,7 +285,7 @@ impl BitNetModel {
             progress(layer_bytes);
             layers.push(layer);
         }
-        Ok(Self { config, tok_embd, output, output_norm, layers, head_int8: None })
+        Ok(Self { config, tok_embd, output, output_norm, layers, head_int8: None, act_scales: ActScales::Block })
     }
 
     /// Bytes of weights a forward pass reads from memory, whatever its number of tokens:
@@ -355,7 +360,7 @@ impl BitNetModel {
         // Activations are quantized only for layers whose weights are ternary.
         let quantize = |xq: &mut QuantizedActivations, lins: &[&Linear], x: &[f32], cols: usize| {
             if lins.iter().any(|l| l.is_ternary()) {
-                xq.requantize(x, n, cols);
+                xq.requantize_with(x, n, cols, self.act_scales);
             }
         };
         for (il, l) in self.layers.iter().enumerate() {

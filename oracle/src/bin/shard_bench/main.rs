@@ -25,7 +25,7 @@ use shard_oracle::engine::kernels::{
     self, formats, KernelChoice, QuantizedActivations, TernaryFormat, TernaryMatrix, WeightBytes,
 };
 use shard_oracle::engine::model::Logits;
-use shard_oracle::engine::{Engine, Head, LoadOptions};
+use shard_oracle::engine::{ActScales, Engine, Head, LoadOptions};
 use shard_shared::sampling::argmax;
 
 #[derive(Parser)]
@@ -51,6 +51,9 @@ enum Cmd {
         /// The output layer's product.
         #[arg(long, value_enum, default_value_t = Head::Exact)]
         head: Head,
+        /// How activations are scaled to int8 (per 256 values as llama.cpp, or per token).
+        #[arg(long, value_enum, default_value_t = ActScales::Block)]
+        act_scales: ActScales,
         /// Tokens of context before the timed passes.
         #[arg(long, default_value_t = 64)]
         context: usize,
@@ -98,7 +101,7 @@ enum Cmd {
         tokens: Vec<usize>,
         #[arg(long, default_value_t = 5)]
         reps: usize,
-        /// Only this layout (tq2_0, tq1_0, i2s) and scaling (row, block, tensor), e.g. for
+        /// Only this layout (tq2_0, tq1_0, i2s) and scaling (row, block, tensor, token), e.g. for
         /// counting instructions under callgrind one case at a time.
         #[arg(long)]
         only: Option<String>,
@@ -169,8 +172,8 @@ fn main() -> anyhow::Result<()> {
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
     match args.cmd {
-        Cmd::Model { model, kernel, head, context, decode, reps } => {
-            bench_model(model, kernel, head, context, decode, reps, threads, args.json)
+        Cmd::Model { model, kernel, head, act_scales, context, decode, reps } => {
+            bench_model(model, kernel, head, act_scales, context, decode, reps, threads, args.json)
         }
         Cmd::Kernels { tokens, reps, only, shape } => {
             bench_kernels(&tokens, reps, only.as_deref(), shape.as_deref(), threads, args.json)
@@ -191,6 +194,7 @@ fn bench_model(
     path: PathBuf,
     kernel: KernelChoice,
     head: Head,
+    act_scales: ActScales,
     context: usize,
     decode: usize,
     reps: usize,
@@ -199,7 +203,11 @@ fn bench_model(
 ) -> anyhow::Result<()> {
     let kernel = kernels::select(kernel).map_err(anyhow::Error::msg)?;
     let t0 = Instant::now();
-    let engine = Engine::load(&path, &LoadOptions { n_ctx: context + decode + 16, head, ..LoadOptions::new(kernel) }, |_, _| {})?;
+    let engine = Engine::load(
+        &path,
+        &LoadOptions { n_ctx: context + decode + 16, head, act_scales, ..LoadOptions::new(kernel) },
+        |_, _| {},
+    )?;
     let load = t0.elapsed();
     let m = &engine.model;
     let n_vocab = m.config.n_vocab as u32;
@@ -243,7 +251,7 @@ fn bench_model(
         println!(
             "{}",
             json!({
-                "engine": "shard", "kernel": kernel.name(), "head": format!("{head:?}"), "threads": threads, "load_s": load.as_secs_f64(),
+                "engine": "shard", "kernel": kernel.name(), "head": format!("{head:?}"), "act_scales": format!("{act_scales:?}"), "threads": threads, "load_s": load.as_secs_f64(),
                 "prompt_tok_s": pp_tok_s, "decode_tok_s": tok_s,
                 "weight_bytes_per_token": bytes, "read_bandwidth_gb_s": bandwidth / 1e9, "bound_tok_s": bound_tok_s,
                 "forward_ms": k_times.iter().map(|(k, d)| (k.to_string(), json!(d.as_secs_f64() * 1e3))).collect::<serde_json::Map<_, _>>(),
@@ -251,11 +259,15 @@ fn bench_model(
         );
     } else {
         println!(
-            "model {} ({} layers, {} embd), kernel {}, {threads} threads",
+            "model {} ({} layers, {} embd), kernel {}, head {head:?}, activations scaled per {}, {threads} threads",
             path.display(),
             m.config.n_layer,
             m.config.n_embd,
-            kernel.name()
+            kernel.name(),
+            match act_scales {
+                ActScales::Block => "256 values",
+                ActScales::Token => "token",
+            }
         );
         println!("load            {:>10.2} s", load.as_secs_f64());
         println!("prompt ({context:>3} tok) {:>8.1} tok/s", pp_tok_s);
@@ -587,13 +599,17 @@ fn bench_kernels(
     }
     // "row": every block of a row shares one scale, as BitNet converters write them (the SIMD
     // kernels factor it out); "block": each block its own (the per-block path). I2_S blocks
-    // have no scale.
+    // have no scale. "token": row scales, with activations scaled per token
+    // (`--act-scales token`) instead of per 256 values.
     let cases = [
         (TernaryFormat::TQ2_0, "row"),
+        (TernaryFormat::TQ2_0, "token"),
         (TernaryFormat::TQ2_0, "block"),
         (TernaryFormat::TQ1_0, "row"),
+        (TernaryFormat::TQ1_0, "token"),
         (TernaryFormat::TQ1_0, "block"),
         (TernaryFormat::I2S, "tensor"),
+        (TernaryFormat::I2S, "token"),
     ];
     for (format, scaling) in cases {
         if only.is_some_and(|o| !o.eq_ignore_ascii_case(&format!("{format:?}:{scaling}"))) {
@@ -613,7 +629,11 @@ fn bench_kernels(
                 TernaryMatrix::new(format, rows, cols, WeightBytes::Owned(Arc::new(bytes))).map_err(|e| anyhow::anyhow!(e.0))?;
             for &n in tokens {
                 let x: Vec<f32> = (0..n * cols).map(|_| (next() % 2001) as f32 / 1000.0 - 1.0).collect();
-                let q = QuantizedActivations::quantize(&x, n, cols);
+                let q = if scaling == "token" {
+                    QuantizedActivations::quantize_per_token(&x, n, cols)
+                } else {
+                    QuantizedActivations::quantize(&x, n, cols)
+                };
                 let mut out = vec![0f32; rows * n];
                 let mut time = |k: &dyn kernels::TernaryKernel| {
                     let mut v = vec![];
