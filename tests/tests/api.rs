@@ -163,6 +163,55 @@ fn streamed_completion_equals_unstreamed() {
     assert_eq!(finish.len(), 1);
 }
 
+/// A streamed request's choices (several prompts, `n` each) interleave in one stream, each
+/// chunk naming its choice: put back together, every choice is the unstreamed one, with one
+/// finish reason each and the usage of all of them.
+#[test]
+fn streamed_choices_equal_unstreamed_ones() {
+    let gather = |chunks: &[Value], count: usize, field: &dyn Fn(&Value) -> Option<String>| -> (Vec<String>, Vec<usize>) {
+        let (mut texts, mut finishes) = (vec![String::new(); count], vec![0; count]);
+        for c in chunks.iter().flat_map(|c| c["choices"].as_array().unwrap()) {
+            let i = c["index"].as_u64().unwrap() as usize;
+            texts[i] += &field(c).unwrap_or_default();
+            finishes[i] += !c["finish_reason"].is_null() as usize;
+        }
+        (texts, finishes)
+    };
+    let parse = |events: Vec<String>| -> Vec<Value> {
+        assert_eq!(events.last().unwrap(), "[DONE]");
+        events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect()
+    };
+
+    let body = json!({"prompt": ["The", "Once upon"], "n": 2, "max_tokens": 8, "temperature": 1.0, "seed": 5, "echo": true});
+    let whole: Value = post("/v1/completions", body.clone()).json().unwrap();
+    let mut s = body;
+    s["stream"] = json!(true);
+    s["stream_options"] = json!({"include_usage": true});
+    let chunks = parse(sse(post("/v1/completions", s)));
+    let (texts, finishes) = gather(&chunks, 4, &|c| c["text"].as_str().map(str::to_string));
+    for i in 0..4 {
+        assert_eq!(texts[i], whole["choices"][i]["text"].as_str().unwrap(), "completion choice {i}");
+        assert_eq!(finishes[i], 1, "completion choice {i}");
+    }
+    // (Cached prompt tokens depend on what ran before.)
+    for field in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(chunks.last().unwrap()["usage"][field], whole["usage"][field], "{field}");
+    }
+
+    let body =
+        json!({"messages": [{"role": "user", "content": "Hello"}], "n": 3, "max_tokens": 8, "temperature": 1.0, "seed": 11});
+    let whole: Value = post("/v1/chat/completions", body.clone()).json().unwrap();
+    let mut s = body;
+    s["stream"] = json!(true);
+    let chunks = parse(sse(post("/v1/chat/completions", s)));
+    let (texts, finishes) = gather(&chunks, 3, &|c| c["delta"]["content"].as_str().map(str::to_string));
+    let (roles, _) = gather(&chunks, 3, &|c| c["delta"]["role"].as_str().map(str::to_string));
+    for i in 0..3 {
+        assert_eq!(texts[i], whole["choices"][i]["message"]["content"].as_str().unwrap(), "chat choice {i}");
+        assert_eq!((roles[i].as_str(), finishes[i]), ("assistant", 1), "chat choice {i}");
+    }
+}
+
 #[test]
 fn chat_completion_and_stream() {
     let body = json!({"model": model_id(), "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8, "temperature": 0, "logprobs": true, "top_logprobs": 3});

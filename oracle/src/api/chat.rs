@@ -1,11 +1,10 @@
 //! `POST /v1/chat/completions`: the conversation is rendered with the model's chat template,
-//! then generated like a completion; streamed as `chat.completion.chunk` deltas.
+//! then generated like a completion; streamed as `chat.completion.chunk` deltas (through the
+//! one SSE writer, [`stream::sse`]).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -16,10 +15,10 @@ use super::error::ApiError;
 use super::json::ApiJson;
 use super::limits::{Client, Limits, MAX_MESSAGES};
 use super::openapi::{ChatResponse, ErrorBody};
+use super::stream::{self, ChoiceEvent, Chunks};
 use super::types::{choices_per_prompt, max_tokens, new_id, unix_now, SamplingFields, StreamOptions, Usage};
-use super::{collect_all, job_error, logprob_count, queue_comment, with_ticket, AppState};
-use crate::engine::generate::{Event, GenerateParams, TokenLogprob};
-use crate::queue::{JobEvent, Update};
+use super::{logprob_count, AppState};
+use crate::engine::generate::{GenerateParams, TokenLogprob};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ChatRequest {
@@ -127,9 +126,6 @@ pub fn validate(req: &ChatRequest, n_vocab: usize, n_ctx: usize) -> Result<(Vec<
         return Err(ApiError::invalid_param("top_logprobs", "top_logprobs requires logprobs to be true"));
     }
     params.logprobs = req.logprobs.then_some(top.unwrap_or(0));
-    if req.stream && n != 1 {
-        return Err(ApiError::invalid_param("n", "streaming supports n = 1 only"));
-    }
     Ok((msgs, n, params))
 }
 
@@ -166,67 +162,19 @@ pub async fn handler(
     let created = unix_now();
     let model = state.engine.model_id.clone();
 
-    if req.stream {
-        let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
-        let mut rx = state.submit(prompt, params, &client)?;
-        let ticket = rx.ticket.clone();
-        let chunk = move |delta: Value, logprobs: Value, finish: Value| {
-            json!({
-                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "system_fingerprint": crate::FINGERPRINT,
-                "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
-            })
-        };
-        let body = async_stream::stream! {
-            // The client's slot is held for as long as the stream runs.
-            let _slot = slot;
-            yield Ok::<_, Infallible>(SseEvent::default().data(chunk(json!({"role": "assistant", "content": ""}), Value::Null, Value::Null).to_string()));
-            yield Ok(queue_comment(&rx.status()));
-            while let Some(update) = rx.next_update().await {
-                let ev = match update {
-                    Update::Queued(status) => { yield Ok(queue_comment(&status)); continue; }
-                    Update::Job(ev) => ev,
-                };
-                match ev {
-                    JobEvent::Event(Event::Prompt(_)) => {}
-                    JobEvent::Event(Event::Token { text, logprob, .. }) => {
-                        let lp = match &logprob { Some(l) => json!({"content": [logprob_entry(&state, l)]}), None => Value::Null };
-                        yield Ok(SseEvent::default().data(chunk(json!({"content": text}), lp, Value::Null).to_string()));
-                    }
-                    JobEvent::Finished(Ok(f)) => {
-                        if !f.tail.is_empty() {
-                            yield Ok(SseEvent::default().data(chunk(json!({"content": f.tail}), Value::Null, Value::Null).to_string()));
-                        }
-                        yield Ok(SseEvent::default().data(chunk(json!({}), Value::Null, json!(f.reason.as_str())).to_string()));
-                        if include_usage {
-                            let mut usage = Usage::default();
-                            usage.add(&f);
-                            let mut last = chunk(json!({}), Value::Null, Value::Null);
-                            last["choices"] = json!([]);
-                            last["usage"] = json!(usage);
-                            yield Ok(SseEvent::default().data(last.to_string()));
-                        }
-                        break;
-                    }
-                    JobEvent::Finished(Err(e)) => {
-                        yield Ok(SseEvent::default().data(job_error(e).body().to_string()));
-                        break;
-                    }
-                }
-            }
-            yield Ok(SseEvent::default().data("[DONE]"));
-        };
-        return Ok(with_ticket(Sse::new(body).keep_alive(KeepAlive::default()).into_response(), &ticket));
-    }
-
-    let jobs = (0..n)
+    let jobs: Vec<_> = (0..n)
         .map(|k| {
             let mut p = params.clone();
             p.seed = params.seed.wrapping_add(k as u64);
             (prompt.clone(), p)
         })
         .collect();
-    let collected = collect_all(&state, jobs, &client).await?;
+    if req.stream {
+        let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        let choices = stream::run(state.clone(), jobs, client)?;
+        return Ok(stream::sse(choices, slot, include_usage, ChatChunks { state, id, created, model }));
+    }
+    let collected = stream::collect_all(&state, jobs, &client).await?;
     let mut choices = vec![];
     let mut usage = Usage::default();
     for (k, c) in collected.into_iter().enumerate() {
@@ -254,4 +202,58 @@ pub async fn handler(
         "usage": usage,
     }))
     .into_response())
+}
+
+/// `chat.completion.chunk`s: each choice opens with the assistant's role, then its content
+/// deltas, then an empty delta with the finish reason.
+struct ChatChunks {
+    state: Arc<AppState>,
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl ChatChunks {
+    fn chunk(&self, choices: Value) -> Value {
+        json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "system_fingerprint": crate::FINGERPRINT, "choices": choices,
+        })
+    }
+
+    fn delta(&self, index: usize, delta: Value, logprobs: Value, finish: Value) -> Value {
+        self.chunk(json!([{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]))
+    }
+}
+
+impl Chunks for ChatChunks {
+    fn choice(&mut self, index: usize, event: &ChoiceEvent) -> Vec<Value> {
+        match event {
+            ChoiceEvent::Started => {
+                vec![self.delta(index, json!({"role": "assistant", "content": ""}), Value::Null, Value::Null)]
+            }
+            ChoiceEvent::Prompt(_) => vec![],
+            ChoiceEvent::Token { text, logprob, .. } => {
+                let lp = match logprob {
+                    Some(l) => json!({"content": [logprob_entry(&self.state, l)]}),
+                    None => Value::Null,
+                };
+                vec![self.delta(index, json!({"content": text}), lp, Value::Null)]
+            }
+            ChoiceEvent::Finished(f) => {
+                let mut out = vec![];
+                if !f.tail.is_empty() {
+                    out.push(self.delta(index, json!({"content": f.tail}), Value::Null, Value::Null));
+                }
+                out.push(self.delta(index, json!({}), Value::Null, json!(f.reason.as_str())));
+                out
+            }
+        }
+    }
+
+    fn usage(&mut self, usage: &Usage) -> Value {
+        let mut last = self.chunk(json!([]));
+        last["usage"] = json!(usage);
+        last
+    }
 }

@@ -1,10 +1,8 @@
 //! `POST /v1/completions`: OpenAI's legacy text completions, with `echo` and `logprobs`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
@@ -14,10 +12,10 @@ use super::error::ApiError;
 use super::json::ApiJson;
 use super::limits::{Client, Limits};
 use super::openapi::{CompletionResponse, ErrorBody};
+use super::stream::{self, ChoiceEvent, Chunks};
 use super::types::{choices_per_prompt, max_tokens, new_id, unix_now, SamplingFields, StreamOptions, Usage};
-use super::{collect_all, job_error, logprob_count, queue_comment, with_ticket, AppState};
-use crate::engine::generate::{Event, GenerateParams, TokenLogprob};
-use crate::queue::{JobEvent, Update};
+use super::{logprob_count, AppState};
+use crate::engine::generate::{GenerateParams, TokenLogprob};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CompletionRequest {
@@ -165,13 +163,15 @@ pub async fn handler(
         })
         .collect();
 
+    let jobs = runs.iter().map(|(_, prompt, p)| (prompt.tokens.clone(), p.clone())).collect();
     if req.stream {
         let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
-        return stream(state, client, slot, runs, id, created, model, req.echo, include_usage).await;
+        let choices = stream::run(state.clone(), jobs, client)?;
+        let per_choice = runs.into_iter().map(|(_, prompt, p)| (prompt, p.logprobs.is_some(), 0)).collect();
+        let chunks = CompletionChunks { state, id, created, model, echo: req.echo, choices: per_choice };
+        return Ok(stream::sse(choices, slot, include_usage, chunks));
     }
-
-    let jobs = runs.iter().map(|(_, prompt, p)| (prompt.tokens.clone(), p.clone())).collect();
-    let collected = collect_all(&state, jobs, &client).await?;
+    let collected = stream::collect_all(&state, jobs, &client).await?;
     let mut choices = vec![];
     let mut usage = Usage::default();
     for ((index, prompt, p), c) in runs.into_iter().zip(collected) {
@@ -241,92 +241,64 @@ fn prompts(state: &AppState, field: Option<&PromptField>) -> Result<Vec<Prompt>,
     Ok(list)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn stream(
+/// `text_completion` chunks: with `echo`, a choice opens with its prompt text (and, with
+/// `logprobs`, the prompt's logprobs once they are known); then its tokens; then the held-back
+/// tail with the finish reason.
+struct CompletionChunks {
     state: Arc<AppState>,
-    client: Client,
-    slot: super::limits::ClientSlot,
-    runs: Vec<(usize, Prompt, GenerateParams)>,
     id: String,
     created: u64,
     model: String,
     echo: bool,
-    include_usage: bool,
-) -> Result<Response, ApiError> {
-    // Enqueue the first run now, so a full queue is a 429 rather than a broken stream.
-    let mut runs = runs.into_iter();
-    let (i0, p0, params0) = runs.next().expect("at least one prompt");
-    let first_rx = state.submit(p0.tokens.clone(), params0.clone(), &client)?;
-    let ticket = first_rx.ticket.clone();
-    let chunk = move |index: usize, text: String, logprobs: Value, finish: Value| {
+    /// Per choice: its prompt, whether it asked for logprobs, and the text offset so far.
+    choices: Vec<(Prompt, bool, usize)>,
+}
+
+impl CompletionChunks {
+    fn chunk(&self, choices: Value) -> Value {
         json!({
-            "id": id, "object": "text_completion", "created": created, "model": model,
-            "system_fingerprint": crate::FINGERPRINT,
-            "choices": [{"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish}],
+            "id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+            "system_fingerprint": crate::FINGERPRINT, "choices": choices,
         })
-    };
-    let body = async_stream::stream! {
-        // The client's slot is held for as long as the stream runs.
-        let _slot = slot;
-        let mut usage = Usage::default();
-        let mut pending = Some((i0, p0, params0, first_rx));
-        loop {
-            let (index, prompt, params, mut rx) = match pending.take() {
-                Some(p) => p,
-                None => match runs.next() {
-                    None => break,
-                    Some((i, p, pr)) => match state.submit(p.tokens.clone(), pr.clone(), &client) {
-                        Ok(rx) => (i, p, pr, rx),
-                        Err(e) => { yield Ok::<_, Infallible>(SseEvent::default().data(e.body().to_string())); break; }
-                    },
-                },
-            };
-            let want_lp = params.logprobs.is_some();
-            let mut offset = 0;
-            if echo && !want_lp {
-                yield Ok(SseEvent::default().data(chunk(index, prompt.text.clone(), Value::Null, Value::Null).to_string()));
-            }
-            yield Ok(queue_comment(&rx.status()));
-            while let Some(update) = rx.next_update().await {
-                let ev = match update {
-                    Update::Queued(status) => { yield Ok(queue_comment(&status)); continue; }
-                    Update::Job(ev) => ev,
-                };
-                match ev {
-                    JobEvent::Event(Event::Prompt(lps)) => {
-                        let mut lp = LegacyLogprobs::default();
-                        for (i, &tok) in prompt.tokens.iter().enumerate() {
-                            lp.push(&state, tok, lps.get(i).and_then(Option::as_ref), &mut offset);
-                        }
-                        yield Ok(SseEvent::default().data(chunk(index, prompt.text.clone(), json!(lp), Value::Null).to_string()));
-                    }
-                    JobEvent::Event(Event::Token { id: tok, text, logprob }) => {
-                        let lp = if want_lp {
-                            let mut lp = LegacyLogprobs::default();
-                            lp.push(&state, tok, logprob.as_ref(), &mut offset);
-                            json!(lp)
-                        } else { Value::Null };
-                        yield Ok(SseEvent::default().data(chunk(index, text, lp, Value::Null).to_string()));
-                    }
-                    JobEvent::Finished(Ok(f)) => {
-                        usage.add(&f);
-                        yield Ok(SseEvent::default().data(chunk(index, f.tail.clone(), Value::Null, json!(f.reason.as_str())).to_string()));
-                        break;
-                    }
-                    JobEvent::Finished(Err(e)) => {
-                        yield Ok(SseEvent::default().data(job_error(e).body().to_string()));
-                        break;
-                    }
+    }
+
+    fn text(&self, index: usize, text: &str, logprobs: Value, finish: Value) -> Value {
+        self.chunk(json!([{"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish}]))
+    }
+}
+
+impl Chunks for CompletionChunks {
+    fn choice(&mut self, index: usize, event: &ChoiceEvent) -> Vec<Value> {
+        let state = self.state.clone();
+        let (prompt, want_lp, offset) = &mut self.choices[index];
+        let (want_lp, prompt_text) = (*want_lp, prompt.text.clone());
+        match event {
+            ChoiceEvent::Started if self.echo && !want_lp => vec![self.text(index, &prompt_text, Value::Null, Value::Null)],
+            ChoiceEvent::Started => vec![],
+            ChoiceEvent::Prompt(lps) => {
+                let mut lp = LegacyLogprobs::default();
+                for (i, &tok) in prompt.tokens.iter().enumerate() {
+                    lp.push(&state, tok, lps.get(i).and_then(Option::as_ref), offset);
                 }
+                vec![self.text(index, &prompt_text, json!(lp), Value::Null)]
             }
+            ChoiceEvent::Token { id, text, logprob } => {
+                let lp = if want_lp {
+                    let mut lp = LegacyLogprobs::default();
+                    lp.push(&state, *id, logprob.as_ref(), offset);
+                    json!(lp)
+                } else {
+                    Value::Null
+                };
+                vec![self.text(index, text, lp, Value::Null)]
+            }
+            ChoiceEvent::Finished(f) => vec![self.text(index, &f.tail, Value::Null, json!(f.reason.as_str()))],
         }
-        if include_usage {
-            let mut last = chunk(0, String::new(), Value::Null, Value::Null);
-            last["choices"] = json!([]);
-            last["usage"] = json!(usage);
-            yield Ok(SseEvent::default().data(last.to_string()));
-        }
-        yield Ok(SseEvent::default().data("[DONE]"));
-    };
-    Ok(with_ticket(Sse::new(body).keep_alive(KeepAlive::default()).into_response(), &ticket))
+    }
+
+    fn usage(&mut self, usage: &Usage) -> Value {
+        let mut last = self.chunk(json!([]));
+        last["usage"] = json!(usage);
+        last
+    }
 }

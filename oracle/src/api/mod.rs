@@ -11,6 +11,7 @@ pub mod me;
 pub mod models;
 pub mod openapi;
 pub mod queue;
+pub mod stream;
 pub mod swarm;
 pub mod tokenize;
 pub mod trust;
@@ -26,9 +27,9 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::engine::generate::{Event, Finish, GenerateError, GenerateParams, TokenLogprob};
+use crate::engine::generate::{GenerateError, GenerateParams};
 use crate::engine::Engine;
-use crate::queue::{InferenceQueue, JobError, JobEvent, Placement, QueueStatus, Submission, Tier};
+use crate::queue::{InferenceQueue, JobError, Placement, QueueStatus, Submission, Tier};
 use crate::trust::Trust;
 use error::ApiError;
 use limits::{Client, Limits};
@@ -278,56 +279,6 @@ pub fn job_error(e: JobError) -> ApiError {
         JobError::Generate(e) => ApiError::invalid(e.to_string()),
         JobError::Internal(m) => ApiError::internal(m),
     }
-}
-
-/// A finished generation, gathered from its events.
-#[derive(Debug, Default)]
-pub struct Collected {
-    pub prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
-    pub tokens: Vec<(u32, Option<TokenLogprob>)>,
-    pub text: String,
-    pub finish: Option<Finish>,
-}
-
-/// Waits for a job and gathers everything it produced.
-/// Runs one request's jobs (its prompts × `n`) a slot-load at a time: those in a wave decode
-/// together in the engine's batches, and one request never fills a waiting room by itself.
-/// The results come back in the jobs' order.
-pub async fn collect_all(
-    state: &AppState,
-    jobs: Vec<(Vec<u32>, GenerateParams)>,
-    client: &Client,
-) -> Result<Vec<Collected>, ApiError> {
-    let wave = state.queue.slots().max(1);
-    let mut out = Vec::with_capacity(jobs.len());
-    let mut jobs = jobs.into_iter().peekable();
-    while jobs.peek().is_some() {
-        // A refusal drops the wave's earlier submissions, which cancels them.
-        let subs = jobs.by_ref().take(wave).map(|(p, params)| state.submit(p, params, client)).collect::<Result<Vec<_>, _>>()?;
-        out.extend(futures::future::try_join_all(subs.into_iter().map(collect)).await?);
-    }
-    Ok(out)
-}
-
-pub async fn collect(mut rx: Submission) -> Result<Collected, ApiError> {
-    // Events are read as they come, so the bounded channel never fills for a collected job.
-    let mut out = Collected::default();
-    while let Some(ev) = rx.recv().await {
-        match ev {
-            JobEvent::Event(Event::Prompt(lp)) => out.prompt_logprobs = Some(lp),
-            JobEvent::Event(Event::Token { id, text, logprob }) => {
-                out.text.push_str(&text);
-                out.tokens.push((id, logprob));
-            }
-            JobEvent::Finished(Ok(f)) => {
-                out.text.push_str(&f.tail);
-                out.finish = Some(f);
-                return Ok(out);
-            }
-            JobEvent::Finished(Err(e)) => return Err(job_error(e)),
-        }
-    }
-    Err(ApiError::internal("the engine stopped before finishing the request"))
 }
 
 /// A queue update inside an SSE stream, as a comment line (`: queue {...}`): Shard's web app
