@@ -111,6 +111,13 @@ struct Args {
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=8192))]
     step_tokens: u32,
 
+    /// Positions of keys and values that all requests hold together, in pages of 32 taken as
+    /// sequences grow and given back as they end (0: `--parallel` full contexts, never
+    /// full). Lower, it bounds memory: a request that finds it full waits for pages, idle
+    /// slots' cached prefixes go first, and if no request can go on the newest gets a 503.
+    #[arg(long, default_value_t = 0, env = "SHARD_KV_CACHE_TOKENS")]
+    kv_cache_tokens: usize,
+
     /// Largest accepted request body, in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_body_bytes: usize,
@@ -475,6 +482,7 @@ async fn main() -> anyhow::Result<()> {
         capacity: args.queue_capacity,
         parallel: args.parallel as usize,
         step_tokens: args.step_tokens as usize,
+        kv_cache_tokens: args.kv_cache_tokens,
     };
     let queue = InferenceQueue::start_with(engine.clone(), queue_config, spec, Some(trust.clone()));
     queue.stats.spec.single_step_micros.store(single_step.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);

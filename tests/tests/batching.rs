@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use shard_oracle::engine::generate::{generate, Event, FinishReason, GenerateParams, Session};
 use shard_oracle::engine::kernels::{self, KernelChoice};
 use shard_oracle::engine::{Engine, LoadOptions};
+use shard_oracle::queue::metrics::StepSummary;
 use shard_oracle::queue::{ClientKey, InferenceQueue, JobEvent, Placement, QueueConfig, SpecConfig, Update};
 use shard_oracle::spec::draft::{Draft, DraftRequest, DraftSource};
 use shard_oracle::spec::local::LocalDraft;
@@ -79,6 +80,8 @@ struct Got {
     text: String,
     logprobs: Vec<f32>,
     reason: Option<FinishReason>,
+    /// The error it ended with instead, if any.
+    failed: Option<String>,
 }
 
 fn mixed_cases(n: usize, sampled: bool) -> Vec<Case> {
@@ -117,7 +120,7 @@ fn mixed_cases(n: usize, sampled: bool) -> Vec<Case> {
 }
 
 fn alone(engine: &Engine, case: &Case) -> Got {
-    let mut got = Got { tokens: vec![], text: String::new(), logprobs: vec![], reason: None };
+    let mut got = Got { tokens: vec![], text: String::new(), logprobs: vec![], reason: None, failed: None };
     let mut session = Session::new(engine);
     let f = generate(engine, &mut session, &case.prompt, &case.params, None, &mut |e| {
         if let Event::Token { id, text, logprob } = e {
@@ -135,7 +138,17 @@ fn alone(engine: &Engine, case: &Case) -> Got {
 
 /// Submits every case at once to a queue with `parallel` slots and collects the answers.
 fn batched(engine: Arc<Engine>, spec: Option<SpecConfig>, parallel: usize, cases: &[Case]) -> (Vec<Got>, f64) {
-    let queue = InferenceQueue::start_with(engine, QueueConfig { capacity: 64, parallel, step_tokens: 256 }, spec, None);
+    let config = QueueConfig { capacity: 64, parallel, step_tokens: 256, ..QueueConfig::default() };
+    let (got, summary) = batched_with(engine, spec, config, cases);
+    for (i, g) in got.iter().enumerate() {
+        assert_eq!(g.failed, None, "request {i} failed");
+    }
+    (got, summary.tokens_per_step)
+}
+
+/// [`batched`] on any queue configuration, keeping the errors; with the step figures after.
+fn batched_with(engine: Arc<Engine>, spec: Option<SpecConfig>, config: QueueConfig, cases: &[Case]) -> (Vec<Got>, StepSummary) {
+    let queue = InferenceQueue::start_with(engine, config, spec, None);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let outs = rt.block_on(async {
         let subs: Vec<_> = cases
@@ -150,7 +163,7 @@ fn batched(engine: Arc<Engine>, spec: Option<SpecConfig>, parallel: usize, cases
             .into_iter()
             .map(|(mut sub, cancel_after)| {
                 tokio::spawn(async move {
-                    let mut got = Got { tokens: vec![], text: String::new(), logprobs: vec![], reason: None };
+                    let mut got = Got { tokens: vec![], text: String::new(), logprobs: vec![], reason: None, failed: None };
                     while let Some(u) = sub.next_update().await {
                         match u {
                             Update::Queued(_) => {}
@@ -165,10 +178,13 @@ fn batched(engine: Arc<Engine>, spec: Option<SpecConfig>, parallel: usize, cases
                                 }
                             }
                             Update::Job(JobEvent::Event(_)) => {}
-                            Update::Job(JobEvent::Finished(f)) => {
-                                let f = f.expect("generation succeeds");
+                            Update::Job(JobEvent::Finished(Ok(f))) => {
                                 got.text.push_str(&f.tail);
                                 got.reason = Some(f.reason);
+                                return got;
+                            }
+                            Update::Job(JobEvent::Finished(Err(e))) => {
+                                got.failed = Some(e.to_string());
                                 return got;
                             }
                         }
@@ -183,14 +199,14 @@ fn batched(engine: Arc<Engine>, spec: Option<SpecConfig>, parallel: usize, cases
         }
         outs
     });
-    let per_step = queue.stats.steps.summary().tokens_per_step;
+    let summary = queue.stats.steps.summary();
     // Every slot is free again: cancelled requests left theirs.
     let deadline = Instant::now() + Duration::from_secs(10);
     while queue.rooms().1 > 0 {
         assert!(Instant::now() < deadline, "requests still hold slots after every answer was read");
         std::thread::sleep(Duration::from_millis(10));
     }
-    (outs, per_step)
+    (outs, summary)
 }
 
 fn spec_for(target: &Engine, draft_path: &std::path::Path) -> SpecConfig {
@@ -241,6 +257,62 @@ fn sampled_output_keeps_its_seed_whatever_else_runs() {
             assert_eq!(g, w, "request {i} ({:?})", cases[i].params.sampling);
         }
     }
+}
+
+/// KV memory follows the requests. 32 requests on 32 slots take pages for their own lengths,
+/// not 32 contexts. With a cap below what 8 slots' requests need together, requests wait for
+/// pages (idle slots' cached prefixes give theirs first) and every one gets exactly what it
+/// gets alone; none hangs, and the pool keeps to its cap.
+#[test]
+fn kv_pages_follow_the_requests_and_a_full_cache_makes_them_wait() {
+    use shard_oracle::engine::kv_cache::PAGE;
+    let (target_path, _) = default_pair();
+    let target = Arc::new(load(&target_path));
+    let cases: Vec<Case> = mixed_cases(32, false).into_iter().map(|c| Case { cancel_after: None, ..c }).collect();
+    let want: Vec<Got> = cases.iter().map(|c| alone(&target, c)).collect();
+    let pages_for = |c: &Case| (c.prompt.len() + c.params.max_tokens + 1).div_ceil(PAGE);
+    let needed: usize = cases.iter().map(pages_for).sum();
+    let full_contexts = 32 * target.n_ctx.div_ceil(PAGE);
+
+    let config = QueueConfig { capacity: 64, parallel: 32, step_tokens: 256, ..QueueConfig::default() };
+    let (got, s) = batched_with(target.clone(), None, config, &cases);
+    assert_eq!(got, want);
+    println!(
+        "32 requests on 32 slots: at most {} pages held ({} KiB each), for {needed} pages of tokens; 32 contexts are {full_contexts} pages",
+        s.kv_pages_peak,
+        s.kv_bytes / s.kv_pages.max(1) as u64 / 1024
+    );
+    assert!(s.kv_pages_peak <= needed, "{} pages held for {needed} pages of tokens", s.kv_pages_peak);
+    assert_eq!(s.kv_pages_cap, full_contexts, "by default the cap is every slot's whole context");
+
+    let biggest = cases.iter().map(pages_for).max().unwrap();
+    let cap = biggest + 4;
+    let config = QueueConfig { capacity: 64, parallel: 8, step_tokens: 256, kv_cache_tokens: cap * PAGE };
+    let (got, s) = batched_with(target.clone(), None, config, &cases);
+    let mut answered = 0;
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        match &g.failed {
+            None => {
+                assert_eq!(g, w, "request {i} under a {cap}-page cap");
+                answered += 1;
+            }
+            Some(e) => assert!(e.contains("KV cache is full"), "request {i}: {e}"),
+        }
+    }
+    println!(
+        "a {cap}-page cap on 8 slots ({needed} pages of tokens): {answered} of 32 answered, at most {} pages held",
+        s.kv_pages_peak
+    );
+    assert!(s.kv_pages_peak <= cap, "{} pages held under a cap of {cap}", s.kv_pages_peak);
+    assert_eq!(answered, 32, "requests waiting for pages get them in turn");
+
+    // A request longer than the whole cap waits until nothing else runs, then gets the error.
+    let config = QueueConfig { capacity: 64, parallel: 2, step_tokens: 256, kv_cache_tokens: 2 * PAGE };
+    let long = Case { prompt: vec![5; 2 * PAGE], ..cases[0].clone() };
+    assert!(pages_for(&cases[0]) <= 2);
+    let (got, _) = batched_with(target.clone(), None, config, &[cases[0].clone(), long]);
+    assert_eq!(got[0], want[0]);
+    assert!(got[1].failed.as_deref().is_some_and(|e| e.contains("KV cache is full")), "{:?}", got[1]);
 }
 
 /// 200 requests at once against 8 slots and 16 places per tier.

@@ -278,6 +278,7 @@ pub fn job_error(e: JobError) -> ApiError {
         )),
         JobError::Generate(e) => ApiError::invalid(e.to_string()),
         JobError::Internal(m) => ApiError::internal(m),
+        e @ JobError::CacheFull(_) => ApiError::busy(e.to_string()),
     }
 }
 

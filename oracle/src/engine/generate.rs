@@ -4,11 +4,12 @@
 //! Text is released to the caller only when it cannot be the start of a stop sequence, and
 //! never in the middle of a UTF-8 character.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shard_shared::sampling::SamplingParams;
 
-use super::kv_cache::KvCache;
+use super::kv_cache::{KvCache, KvPool};
 use super::model::Logits;
 use super::sequence::{PassShare, PassTiming, Sequence, PROMPT_CHUNK};
 use super::Engine;
@@ -114,6 +115,12 @@ impl Session {
     /// An empty session; its cache grows as it is used, up to the context.
     pub fn new(engine: &Engine) -> Self {
         Self { cache: engine.model.new_cache(engine.n_ctx), tokens: vec![] }
+    }
+
+    /// An empty session whose cache takes its pages from `pool` (shared by the scheduler's
+    /// slots).
+    pub fn in_pool(engine: &Engine, pool: &Arc<KvPool>) -> Self {
+        Self { cache: KvCache::in_pool(pool, engine.n_ctx), tokens: vec![] }
     }
 
     /// Forgets every position from `len` on.

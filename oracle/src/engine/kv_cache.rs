@@ -1,35 +1,134 @@
-//! The attention key/value cache of one sequence.
+//! Attention keys and values: fixed-size pages from a shared pool, a list of pages per sequence.
+//!
+//! A sequence takes pages as it grows and gives them back when it is rolled back, emptied or
+//! dropped, so memory follows the positions actually held across every slot (32 short chats
+//! cost 32 short chats, not 32 contexts), and the pool's cap bounds the whole (vLLM's paged
+//! KV cache, without the copy-on-write sharing of prefixes). Under a cap, the scheduler has a
+//! request reserve the pages for its longest possible length before it starts
+//! ([`KvCache::reserve`]), so a running request never runs out part-way.
 //!
 //! Speculative verification appends k drafted positions and then keeps only those the target
-//! accepted, so rolling back is first-class: [`KvCache::truncate`] just moves the length, and
-//! the next forward pass overwrites the rejected positions.
+//! accepted, so rolling back is first-class: [`KvCache::truncate`] moves the length and hands
+//! back whole pages past it (and past the reservation); the next forward pass overwrites the
+//! rejected positions.
 //!
 //! Keys and values are stored as f16, as llama.cpp does by default: half the memory, and the
 //! same rounding as the reference implementation.
 
+use std::sync::{Arc, Mutex};
+
 use half::f16;
 
-#[derive(Debug, Clone)]
-pub struct KvCache {
+/// Positions per page.
+pub const PAGE: usize = 32;
+
+/// One page: for each layer, the keys and then the values of [`PAGE`] positions.
+type Page = Box<[f16]>;
+
+/// Pages of one model's shape, shared by the sequences that take from it.
+#[derive(Debug)]
+pub struct KvPool {
     n_layer: usize,
     kv_dim: usize,
+    /// Most pages out at once; `None`: as many as asked for.
+    cap: Option<usize>,
+    state: Mutex<PoolState>,
+}
+
+#[derive(Debug, Default)]
+struct PoolState {
+    /// Pages given back, kept for the next taker.
+    free: Vec<Page>,
+    /// Pages held by sequences now.
+    out: usize,
+    /// The most ever held at once.
+    peak: usize,
+}
+
+/// The pool's cap is reached: the sequence must wait for pages, or something must give some
+/// back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the KV cache is full ({pages} pages of {PAGE} positions)")]
+pub struct PoolFull {
+    pub pages: usize,
+}
+
+impl KvPool {
+    /// A pool for a model of `n_layer` layers and `kv_dim` key values per position, holding at
+    /// most `cap_positions` positions (rounded up to whole pages) when given.
+    pub fn new(n_layer: usize, kv_dim: usize, cap_positions: Option<usize>) -> Arc<Self> {
+        Arc::new(Self { n_layer, kv_dim, cap: cap_positions.map(|p| p.div_ceil(PAGE)), state: Mutex::default() })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn take(&self) -> Result<Page, PoolFull> {
+        let mut s = self.state();
+        if self.cap.is_some_and(|cap| s.out >= cap) {
+            return Err(PoolFull { pages: s.out });
+        }
+        s.out += 1;
+        s.peak = s.peak.max(s.out);
+        Ok(s.free.pop().unwrap_or_else(|| vec![f16::ZERO; self.page_len()].into_boxed_slice()))
+    }
+
+    fn give(&self, pages: impl Iterator<Item = Page>) {
+        let mut s = self.state();
+        for p in pages {
+            s.out -= 1;
+            s.free.push(p);
+        }
+    }
+
+    /// Values in one page.
+    fn page_len(&self) -> usize {
+        self.n_layer * 2 * PAGE * self.kv_dim
+    }
+
+    /// Pages held by sequences now.
+    pub fn pages_out(&self) -> usize {
+        self.state().out
+    }
+
+    /// The most pages held at once so far.
+    pub fn peak_pages(&self) -> usize {
+        self.state().peak
+    }
+
+    /// The cap in pages, if any.
+    pub fn cap_pages(&self) -> Option<usize> {
+        self.cap
+    }
+
+    /// Bytes of one page.
+    pub fn page_bytes(&self) -> usize {
+        self.page_len() * std::mem::size_of::<f16>()
+    }
+}
+
+/// One sequence's keys and values, up to `capacity` positions.
+#[derive(Debug)]
+pub struct KvCache {
+    pool: Arc<KvPool>,
     capacity: usize,
     len: usize,
-    /// Per layer: `capacity * kv_dim` keys, position-major.
-    keys: Vec<Vec<f16>>,
-    values: Vec<Vec<f16>>,
+    /// Page `i` holds positions `i * PAGE..(i + 1) * PAGE`.
+    pages: Vec<Page>,
+    /// Pages kept whatever the length ([`KvCache::reserve`]).
+    reserved: usize,
 }
 
 impl KvCache {
+    /// A cache with a pool of its own, without a cap.
     pub fn new(n_layer: usize, kv_dim: usize, capacity: usize) -> Self {
-        Self {
-            n_layer,
-            kv_dim,
-            capacity,
-            len: 0,
-            keys: (0..n_layer).map(|_| Vec::new()).collect(),
-            values: (0..n_layer).map(|_| Vec::new()).collect(),
-        }
+        Self::in_pool(&KvPool::new(n_layer, kv_dim, None), capacity)
+    }
+
+    /// A cache that takes its pages from `pool`.
+    pub fn in_pool(pool: &Arc<KvPool>, capacity: usize) -> Self {
+        Self { pool: pool.clone(), capacity, len: 0, pages: vec![], reserved: 0 }
     }
 
     /// Positions held.
@@ -45,45 +144,179 @@ impl KvCache {
         self.capacity
     }
 
-    /// Forgets every position from `len` on.
-    pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
+    /// Pages held.
+    pub fn pages(&self) -> usize {
+        self.pages.len()
     }
 
-    /// Stores keys and values for positions `start..start + n` of one layer (growing the
-    /// buffers on demand, so a short conversation does not pay for the whole context).
-    pub fn store(&mut self, layer: usize, start: usize, k: &[f32], v: &[f32]) {
-        let n = k.len() / self.kv_dim;
-        assert!(start + n <= self.capacity, "KV cache overflow");
-        let need = (start + n) * self.kv_dim;
-        for buf in [&mut self.keys[layer], &mut self.values[layer]] {
-            if buf.len() < need {
-                buf.resize(need.max(buf.len() * 2).min(self.capacity * self.kv_dim), f16::ZERO);
+    /// Forgets every position from `len` on, and gives back the pages past it and past the
+    /// reservation.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+        let keep = self.len.div_ceil(PAGE).max(self.reserved);
+        if self.pages.len() > keep {
+            self.pool.give(self.pages.drain(keep..));
+        }
+    }
+
+    /// Takes the pages that positions `0..positions` need, all or none, and keeps them until
+    /// [`KvCache::release`] whatever the length: a sequence that holds its longest possible
+    /// length never waits for pages part-way.
+    pub fn reserve(&mut self, positions: usize) -> Result<(), PoolFull> {
+        self.grow(positions)?;
+        self.reserved = self.reserved.max(positions.div_ceil(PAGE));
+        Ok(())
+    }
+
+    /// Ends the reservation, giving back the pages past the length.
+    pub fn release(&mut self) {
+        self.reserved = 0;
+        self.truncate(self.len);
+    }
+
+    /// Takes the pages that positions `0..positions` need, all or none.
+    fn grow(&mut self, positions: usize) -> Result<(), PoolFull> {
+        assert!(positions <= self.capacity, "KV cache overflow");
+        let need = positions.div_ceil(PAGE);
+        let before = self.pages.len();
+        while self.pages.len() < need {
+            match self.pool.take() {
+                Ok(p) => self.pages.push(p),
+                Err(e) => {
+                    self.pool.give(self.pages.drain(before..));
+                    return Err(e);
+                }
             }
         }
-        for (d, s) in self.keys[layer][start * self.kv_dim..need].iter_mut().zip(k) {
-            *d = f16::from_f32(*s);
+        Ok(())
+    }
+
+    /// Stores keys and values for positions `start..start + n` of one layer.
+    ///
+    /// # Panics
+    /// If the pages are not there and the pool is full: a caller sharing a capped pool
+    /// reserves them first ([`KvCache::reserve`]).
+    pub fn store(&mut self, layer: usize, start: usize, k: &[f32], v: &[f32]) {
+        let kv_dim = self.pool.kv_dim;
+        let n = k.len() / kv_dim;
+        if let Err(e) = self.grow(start + n) {
+            panic!("{e}: pages are reserved before a forward pass");
         }
-        for (d, s) in self.values[layer][start * self.kv_dim..need].iter_mut().zip(v) {
-            *d = f16::from_f32(*s);
+        for i in 0..n {
+            let (page, at) = self.slot(layer, start + i);
+            let page = &mut self.pages[page];
+            for (d, s) in page[at..at + kv_dim].iter_mut().zip(&k[i * kv_dim..(i + 1) * kv_dim]) {
+                *d = f16::from_f32(*s);
+            }
+            let at = at + PAGE * kv_dim;
+            for (d, s) in page[at..at + kv_dim].iter_mut().zip(&v[i * kv_dim..(i + 1) * kv_dim]) {
+                *d = f16::from_f32(*s);
+            }
         }
     }
 
     /// Marks positions up to `len` as filled (after every layer stored them).
     pub fn set_len(&mut self, len: usize) {
-        assert!(len <= self.capacity);
+        assert!(len <= self.pages.len() * PAGE && len <= self.capacity);
         self.len = len;
     }
 
-    pub fn keys(&self, layer: usize) -> &[f16] {
-        &self.keys[layer]
+    /// The page of position `p` and where its key sits in it for `layer` (its value sits
+    /// `PAGE * kv_dim` further on).
+    fn slot(&self, layer: usize, p: usize) -> (usize, usize) {
+        let kv_dim = self.pool.kv_dim;
+        (p / PAGE, (layer * 2 * PAGE + p % PAGE) * kv_dim)
     }
 
-    pub fn values(&self, layer: usize) -> &[f16] {
-        &self.values[layer]
+    /// The keys and values of positions `0..len` in `layer`, a page at a time: each item holds
+    /// up to [`PAGE`] positions' keys, then as many values, `kv_dim` apiece, position-major.
+    pub fn layer_pages(&self, layer: usize, len: usize) -> impl Iterator<Item = (&[f16], &[f16])> + '_ {
+        assert!(len <= self.pages.len() * PAGE);
+        let kv_dim = self.pool.kv_dim;
+        self.pages.iter().take(len.div_ceil(PAGE)).enumerate().map(move |(i, page)| {
+            let n = (len - i * PAGE).min(PAGE) * kv_dim;
+            let at = layer * 2 * PAGE * kv_dim;
+            (&page[at..at + n], &page[at + PAGE * kv_dim..at + PAGE * kv_dim + n])
+        })
+    }
+
+    /// The key of position `p` in `layer`.
+    pub fn key(&self, layer: usize, p: usize) -> &[f16] {
+        let (page, at) = self.slot(layer, p);
+        &self.pages[page][at..at + self.pool.kv_dim]
+    }
+
+    /// The value of position `p` in `layer`.
+    pub fn value(&self, layer: usize, p: usize) -> &[f16] {
+        let (page, at) = self.slot(layer, p);
+        let at = at + PAGE * self.pool.kv_dim;
+        &self.pages[page][at..at + self.pool.kv_dim]
     }
 
     pub fn n_layer(&self) -> usize {
-        self.n_layer
+        self.pool.n_layer
+    }
+}
+
+impl Drop for KvCache {
+    fn drop(&mut self) {
+        self.pool.give(self.pages.drain(..));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(seed: usize, kv_dim: usize) -> Vec<f32> {
+        (0..kv_dim).map(|i| ((seed * 31 + i) % 97) as f32 / 8.0).collect()
+    }
+
+    #[test]
+    fn positions_read_back_across_pages() {
+        let (layers, kv_dim) = (3, 4);
+        let mut c = KvCache::new(layers, kv_dim, 200);
+        let n = 2 * PAGE + 5;
+        for l in 0..layers {
+            let k: Vec<f32> = (0..n).flat_map(|p| row(p + 1000 * l, kv_dim)).collect();
+            let v: Vec<f32> = (0..n).flat_map(|p| row(p + 7 + 1000 * l, kv_dim)).collect();
+            c.store(l, 0, &k[..10 * kv_dim], &v[..10 * kv_dim]);
+            c.store(l, 10, &k[10 * kv_dim..], &v[10 * kv_dim..]);
+        }
+        c.set_len(n);
+        assert_eq!(c.pages(), 3);
+        for l in 0..layers {
+            for p in 0..n {
+                let want: Vec<f16> = row(p + 1000 * l, kv_dim).into_iter().map(f16::from_f32).collect();
+                assert_eq!(c.key(l, p), &want[..], "key {l} {p}");
+                let want: Vec<f16> = row(p + 7 + 1000 * l, kv_dim).into_iter().map(f16::from_f32).collect();
+                assert_eq!(c.value(l, p), &want[..], "value {l} {p}");
+            }
+        }
+    }
+
+    #[test]
+    fn pages_go_back_on_truncate_and_drop_and_the_cap_holds() {
+        let pool = KvPool::new(2, 8, Some(3 * PAGE));
+        let mut a = KvCache::in_pool(&pool, 1000);
+        let mut b = KvCache::in_pool(&pool, 1000);
+        a.grow(2 * PAGE + 1).unwrap();
+        assert_eq!(pool.pages_out(), 3);
+        // Full: b gets nothing, and a failed reservation takes nothing.
+        assert_eq!(b.grow(1), Err(PoolFull { pages: 3 }));
+        assert_eq!((b.pages(), pool.pages_out()), (0, 3));
+        a.set_len(2 * PAGE + 1);
+        a.truncate(PAGE);
+        assert_eq!((a.pages(), pool.pages_out()), (1, 1));
+        b.grow(2 * PAGE).unwrap();
+        assert_eq!(b.grow(2 * PAGE + 1), Err(PoolFull { pages: 3 }));
+        assert_eq!(b.pages(), 2, "a refused reservation keeps what was there before");
+        drop(a);
+        b.reserve(3 * PAGE).unwrap();
+        assert_eq!((pool.pages_out(), pool.peak_pages()), (3, 3));
+        b.truncate(0);
+        assert_eq!(pool.pages_out(), 3, "reserved pages stay");
+        b.release();
+        assert_eq!(pool.pages_out(), 0);
     }
 }

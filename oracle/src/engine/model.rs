@@ -24,7 +24,7 @@ use super::kernels::int8_rows::Int8Rows;
 use super::kernels::{
     self, ActScales, MatrixError, QuantizedActivations, TernaryFormat, TernaryKernel, TernaryMatrix, WeightBytes,
 };
-use super::kv_cache::KvCache;
+use super::kv_cache::{KvCache, KvPool};
 use super::ops::{self, rms_norm, round_f16};
 
 #[derive(Debug, thiserror::Error)]
@@ -314,9 +314,15 @@ impl BitNetModel {
         self.head_int8 = Some(Int8Rows::from_dense(head));
     }
 
-    /// A fresh cache for up to `capacity` positions.
+    /// A fresh cache for up to `capacity` positions, with a pool of its own.
     pub fn new_cache(&self, capacity: usize) -> KvCache {
         KvCache::new(self.config.n_layer, self.config.kv_dim(), capacity)
+    }
+
+    /// A pool of KV pages for this model's shape, holding at most `cap_positions` positions
+    /// over all the caches that share it.
+    pub fn kv_pool(&self, cap_positions: Option<usize>) -> Arc<KvPool> {
+        KvPool::new(self.config.n_layer, self.config.kv_dim(), cap_positions)
     }
 
     /// Runs `tokens` at positions `cache.len()..` and returns logits: one row of `n_vocab`

@@ -45,18 +45,22 @@ pub(crate) fn attention(
     layer: usize,
     out: &mut [f32],
 ) {
-    let (hd, kv_dim) = (c.head_dim, c.kv_dim());
+    let hd = c.head_dim;
     let group = c.n_head / c.n_head_kv;
     let scale = 1.0 / (hd as f32).sqrt();
     let head = |(i, o): (usize, &mut [f32])| {
         let (row, h) = (i / c.n_head, i % c.n_head);
         let (s, t) = map.rows[row];
-        let (keys, values) = (caches[s].keys(layer), caches[s].values(layer));
+        let cache = caches[s];
         let qh: Vec<f32> = q[row * c.n_embd + h * hd..row * c.n_embd + (h + 1) * hd].iter().map(|&v| round_f16(v)).collect();
         let kvh = h / group;
         let len = starts[s] + t + 1;
-        let mut scores: Vec<f32> =
-            (0..len).map(|p| dot_f16(&keys[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd], &qh) * scale).collect();
+        let kv_dim = c.kv_dim();
+        let head = kvh * hd..(kvh + 1) * hd;
+        let mut scores: Vec<f32> = Vec::with_capacity(len);
+        for (keys, _) in cache.layer_pages(layer, len) {
+            scores.extend(keys.chunks_exact(kv_dim).map(|k| dot_f16(&k[head.clone()], &qh) * scale));
+        }
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut total = 0f32;
         for s in scores.iter_mut() {
@@ -64,10 +68,9 @@ pub(crate) fn attention(
             total += *s;
         }
         o.fill(0.0);
-        for (p, s) in scores.iter().enumerate() {
-            let w = round_f16(s / total);
-            let vp = &values[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-            super::kernels::dense::axpy_f16(w, bytemuck::cast_slice(vp), o);
+        let values = cache.layer_pages(layer, len).flat_map(|(_, v)| v.chunks_exact(kv_dim));
+        for (s, v) in scores.iter().zip(values) {
+            super::kernels::dense::axpy_f16(round_f16(s / total), bytemuck::cast_slice(&v[head.clone()]), o);
         }
     };
     // Parallel over (token, head) only when there is enough work to share; each head's

@@ -226,6 +226,12 @@ impl<'s> Sequence<'s> {
         }
     }
 
+    /// The most positions this sequence's cache can come to hold: its prompt, every token it
+    /// may generate, and a drafted token past them (within the context).
+    pub fn most_positions(&self, engine: &Engine) -> usize {
+        (self.prompt.len() + self.max_new + 1).min(engine.n_ctx)
+    }
+
     /// This sequence's share of the pass: its planned tokens and its cache.
     pub fn segment(&mut self) -> Segment<'_> {
         Segment { tokens: &self.tokens, cache: &mut self.session.cache, want: self.want }

@@ -55,6 +55,11 @@ pub struct StepMetrics {
     pub ttft: LatencyWindow,
     /// Between consecutive tokens of one request (tokens accepted together count 0).
     pub itl: LatencyWindow,
+    /// KV pages held now, the most held at once, the cap, and the bytes of one page.
+    pub kv_pages: AtomicUsize,
+    pub kv_pages_peak: AtomicUsize,
+    pub kv_pages_cap: AtomicUsize,
+    pub kv_page_bytes: AtomicUsize,
 }
 
 /// What continuous batching is doing (`/api/swarm`'s `oracle.batch`).
@@ -75,6 +80,14 @@ pub struct StepSummary {
     /// Inter-token latency over a recent window.
     pub itl_p50_ms: Option<f64>,
     pub itl_p99_ms: Option<f64>,
+    /// KV cache pages (of `kv_page_positions` positions each) held by requests now, the most
+    /// held at once, and the cap (`--kv-cache-tokens`).
+    pub kv_pages: usize,
+    pub kv_pages_peak: usize,
+    pub kv_pages_cap: usize,
+    pub kv_page_positions: usize,
+    /// Bytes of KV memory held now.
+    pub kv_bytes: u64,
 }
 
 impl StepMetrics {
@@ -98,6 +111,11 @@ impl StepMetrics {
             ttft_p99_ms: self.ttft.quantile_ms(0.99),
             itl_p50_ms: self.itl.quantile_ms(0.5),
             itl_p99_ms: self.itl.quantile_ms(0.99),
+            kv_pages: self.kv_pages.load(Ordering::Relaxed),
+            kv_pages_peak: self.kv_pages_peak.load(Ordering::Relaxed),
+            kv_pages_cap: self.kv_pages_cap.load(Ordering::Relaxed),
+            kv_page_positions: crate::engine::kv_cache::PAGE,
+            kv_bytes: (self.kv_pages.load(Ordering::Relaxed) * self.kv_page_bytes.load(Ordering::Relaxed)) as u64,
         }
     }
 
@@ -110,6 +128,10 @@ impl StepMetrics {
             ("shard_active_slots", "Sequences in the last forward pass.", s.active as f64),
             ("shard_tokens_per_step", "Mean tokens per forward pass.", s.tokens_per_step),
             ("shard_step_seconds", "Mean forward pass time.", s.step_ms / 1e3),
+            ("shard_kv_pages", "KV cache pages held by requests.", s.kv_pages as f64),
+            ("shard_kv_pages_peak", "The most KV cache pages held at once.", s.kv_pages_peak as f64),
+            ("shard_kv_pages_cap", "KV cache pages at most (--kv-cache-tokens).", s.kv_pages_cap as f64),
+            ("shard_kv_bytes", "Bytes of KV cache held by requests.", s.kv_bytes as f64),
         ];
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");

@@ -61,6 +61,10 @@ pub enum JobError {
     Generate(#[from] GenerateError),
     #[error("internal error while generating: {0}")]
     Internal(String),
+    /// No sequence could go on for want of KV pages (`--kv-cache-tokens`), so the newest
+    /// gave way.
+    #[error("{0}; try again when fewer requests run")]
+    CacheFull(crate::engine::kv_cache::PoolFull),
 }
 
 /// Events a request may have waiting for its client before the job counts as stalled.
@@ -242,11 +246,15 @@ pub struct QueueConfig {
     /// Tokens one forward pass takes at most, decoded and drafted tokens first, then chunks
     /// of new prompts (`--step-tokens`): a long prompt does not stall the others.
     pub step_tokens: usize,
+    /// Positions of keys and values all slots hold together (`--kv-cache-tokens`); 0:
+    /// `parallel` full contexts, which never runs out. Pages are taken as sequences grow
+    /// either way.
+    pub kv_cache_tokens: usize,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        Self { capacity: 64, parallel: 1, step_tokens: 256 }
+        Self { capacity: 64, parallel: 1, step_tokens: 256, kv_cache_tokens: 0 }
     }
 }
 
@@ -328,6 +336,14 @@ impl InferenceQueue {
         let shared = Arc::new(Shared { rooms: Mutex::new(Rooms::new(slots)), wake: Condvar::new(), tickets: Mutex::default() });
         let stats = Arc::new(QueueStats::default());
         stats.steps.slots.store(slots, Ordering::Relaxed);
+        // By default room for every slot's whole context, so the pool never runs out.
+        let kv_tokens = match config.kv_cache_tokens {
+            0 => slots * engine.n_ctx.div_ceil(crate::engine::kv_cache::PAGE) * crate::engine::kv_cache::PAGE,
+            n => n,
+        };
+        let kv_pool = engine.model.kv_pool(Some(kv_tokens));
+        stats.steps.kv_pages_cap.store(kv_pool.cap_pages().unwrap_or(0), Ordering::Relaxed);
+        stats.steps.kv_page_bytes.store(kv_pool.page_bytes(), Ordering::Relaxed);
         let (changed_tx, changed) = watch::channel(0u64);
         let worker = scheduler::Scheduler {
             engine,
@@ -338,6 +354,7 @@ impl InferenceQueue {
             changed: changed_tx,
             slots,
             step_tokens: config.step_tokens.max(1),
+            kv_pool,
         };
         std::thread::Builder::new().name("shard-engine".into()).spawn(move || worker.run()).expect("spawn engine thread");
         Self { shared, capacity: config.capacity.max(1), stats, next_seq: Arc::new(AtomicU64::new(0)), changed }

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{ClientKey, Job, JobError, JobEvent, QueueStats, Shared, SpecConfig, Tier, STALL_GRACE};
 use crate::engine::generate::{Event, Finish, Session, Speculation};
+use crate::engine::kv_cache::{KvCache, KvPool, PoolFull};
 use crate::engine::sequence::{PassShare, PassTiming, Sequence};
 use crate::engine::Engine;
 use crate::spec::adaptive::{Pace, PassCost};
@@ -31,6 +32,8 @@ pub(super) struct Scheduler {
     pub changed: watch::Sender<u64>,
     pub slots: usize,
     pub step_tokens: usize,
+    /// The pages every slot's KV cache takes from.
+    pub kv_pool: Arc<KvPool>,
 }
 
 /// A slot's cache between requests: whose tokens it holds, and when it was last used.
@@ -93,6 +96,8 @@ struct Active<'s> {
     outbox: Outbox,
     started: Instant,
     last_token: Option<Instant>,
+    /// Whether its cache holds the KV pages for its longest possible length.
+    reserved: bool,
 }
 
 impl Scheduler {
@@ -100,7 +105,12 @@ impl Scheduler {
         let spec = self.spec.clone();
         let pace = Pace::new();
         let mut slots: Vec<Slot> = (0..self.slots)
-            .map(|_| Slot { session: Session::new(&self.engine), owner: ClientKey::default(), last_used: 0, busy: false })
+            .map(|_| Slot {
+                session: Session::in_pool(&self.engine, &self.kv_pool),
+                owner: ClientKey::default(),
+                last_used: 0,
+                busy: false,
+            })
             .collect();
         let mut active: Vec<Active<'_>> = Vec::new();
         // Finished requests whose last events still wait for their client.
@@ -130,9 +140,16 @@ impl Scheduler {
                 });
                 let outbox = Outbox::new(job.events.clone());
                 match Sequence::new(&self.engine, session, job.prompt.clone(), job.params.clone(), speculation) {
-                    Ok(seq) => {
-                        active.push(Active { job, seq, slot, sequence, outbox, started: Instant::now(), last_token: None })
-                    }
+                    Ok(seq) => active.push(Active {
+                        job,
+                        seq,
+                        slot,
+                        sequence,
+                        outbox,
+                        started: Instant::now(),
+                        last_token: None,
+                        reserved: false,
+                    }),
                     Err((e, session)) => {
                         slots[slot].session = session;
                         slots[slot].busy = false;
@@ -209,9 +226,22 @@ impl Scheduler {
         let mut budget = self.step_tokens;
         let mut in_pass = vec![false; active.len()];
         let mut failed: Vec<(usize, String)> = vec![];
+        // Requests still waiting for the KV pages of their longest possible length (taken
+        // before their first pass, so that none runs out part-way).
+        let mut short_of_pages: Vec<(usize, PoolFull)> = vec![];
         for (i, a) in active.iter_mut().enumerate() {
             if a.seq.in_prompt() && budget == 0 {
                 continue;
+            }
+            if !a.reserved {
+                let positions = a.seq.most_positions(engine);
+                match reserve_pages(a.seq.segment().cache, positions, slots) {
+                    Ok(()) => a.reserved = true,
+                    Err(full) => {
+                        short_of_pages.push((i, full));
+                        continue;
+                    }
+                }
             }
             let share = PassShare { sequences, prompt_budget: budget, pass_cost: pass_cost.costs_for(sequences) };
             match catch_unwind(AssertUnwindSafe(|| a.seq.plan(engine, share))) {
@@ -220,6 +250,17 @@ impl Scheduler {
                     budget = budget.saturating_sub(a.seq.segment().tokens.len());
                 }
                 Err(panic) => failed.push((i, panic_message(panic))),
+            }
+        }
+        // Nothing can go on, and nothing will give pages back (waiting requests can hold their
+        // own cached prefixes): the newest request gives way.
+        if !in_pass.contains(&true) && failed.is_empty() {
+            if let Some(&(i, full)) = short_of_pages.iter().max_by_key(|&&(i, _)| active[i].job.seq) {
+                tracing::warn!(pages = full.pages, "the KV cache is full and no request can go on; the newest fails");
+                let mut a = active.swap_remove(i);
+                let _ = a.seq.cancel();
+                self.retire(a, Ending::CacheFull(full), slots, draining, spec, pace);
+                return;
             }
         }
         let started = Instant::now();
@@ -233,6 +274,8 @@ impl Scheduler {
         }
         let ms = started.elapsed().as_secs_f64() * 1e3;
         self.stats.steps.record_step(n_in_pass, tokens, (ms * 1e3) as u64);
+        self.stats.steps.kv_pages.store(self.kv_pool.pages_out(), Ordering::Relaxed);
+        self.stats.steps.kv_pages_peak.store(self.kv_pool.peak_pages(), Ordering::Relaxed);
         let timing = PassTiming { ms, sequences: n_in_pass };
         let mut ended: Vec<(usize, Ending)> = failed.into_iter().map(|(i, m)| (i, Ending::Failed(m))).collect();
         match pass {
@@ -303,13 +346,16 @@ impl Scheduler {
         let Active { job, seq, slot, sequence, mut outbox, started, .. } = a;
         slots[slot].busy = false;
         slots[slot].session = match &ending {
-            Ending::Failed(_) => Session::new(&self.engine),
+            Ending::Failed(_) => Session::in_pool(&self.engine, &self.kv_pool),
             _ => seq.into_session(),
         };
+        // An idle slot keeps only the pages of its cached prefix.
+        slots[slot].session.cache.release();
         if let Some(s) = spec {
             s.source.finished(sequence);
         }
         let (result, stalled) = match ending {
+            Ending::CacheFull(full) => (Err(JobError::CacheFull(full)), false),
             Ending::Finished(f) => (Ok(f), false),
             Ending::Stalled(f) => (Ok(f), true),
             Ending::Failed(msg) => {
@@ -354,6 +400,25 @@ enum Ending {
     Stalled(Finish),
     /// A panic in its own work or in its pass.
     Failed(String),
+    /// It gave way when no request could have the KV pages to go on.
+    CacheFull(PoolFull),
+}
+
+/// Takes the KV pages that `positions` need; when the pool is full, empties idle slots'
+/// cached prefixes (least recently used first) to make room.
+fn reserve_pages(cache: &mut KvCache, positions: usize, slots: &mut [Slot]) -> Result<(), PoolFull> {
+    loop {
+        match cache.reserve(positions) {
+            Ok(()) => return Ok(()),
+            Err(full) => {
+                let idle = slots.iter_mut().filter(|s| !s.busy && s.session.cache.pages() > 0).min_by_key(|s| s.last_used);
+                match idle {
+                    Some(slot) => slot.session.truncate(0),
+                    None => return Err(full),
+                }
+            }
+        }
+    }
 }
 
 fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {

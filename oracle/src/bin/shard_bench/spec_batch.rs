@@ -69,7 +69,8 @@ fn serve(
     prompts: &[Vec<u32>],
     params: &GenerateParams,
 ) -> (Vec<Vec<u32>>, Duration, [u64; 3]) {
-    let config = QueueConfig { capacity: prompts.len().max(1), parallel: prompts.len(), step_tokens: 512 };
+    let config =
+        QueueConfig { capacity: prompts.len().max(1), parallel: prompts.len(), step_tokens: 512, ..QueueConfig::default() };
     let queue = InferenceQueue::start_with(engine.clone(), config, spec, None);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let started = Instant::now();
