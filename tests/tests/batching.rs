@@ -8,12 +8,15 @@
 //! * Load: 200 concurrent HTTP requests against `--parallel 8` and a small queue each end
 //!   with a full answer or a 429 with `Retry-After`, none hangs, memory stays bounded, and
 //!   streams cancelled midway free their slots.
+//! * KV pages: memory follows the requests, and a capped pool makes requests wait, not fail.
+//! * Pacing: a stand-in target's passes cost a base plus a cost per token.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shard_oracle::engine::generate::{generate, Event, FinishReason, GenerateParams, Session};
 use shard_oracle::engine::kernels::{self, KernelChoice};
+use shard_oracle::engine::model::Logits;
 use shard_oracle::engine::{Engine, LoadOptions};
 use shard_oracle::queue::metrics::StepSummary;
 use shard_oracle::queue::{ClientKey, InferenceQueue, JobEvent, Placement, QueueConfig, SpecConfig, Update};
@@ -440,4 +443,21 @@ fn a_crowd_gets_answers_or_429s_and_nothing_hangs() {
     {
         assert!(metrics.contains(name), "/metrics reports {name}");
     }
+}
+
+/// A paced target (`--min-step-ms` with `--min-step-token-ms`) holds a pass of n tokens to
+/// base + (n − 1) × per token, so that a stand-in for a big target verifies drafts at a cost.
+#[test]
+fn paced_passes_cost_a_base_plus_a_cost_per_token() {
+    let (target_path, _) = default_pair();
+    let mut engine = load(&target_path);
+    engine.min_step = Duration::from_millis(20);
+    engine.min_step_per_token = Duration::from_millis(10);
+    let mut session = Session::new(&engine);
+    let t = Instant::now();
+    session.eval(&engine, &[1, 2, 3, 4], Logits::All);
+    assert!(t.elapsed() >= Duration::from_millis(50), "a 4-token pass took {:?}", t.elapsed());
+    let t = Instant::now();
+    session.step(&engine, 5);
+    assert!(t.elapsed() >= Duration::from_millis(20), "a 1-token pass took {:?}", t.elapsed());
 }

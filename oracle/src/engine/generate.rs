@@ -134,9 +134,7 @@ impl Session {
         let started = std::time::Instant::now();
         let logits = engine.model.forward(engine.kernel, tokens, &mut self.cache, want);
         self.tokens.extend_from_slice(tokens);
-        if let Some(rest) = engine.min_step.checked_sub(started.elapsed()) {
-            std::thread::sleep(rest);
-        }
+        engine.hold_pass(started, tokens.len());
         logits
     }
 
@@ -181,10 +179,9 @@ pub fn generate(
     let finish = loop {
         seq.plan(engine, PassShare::ALONE);
         let started = Instant::now();
+        let tokens = seq.segment().tokens.len();
         let logits = engine.model.forward_batch(engine.kernel, &mut [seq.segment()]).pop().expect("one segment");
-        if let Some(rest) = engine.min_step.checked_sub(started.elapsed()) {
-            std::thread::sleep(rest);
-        }
+        engine.hold_pass(started, tokens);
         let timing = PassTiming { ms: started.elapsed().as_secs_f64() * 1e3, sequences: 1 };
         if let Some(f) = seq.absorb(engine, logits, timing, emit) {
             break f;

@@ -37,6 +37,10 @@ pub struct Engine {
     /// tiny default target stand in for a large one, whose step costs tens of milliseconds,
     /// in demos and tests of Scouts: a draft only helps a target slower than the drafter.
     pub min_step: std::time::Duration,
+    /// What each token of a pass past the first adds to `min_step` (`--min-step-token-ms`),
+    /// so that a paced target's verification of k drafted tokens costs what a big model's
+    /// would, instead of nothing.
+    pub min_step_per_token: std::time::Duration,
 }
 
 /// Knobs for loading.
@@ -122,7 +126,26 @@ impl Engine {
             path.file_name().map(|f| f.to_string_lossy().trim_end_matches(".gguf").to_string()).unwrap_or_else(|| "model".into())
         });
         progress(total, total);
-        Ok(Self { model, tokenizer, chat_template, kernel: opts.kernel, model_id, n_ctx, min_step: std::time::Duration::ZERO })
+        Ok(Self {
+            model,
+            tokenizer,
+            chat_template,
+            kernel: opts.kernel,
+            model_id,
+            n_ctx,
+            min_step: std::time::Duration::ZERO,
+            min_step_per_token: std::time::Duration::ZERO,
+        })
+    }
+
+    /// Holds a forward pass of `tokens` tokens begun at `started` to the paced minimum
+    /// (`min_step` plus `min_step_per_token` for each token past the first); off when both
+    /// are zero.
+    pub fn hold_pass(&self, started: std::time::Instant, tokens: usize) {
+        let min = self.min_step + self.min_step_per_token * tokens.saturating_sub(1) as u32;
+        if let Some(rest) = min.checked_sub(started.elapsed()) {
+            std::thread::sleep(rest);
+        }
     }
 
     /// Median time of a plain one-token decoding step after a short context, the baseline
@@ -136,7 +159,8 @@ impl Engine {
                 let t = std::time::Instant::now();
                 self.model.forward(self.kernel, &[1], &mut cache, model::Logits::Last);
                 cache.truncate(context.len());
-                t.elapsed().max(self.min_step)
+                self.hold_pass(t, 1);
+                t.elapsed()
             })
             .collect();
         times.sort();

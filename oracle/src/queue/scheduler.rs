@@ -269,9 +269,7 @@ impl Scheduler {
         let n_in_pass = segments.len();
         let pass = catch_unwind(AssertUnwindSafe(|| engine.model.forward_batch(engine.kernel, &mut segments)));
         drop(segments);
-        if let Some(rest) = engine.min_step.checked_sub(started.elapsed()) {
-            std::thread::sleep(rest);
-        }
+        engine.hold_pass(started, tokens);
         let ms = started.elapsed().as_secs_f64() * 1e3;
         self.stats.steps.record_step(n_in_pass, tokens, (ms * 1e3) as u64);
         self.stats.steps.kv_pages.store(self.kv_pool.pages_out(), Ordering::Relaxed);

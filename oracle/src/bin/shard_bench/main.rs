@@ -74,6 +74,12 @@ enum Cmd {
         /// Longest draft.
         #[arg(long, default_value_t = 8)]
         k_max: usize,
+        /// Hold each target pass to at least this long, as the Oracle's --min-step-ms.
+        #[arg(long, default_value_t = 0.0)]
+        min_step_ms: f64,
+        /// What each token of a target pass past the first adds (--min-step-token-ms).
+        #[arg(long, default_value_t = 0.0)]
+        min_step_token_ms: f64,
     },
     /// Scout-style drafts at a given acceptance through the step scheduler, against plain
     /// decoding of the same requests (`spec_batch.rs`).
@@ -179,7 +185,10 @@ fn main() -> anyhow::Result<()> {
             bench_kernels(&tokens, reps, only.as_deref(), shape.as_deref(), threads, args.json)
         }
         Cmd::Dense { tokens, reps } => bench_dense(&tokens, reps, threads, args.json),
-        Cmd::Spec { target, draft, tokens, k_max } => bench_spec(&target, &draft, tokens, k_max, threads, args.json),
+        Cmd::Spec { target, draft, tokens, k_max, min_step_ms, min_step_token_ms } => {
+            let pace = (Duration::from_secs_f64(min_step_ms / 1e3), Duration::from_secs_f64(min_step_token_ms / 1e3));
+            bench_spec(&target, &draft, tokens, k_max, pace, threads, args.json)
+        }
         Cmd::SpecBatch { target, tokens, streams, acceptance, k_max, context } => {
             spec_batch::run(&target, tokens, &streams, &acceptance, k_max, context)
         }
@@ -391,6 +400,7 @@ fn bench_spec(
     draft: &std::path::Path,
     tokens: usize,
     k_max: usize,
+    hold: (Duration, Duration),
     threads: usize,
     as_json: bool,
 ) -> anyhow::Result<()> {
@@ -400,7 +410,9 @@ fn bench_spec(
     use shard_shared::sampling::SamplingParams;
     let kernel = kernels::select(KernelChoice::Auto).map_err(anyhow::Error::msg)?;
     let opts = LoadOptions::new(kernel);
-    let t_engine = Engine::load(target, &opts, |_, _| {})?;
+    let mut t_engine = Engine::load(target, &opts, |_, _| {})?;
+    // A paced target stands in for a big one (its passes held to base + per token).
+    (t_engine.min_step, t_engine.min_step_per_token) = hold;
     let d_engine = Engine::load(draft, &opts, |_, _| {})?;
     let local = LocalDraft::new(d_engine, &t_engine)?;
     let params = GenerateParams {
@@ -483,6 +495,13 @@ fn bench_spec(
         draft.display(),
         SPEC_PROMPTS.len()
     );
+    if hold != (Duration::ZERO, Duration::ZERO) {
+        println!(
+            "target passes held to at least {:.1} ms + {:.1} ms per token past the first (a big target's costs)",
+            hold.0.as_secs_f64() * 1e3,
+            hold.1.as_secs_f64() * 1e3
+        );
+    }
     println!("| {:<34} | {:>10} | {:>13} | {:>8} | {:>10} | {:>8} |", "", "plain", "draft always", "ratio", "paced", "ratio");
     println!("|{:-<36}|{:-<12}|{:-<15}|{:-<10}|{:-<12}|{:-<10}|", "", "", "", "", "", "");
     println!(
@@ -570,6 +589,7 @@ fn pass_time(engine: &Engine, ctx: &[u32], k: usize) -> Duration {
         .map(|_| {
             let t = Instant::now();
             std::hint::black_box(m.forward(engine.kernel, &toks, &mut cache, Logits::All));
+            engine.hold_pass(t, k);
             cache.truncate(ctx.len());
             t.elapsed()
         })
