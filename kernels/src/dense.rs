@@ -159,36 +159,42 @@ fn f16_simd_available() -> bool {
 
 /// F16 rows against every token, `dst[r * n_tokens + t] = W[r] · x_t`.
 ///
-/// The rows go in blocks small enough to stay in L1/L2 while every token passes over them,
-/// so each weight byte comes from memory once however many tokens there are. Within a block
-/// the work goes in register tiles of R rows by N tokens: each weight vector is converted
-/// once for N tokens, and R·N independent sums keep the FMA units busy. With one token
-/// (decoding), eight rows at a time hide the FMA latency that a single running sum per row
-/// would wait on.
+/// One token (decoding) goes one row at a time through [`dot_f16_avx2`]: a single stream of
+/// weight bytes per thread is what the memory system serves fastest. Several tokens go over
+/// blocks of rows small enough to stay in L1/L2 while every token passes over them, so each
+/// weight byte comes from memory once however many tokens there are; within a block, each
+/// row meets up to four tokens at a time, each weight vector converted once for them.
+/// Every (row, token) sum is taken in [`dot_f16_avx2`]'s order (two running sums over
+/// alternate eight-column pieces, then the tail), so a token's logits are the same bits
+/// alone or in a batch, which greedy speculative decoding needs.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn f16_rows_avx2(w: &[u8], x: &[f32], cols: usize, n_tokens: usize, dst: &mut [f32]) {
     let rows = dst.len() / n_tokens;
     assert!(w.len() >= rows * cols * 2 && x.len() >= n_tokens * cols);
-    let block = (F16_BLOCK_BYTES / (2 * cols)).max(8) & !7;
+    if n_tokens == 1 {
+        for (r, d) in dst.iter_mut().enumerate() {
+            *d = dot_f16_avx2(&w[2 * r * cols..2 * (r + 1) * cols], &x[..cols]);
+        }
+        return;
+    }
+    let block = (F16_BLOCK_BYTES / (2 * cols)).max(1);
     let mut b0 = 0;
     while b0 < rows {
         let b1 = (b0 + block).min(rows);
         let mut t0 = 0;
         while t0 < n_tokens {
-            let n = (n_tokens - t0).min(4);
+            let n = match n_tokens - t0 {
+                4 => 2,
+                left => left.min(3),
+            };
             let mut r = b0;
             while r < b1 {
-                let full = |step: usize| b1 - r >= step;
-                r += match n {
-                    1 if full(8) => f16_tile::<8, 1>(w, r, x, cols, t0, n_tokens, dst),
-                    2 if full(4) => f16_tile::<4, 2>(w, r, x, cols, t0, n_tokens, dst),
-                    3 if full(2) => f16_tile::<2, 3>(w, r, x, cols, t0, n_tokens, dst),
-                    4 if full(2) => f16_tile::<2, 4>(w, r, x, cols, t0, n_tokens, dst),
-                    1 => f16_tile::<1, 1>(w, r, x, cols, t0, n_tokens, dst),
-                    2 => f16_tile::<1, 2>(w, r, x, cols, t0, n_tokens, dst),
-                    3 => f16_tile::<1, 3>(w, r, x, cols, t0, n_tokens, dst),
-                    _ => f16_tile::<1, 4>(w, r, x, cols, t0, n_tokens, dst),
+                r += match (n, b1 - r >= 2) {
+                    (1, _) => f16_tile::<1, 1>(w, r, x, cols, t0, n_tokens, dst),
+                    (2, _) => f16_tile::<1, 2>(w, r, x, cols, t0, n_tokens, dst),
+                    (_, true) => f16_tile::<2, 3>(w, r, x, cols, t0, n_tokens, dst),
+                    (_, false) => f16_tile::<1, 3>(w, r, x, cols, t0, n_tokens, dst),
                 };
             }
             t0 += n;
@@ -201,7 +207,8 @@ unsafe fn f16_rows_avx2(w: &[u8], x: &[f32], cols: usize, n_tokens: usize, dst: 
 #[cfg(target_arch = "x86_64")]
 const F16_BLOCK_BYTES: usize = 32 << 10;
 
-/// One R × N tile: rows `r0..r0 + R`, tokens `t0..t0 + N`. Returns R.
+/// Rows `r0..r0 + R` against tokens `t0..t0 + N`, each sum in [`dot_f16_avx2`]'s order.
+/// Returns R.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn f16_tile<const R: usize, const N: usize>(
@@ -214,22 +221,32 @@ unsafe fn f16_tile<const R: usize, const N: usize>(
     dst: &mut [f32],
 ) -> usize {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm256_setzero_ps(); N]; R];
-    let (wp, xp) = (w.as_ptr(), x.as_ptr());
+    let mut acc = [[[_mm256_setzero_ps(); 2]; N]; R];
+    let (wp, xp) = (w.as_ptr().add(2 * r0 * cols), x.as_ptr());
     let mut i = 0;
-    while i + 8 <= cols {
-        for (r, acc_r) in acc.iter_mut().enumerate() {
-            let wv = _mm256_cvtph_ps(_mm_loadu_si128(wp.add(2 * ((r0 + r) * cols + i)) as *const __m128i));
-            for (k, a) in acc_r.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xp.add((t0 + k) * cols + i)), *a);
+    while i + 16 <= cols {
+        let mut h = [[_mm256_setzero_ps(); 2]; R];
+        for (r, hr) in h.iter_mut().enumerate() {
+            let p = wp.add(2 * (r * cols + i));
+            *hr = [
+                _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+                _mm256_cvtph_ps(_mm_loadu_si128(p.add(16) as *const __m128i)),
+            ];
+        }
+        for k in 0..N {
+            let xk = xp.add((t0 + k) * cols + i);
+            let (x0, x1) = (_mm256_loadu_ps(xk), _mm256_loadu_ps(xk.add(8)));
+            for r in 0..R {
+                acc[r][k][0] = _mm256_fmadd_ps(h[r][0], x0, acc[r][k][0]);
+                acc[r][k][1] = _mm256_fmadd_ps(h[r][1], x1, acc[r][k][1]);
             }
         }
-        i += 8;
+        i += 16;
     }
     for (r, acc_r) in acc.iter().enumerate() {
         let row = &w[2 * (r0 + r) * cols..2 * (r0 + r + 1) * cols];
-        for (k, v) in acc_r.iter().enumerate() {
-            let mut sum = super::x86::hsum(*v);
+        for (k, [a0, a1]) in acc_r.iter().enumerate() {
+            let mut sum = super::x86::hsum(_mm256_add_ps(*a0, *a1));
             let xt = &x[(t0 + k) * cols..(t0 + k + 1) * cols];
             for j in i..cols {
                 sum += f16::from_le_bytes([row[2 * j], row[2 * j + 1]]).to_f32() * xt[j];
@@ -324,9 +341,15 @@ mod tests {
             let mut out = vec![0f32; n * rows];
             m.matmul(&x, n, &mut out);
             for t in 0..n {
+                let xt = &x[t * cols..(t + 1) * cols];
+                let mut alone = vec![0f32; rows];
+                m.matmul(xt, 1, &mut alone);
                 for r in 0..rows {
                     let want: f32 = (0..cols).map(|k| vals[r * cols + k] * x[t * cols + k]).sum();
                     assert!((out[t * rows + r] - want).abs() < 1e-3, "n={n} t={t} r={r}");
+                    // A token's result is the same bits alone, in a batch, and as a row dot.
+                    assert_eq!(out[t * rows + r].to_bits(), alone[r].to_bits(), "n={n} t={t} r={r}");
+                    assert_eq!(alone[r].to_bits(), dot_f16(m.row_bytes(r), xt).to_bits(), "row dot, r={r}");
                 }
             }
         }
