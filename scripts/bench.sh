@@ -34,6 +34,9 @@ log "F16 matrix product: register tiles against one dot product per row and toke
 "$sb" --threads "$threads" dense
 log "speculative decoding on the default pair: in-process draft against plain decoding"
 "$sb" --threads "$threads" spec models/shard-target-bitnet-tq2_0.gguf models/shard-draft-llama-f16.gguf
+log "the same pair on a target paced like the 2B-4T shape (37 ms a pass, 14 ms more a token)"
+"$sb" --threads "$threads" spec models/shard-target-bitnet-tq2_0.gguf models/shard-draft-llama-f16.gguf \
+  --min-step-ms 37 --min-step-token-ms 14 --tokens 64
 log "golden tickets: the checker's cost against the target's, on the default pair"
 "$sb" --threads "$threads" tickets models/shard-target-bitnet-tq2_0.gguf models/shard-draft-llama-f16.gguf
 vs() { "$SHARD_PYTHON" tools/bench/bench_vs_llamacpp.py --shard-bench "$sb" "$@"; }
