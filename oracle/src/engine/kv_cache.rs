@@ -240,19 +240,6 @@ impl KvCache {
         })
     }
 
-    /// The key of position `p` in `layer`.
-    pub fn key(&self, layer: usize, p: usize) -> &[f16] {
-        let (page, at) = self.slot(layer, p);
-        &self.pages[page][at..at + self.pool.kv_dim]
-    }
-
-    /// The value of position `p` in `layer`.
-    pub fn value(&self, layer: usize, p: usize) -> &[f16] {
-        let (page, at) = self.slot(layer, p);
-        let at = at + PAGE * self.pool.kv_dim;
-        &self.pages[page][at..at + self.pool.kv_dim]
-    }
-
     pub fn n_layer(&self) -> usize {
         self.pool.n_layer
     }
@@ -286,11 +273,14 @@ mod tests {
         c.set_len(n);
         assert_eq!(c.pages(), 3);
         for l in 0..layers {
+            let keys: Vec<&[f16]> = c.layer_pages(l, n).flat_map(|(k, _)| k.chunks_exact(kv_dim)).collect();
+            let values: Vec<&[f16]> = c.layer_pages(l, n).flat_map(|(_, v)| v.chunks_exact(kv_dim)).collect();
+            assert_eq!((keys.len(), values.len()), (n, n));
             for p in 0..n {
                 let want: Vec<f16> = row(p + 1000 * l, kv_dim).into_iter().map(f16::from_f32).collect();
-                assert_eq!(c.key(l, p), &want[..], "key {l} {p}");
+                assert_eq!(keys[p], &want[..], "key {l} {p}");
                 let want: Vec<f16> = row(p + 7 + 1000 * l, kv_dim).into_iter().map(f16::from_f32).collect();
-                assert_eq!(c.value(l, p), &want[..], "value {l} {p}");
+                assert_eq!(values[p], &want[..], "value {l} {p}");
             }
         }
     }

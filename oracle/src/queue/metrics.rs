@@ -4,9 +4,11 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::Serialize;
+
+use crate::engine::kv_cache::{KvPool, PAGE};
 
 /// Latency samples kept for the percentiles.
 const WINDOW: usize = 4096;
@@ -55,11 +57,8 @@ pub struct StepMetrics {
     pub ttft: LatencyWindow,
     /// Between consecutive tokens of one request (tokens accepted together count 0).
     pub itl: LatencyWindow,
-    /// KV pages held now, the most held at once, the cap, and the bytes of one page.
-    pub kv_pages: AtomicUsize,
-    pub kv_pages_peak: AtomicUsize,
-    pub kv_pages_cap: AtomicUsize,
-    pub kv_page_bytes: AtomicUsize,
+    /// The scheduler's KV page pool, read for its figures (set when the scheduler starts).
+    pub kv_pool: OnceLock<Arc<KvPool>>,
 }
 
 /// What continuous batching is doing (`/api/swarm`'s `oracle.batch`).
@@ -100,6 +99,8 @@ impl StepMetrics {
 
     pub fn summary(&self) -> StepSummary {
         let steps = self.steps.load(Ordering::Relaxed);
+        let pool = self.kv_pool.get();
+        let kv_pages = pool.map_or(0, |p| p.pages_out());
         let per_step = |v: u64| if steps == 0 { 0.0 } else { v as f64 / steps as f64 };
         StepSummary {
             slots: self.slots.load(Ordering::Relaxed),
@@ -111,11 +112,11 @@ impl StepMetrics {
             ttft_p99_ms: self.ttft.quantile_ms(0.99),
             itl_p50_ms: self.itl.quantile_ms(0.5),
             itl_p99_ms: self.itl.quantile_ms(0.99),
-            kv_pages: self.kv_pages.load(Ordering::Relaxed),
-            kv_pages_peak: self.kv_pages_peak.load(Ordering::Relaxed),
-            kv_pages_cap: self.kv_pages_cap.load(Ordering::Relaxed),
-            kv_page_positions: crate::engine::kv_cache::PAGE,
-            kv_bytes: (self.kv_pages.load(Ordering::Relaxed) * self.kv_page_bytes.load(Ordering::Relaxed)) as u64,
+            kv_pages,
+            kv_pages_peak: pool.map_or(0, |p| p.peak_pages()),
+            kv_pages_cap: pool.and_then(|p| p.cap_pages()).unwrap_or(0),
+            kv_page_positions: PAGE,
+            kv_bytes: (kv_pages * pool.map_or(0, |p| p.page_bytes())) as u64,
         }
     }
 

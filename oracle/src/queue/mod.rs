@@ -342,8 +342,7 @@ impl InferenceQueue {
             n => n,
         };
         let kv_pool = engine.model.kv_pool(Some(kv_tokens));
-        stats.steps.kv_pages_cap.store(kv_pool.cap_pages().unwrap_or(0), Ordering::Relaxed);
-        stats.steps.kv_page_bytes.store(kv_pool.page_bytes(), Ordering::Relaxed);
+        let _ = stats.steps.kv_pool.set(kv_pool.clone());
         let (changed_tx, changed) = watch::channel(0u64);
         let worker = scheduler::Scheduler {
             engine,

@@ -96,8 +96,6 @@ struct Active<'s> {
     outbox: Outbox,
     started: Instant,
     last_token: Option<Instant>,
-    /// Whether its cache holds the KV pages for its longest possible length.
-    reserved: bool,
 }
 
 impl Scheduler {
@@ -140,16 +138,9 @@ impl Scheduler {
                 });
                 let outbox = Outbox::new(job.events.clone());
                 match Sequence::new(&self.engine, session, job.prompt.clone(), job.params.clone(), speculation) {
-                    Ok(seq) => active.push(Active {
-                        job,
-                        seq,
-                        slot,
-                        sequence,
-                        outbox,
-                        started: Instant::now(),
-                        last_token: None,
-                        reserved: false,
-                    }),
+                    Ok(seq) => {
+                        active.push(Active { job, seq, slot, sequence, outbox, started: Instant::now(), last_token: None })
+                    }
                     Err((e, session)) => {
                         slots[slot].session = session;
                         slots[slot].busy = false;
@@ -233,15 +224,11 @@ impl Scheduler {
             if a.seq.in_prompt() && budget == 0 {
                 continue;
             }
-            if !a.reserved {
-                let positions = a.seq.most_positions(engine);
-                match reserve_pages(a.seq.segment().cache, positions, slots) {
-                    Ok(()) => a.reserved = true,
-                    Err(full) => {
-                        short_of_pages.push((i, full));
-                        continue;
-                    }
-                }
+            // (Once held, the reservation stands, and asking again takes nothing.)
+            let positions = a.seq.most_positions(engine);
+            if let Err(full) = reserve_pages(a.seq.segment().cache, positions, slots) {
+                short_of_pages.push((i, full));
+                continue;
             }
             let share = PassShare { sequences, prompt_budget: budget, pass_cost: pass_cost.costs_for(sequences) };
             match catch_unwind(AssertUnwindSafe(|| a.seq.plan(engine, share))) {
@@ -272,8 +259,6 @@ impl Scheduler {
         engine.hold_pass(started, tokens);
         let ms = started.elapsed().as_secs_f64() * 1e3;
         self.stats.steps.record_step(n_in_pass, tokens, (ms * 1e3) as u64);
-        self.stats.steps.kv_pages.store(self.kv_pool.pages_out(), Ordering::Relaxed);
-        self.stats.steps.kv_pages_peak.store(self.kv_pool.peak_pages(), Ordering::Relaxed);
         let timing = PassTiming { ms, sequences: n_in_pass };
         let mut ended: Vec<(usize, Ending)> = failed.into_iter().map(|(i, m)| (i, Ending::Failed(m))).collect();
         match pass {
