@@ -421,6 +421,19 @@ fn uniform_row_scales(format: TernaryFormat, rows: usize, cols: usize, data: &[u
 /// Multiply-adds below which a task is not worth handing to another thread.
 const MIN_TASK_WORK: usize = 1 << 19;
 
+/// `n` tokens split into the fewest groups of at most `max`, as even as they come (9 by 8 is
+/// 5 + 4, not 8 + 1): a tile of one or two tokens leaves the SIMD units waiting on one chain of
+/// dependent sums. Yields each group's first token and length.
+pub(crate) fn token_groups(n: usize, max: usize) -> impl Iterator<Item = (usize, usize)> {
+    let groups = n.div_ceil(max);
+    (0..groups).scan(0, move |t0, g| {
+        let len = (n - *t0) / (groups - g);
+        let first = *t0;
+        *t0 += len;
+        Some((first, len))
+    })
+}
+
 /// How many rows each parallel task takes, for rows of `work_per_row` multiply-adds: enough
 /// that a task outweighs the cost of scheduling it, and at least four tasks per thread when
 /// the matrix is big (so uneven progress balances out). All rows means "run on this thread".
@@ -522,6 +535,27 @@ pub fn select(choice: KernelChoice) -> Result<&'static dyn TernaryKernel, String
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn token_groups_cover_every_token_once_in_even_groups() {
+        assert_eq!(token_groups(9, 8).collect::<Vec<_>>(), [(0, 4), (4, 5)]);
+        assert_eq!(token_groups(9, 4).collect::<Vec<_>>(), [(0, 3), (3, 3), (6, 3)]);
+        for max in 1..=9 {
+            for n in 0..=40 {
+                let groups: Vec<_> = token_groups(n, max).collect();
+                assert_eq!(groups.len(), n.div_ceil(max), "n={n} max={max}");
+                let mut next = 0;
+                for &(t0, len) in &groups {
+                    assert_eq!(t0, next);
+                    assert!((1..=max).contains(&len));
+                    next += len;
+                }
+                assert_eq!(next, n);
+                let (lo, hi) = (groups.iter().map(|g| g.1).min(), groups.iter().map(|g| g.1).max());
+                assert!(hi.zip(lo).is_none_or(|(h, l)| h - l <= 1), "n={n} max={max}: {groups:?}");
+            }
+        }
+    }
 
     fn matrix(format: TernaryFormat, rows: usize, cols: usize, values: &[i8], scales: &[f32]) -> TernaryMatrix {
         let bytes = formats::encode_matrix(format, rows, cols, values, scales);

@@ -106,10 +106,9 @@ unsafe fn gemm_with<L: Layout, D: Dot>(w: &TernaryMatrix, rows: Range<usize>, x:
     let n = x.n_tokens();
     for (ri, r) in rows.enumerate() {
         let row = w.row_bytes(r).as_ptr();
-        let mut t0 = 0;
-        while t0 < n {
+        for (t0, len) in super::token_groups(n, TILE) {
             let dst = &mut out[ri * n + t0..];
-            t0 += match n - t0 {
+            match len {
                 1 => row_tile::<1, L, D>(row, w.cols(), x, t0, dst),
                 2 => row_tile::<2, L, D>(row, w.cols(), x, t0, dst),
                 3 => row_tile::<3, L, D>(row, w.cols(), x, t0, dst),

@@ -687,7 +687,7 @@ fn bench_kernels(
 
 fn bench_dense(tokens: &[usize], reps: usize, threads: usize, as_json: bool) -> anyhow::Result<()> {
     use rayon::prelude::*;
-    use shard_oracle::engine::kernels::dense::{dot_f16, DenseMatrix, DenseType};
+    use shard_oracle::engine::kernels::dense::{dot_f16, DenseMatrix, DenseType, F16Path};
     // The default pair's tied output layer and draft FFN, 2B-4T's attention and FFN, then
     // output layers too big for any cache: SmolLM2's 49k vocabulary (the bench file's) and
     // Llama 3's 128k (bitnet-b1.58-2B-4T's tied embedding), where memory is the limit.
@@ -696,14 +696,16 @@ fn bench_dense(tokens: &[usize], reps: usize, threads: usize, as_json: bool) -> 
     let mut rows_out = vec![];
     if !as_json {
         println!(
-            "{:>11} {:>2} {:>14} {:>10} {:>8} {:>18}   ({threads} threads, median of {reps}; read bandwidth {:.1} GB/s)",
+            "{:>11} {:>2} {:>12} {:>14} {:>10} {:>8} {:>18}   ({threads} threads, median of {reps}; read bandwidth {:.1} GB/s; tiles {:?})",
             "shape",
             "n",
             "row dots ms",
+            "avx2 tiles ms",
             "tiled ms",
             "ratio",
             "tiled GB/s (share)",
-            bandwidth / 1e9
+            bandwidth / 1e9,
+            F16Path::best()
         );
     }
     for &(rows, cols) in &shapes {
@@ -742,14 +744,17 @@ fn bench_dense(tokens: &[usize], reps: usize, threads: usize, as_json: bool) -> 
                 median(v).as_secs_f64() * 1e3
             };
             let reference = time(&mut |o| row_dots(o));
+            // The AVX2 tiles beside the best path (the same bits), then the best path.
+            let avx2 = time(&mut |o| m.matmul_on(F16Path::Avx2, &x, n, o));
             let tiled = time(&mut |o| m.matmul(&x, n, o));
             let gb_s = (rows * cols * 2) as f64 / (tiled / 1e3);
             if as_json {
-                rows_out.push(json!({"rows": rows, "cols": cols, "tokens": n, "row_dots_ms": reference, "tiled_ms": tiled,
+                rows_out.push(json!({"rows": rows, "cols": cols, "tokens": n, "row_dots_ms": reference, "avx2_tiles_ms": avx2,
+                    "tiled_ms": tiled, "tiled_path": format!("{:?}", F16Path::best()),
                     "tiled_gb_s": gb_s / 1e9, "read_bandwidth_gb_s": bandwidth / 1e9}));
             } else {
                 println!(
-                    "{:>11} {n:>2} {reference:>14.3} {tiled:>10.3} {:>7.2}x {:>10.1} ({:>4.0}%)",
+                    "{:>11} {n:>2} {reference:>12.3} {avx2:>14.3} {tiled:>10.3} {:>7.2}x {:>10.1} ({:>4.0}%)",
                     format!("{rows}x{cols}"),
                     reference / tiled,
                     gb_s / 1e9,
