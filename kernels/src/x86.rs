@@ -348,6 +348,38 @@ impl Avx512Vnni {
             && is_x86_feature_detected!("avx512vnni")
             && is_x86_feature_detected!("avx512vl")
     }
+
+    /// Multiply-adds per second that this thread gets from 512-bit `vpdpbusd` alone (twelve
+    /// independent sums, no loads, for about `seconds`): the ceiling that a batched ternary
+    /// product, which is four `vpdpbusd` per 256 weights and token, is measured against.
+    /// `None` on a CPU without AVX-512 VNNI.
+    pub fn vpdpbusd_peak(seconds: f64) -> Option<f64> {
+        if !Self::detected() {
+            return None;
+        }
+        // SAFETY: the CPU has AVX-512F and AVX-512 VNNI (checked above).
+        Some(unsafe { vpdpbusd_rate(seconds) })
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn vpdpbusd_rate(seconds: f64) -> f64 {
+    use std::hint::black_box;
+    use std::time::Instant;
+    const CHUNK: usize = 1 << 16;
+    let (w, y) = (black_box(_mm512_set1_epi8(1)), black_box(_mm512_set1_epi8(-1)));
+    let mut acc = [_mm512_setzero_si512(); 12];
+    let (start, mut done) = (Instant::now(), 0usize);
+    while start.elapsed().as_secs_f64() < seconds {
+        for _ in 0..CHUNK {
+            for a in acc.iter_mut() {
+                *a = _mm512_dpbusd_epi32(*a, w, y);
+            }
+        }
+        done += CHUNK;
+    }
+    black_box(acc);
+    (done * acc.len() * 64) as f64 / start.elapsed().as_secs_f64()
 }
 
 impl TernaryKernel for Avx512Vnni {

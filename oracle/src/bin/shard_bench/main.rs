@@ -610,10 +610,19 @@ fn bench_kernels(
     let shapes = [(2560usize, 2560usize), (6912, 2560), (2560, 6912)];
     let all = kernels::available();
     let mut rows_out = vec![];
+    // What the bench's threads get from 512-bit `vpdpbusd` alone, each at once: a batched
+    // product cannot beat it (64 multiply-adds per instruction).
+    let peak = peak_vpdpbusd();
     if !as_json {
+        if let Some(p) = peak {
+            println!("vpdpbusd peak: {:.0} G multiply-adds/s on {threads} threads (512-bit, no loads)", p / 1e9);
+        }
         print!("{:<6} {:<9} {:>10} {:>2}", "format", "scales", "shape", "n");
         for k in &all {
             print!(" {:>16}", format!("{} ms", k.name()));
+        }
+        if peak.is_some() {
+            print!(" {:>9}", "% of peak");
         }
         println!("   (speed-up over scalar; {threads} threads, median of {reps})");
     }
@@ -666,13 +675,22 @@ fn bench_kernels(
                     median(v).as_secs_f64() * 1e3
                 };
                 let times: Vec<f64> = all.iter().map(|k| time(*k)).collect();
+                // The AVX-512 kernel's multiply-adds per second over the instruction's peak.
+                let share = peak.zip(all.iter().position(|k| k.name() == "avx512vnni")).map(|(p, i)| {
+                    let rate = (rows * cols * n) as f64 / (times[i] / 1e3);
+                    100.0 * rate / p
+                });
                 if as_json {
                     rows_out.push(json!({"format": format!("{format:?}"), "scales": scaling, "rows": rows, "cols": cols, "tokens": n,
-                        "ms": all.iter().zip(&times).map(|(k, t)| (k.name().to_string(), json!(t))).collect::<serde_json::Map<_, _>>()}));
+                        "ms": all.iter().zip(&times).map(|(k, t)| (k.name().to_string(), json!(t))).collect::<serde_json::Map<_, _>>(),
+                        "avx512vnni_share_of_vpdpbusd_peak": share.map(|s| s / 100.0)}));
                 } else {
                     print!("{:<6} {scaling:<9} {:>10} {n:>2}", format!("{format:?}"), format!("{rows}x{cols}"));
                     for t in &times {
                         print!(" {:>8.3} ({:>4.1}x)", t, times[0] / t);
+                    }
+                    if let Some(s) = share {
+                        print!(" {s:>8.0}%");
                     }
                     println!();
                 }
@@ -683,6 +701,20 @@ fn bench_kernels(
         println!("{}", serde_json::Value::Array(rows_out));
     }
     Ok(())
+}
+
+/// The summed `vpdpbusd` peak of the pool's threads, each measuring at the same time (the
+/// same contention as the kernels' parallel passes); `None` without AVX-512 VNNI.
+fn peak_vpdpbusd() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use shard_oracle::engine::kernels::x86::Avx512Vnni;
+        rayon::broadcast(|_| Avx512Vnni::vpdpbusd_peak(0.3)).into_iter().sum()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
+    }
 }
 
 fn bench_dense(tokens: &[usize], reps: usize, threads: usize, as_json: bool) -> anyhow::Result<()> {
