@@ -400,7 +400,8 @@ impl F16Product<'_> {
 }
 
 /// Most tokens in one 512-bit tile: 3 rows × 9 tokens is 27 sums, 3 weight vectors and one
-/// activation vector, 31 of the 32 registers (measured against 8 × 3, 9 × 2, 6 × 4, 5 × 4).
+/// activation vector, 31 of the 32 registers (measured against 8, 9, 6 and 5 tokens × 3, 2,
+/// 4 and 4 rows: `docs/performance.md`).
 #[cfg(target_arch = "x86_64")]
 const F16_GROUP: usize = 9;
 /// Rows in one 512-bit tile.
