@@ -12,7 +12,7 @@ use tracing_subscriber::EnvFilter;
 use sha2::{Digest, Sha256};
 use shard_oracle::api::{self, AppState, P2pState};
 use shard_oracle::engine::kernels::{self, KernelChoice};
-use shard_oracle::engine::{Engine, LoadOptions};
+use shard_oracle::engine::{Engine, LoadOptions, WeightMemory};
 use shard_oracle::p2p::node::{self, NodeConfig};
 use shard_oracle::p2p::scheduler::{SchedulerConfig, ScoutDrafts};
 use shard_oracle::queue::{InferenceQueue, SpecConfig};
@@ -80,6 +80,12 @@ struct Args {
     /// sum; logits move a little, see docs/performance.md).
     #[arg(long, value_enum, default_value_t = shard_oracle::engine::ActScales::Block, env = "SHARD_ACT_SCALES")]
     act_scales: shard_oracle::engine::ActScales,
+
+    /// Serve the weights from the memory-mapped file (instant load, pages shared with other
+    /// processes) instead of copying them at load into memory backed by 2 MiB pages, which
+    /// decodes faster (see docs/performance.md). Like llama.cpp's default; Linux only copies.
+    #[arg(long, env = "SHARD_MMAP")]
+    mmap: bool,
 
     /// A small draft model with the same vocabulary, run in-process for speculative decoding
     /// (like llama.cpp's -md). Float `llama` or BitNet GGUF.
@@ -384,6 +390,7 @@ async fn main() -> anyhow::Result<()> {
         activation: args.ffn_activation,
         head: args.head,
         act_scales: args.act_scales,
+        weights: if args.mmap { WeightMemory::Mapped } else { WeightMemory::default() },
         ..LoadOptions::new(kernel)
     };
     let model_path = args.model.clone();
@@ -470,7 +477,8 @@ async fn main() -> anyhow::Result<()> {
             reads_text: true,
         }),
         Some(path) => {
-            let opts = LoadOptions { n_ctx: engine.n_ctx, ..LoadOptions::new(kernel) };
+            let weights = if args.mmap { WeightMemory::Mapped } else { WeightMemory::default() };
+            let opts = LoadOptions { n_ctx: engine.n_ctx, weights, ..LoadOptions::new(kernel) };
             let draft =
                 Engine::load(path, &opts, |_, _| {}).with_context(|| format!("loading the draft model {}", path.display()))?;
             let local = LocalDraft::new(draft, &engine)?;

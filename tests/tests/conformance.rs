@@ -254,6 +254,26 @@ fn bitnet_b158_i2_s_matches_numpy_reference() {
     check_b158("i2_s");
 }
 
+/// Weights copied at load into memory of their own in 2 MiB pages (the default on Linux) are
+/// the file's bytes: the logits are the same bits as from the memory-mapped file.
+#[test]
+fn weights_copied_into_huge_pages_give_the_mapped_files_logits() {
+    use shard_oracle::engine::kernels::{self, KernelChoice};
+    use shard_oracle::engine::model::Logits;
+    use shard_oracle::engine::{Engine, LoadOptions, WeightMemory};
+    let (target, _) = shard_tests::default_pair();
+    let kernel = kernels::select(KernelChoice::Auto).unwrap();
+    let logits = |weights| {
+        let engine = Engine::load(&target, &LoadOptions { n_ctx: 128, weights, ..LoadOptions::new(kernel) }, |_, _| {}).unwrap();
+        let tokens = engine.tokenizer.encode("The quick brown fox jumps over the lazy dog.", true, false).unwrap();
+        let out = engine.model.forward(kernel, &tokens, &mut engine.model.new_cache(128), Logits::All);
+        out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    };
+    let (mapped, copied) = (logits(WeightMemory::Mapped), logits(WeightMemory::HugePages));
+    assert!(!mapped.is_empty());
+    assert!(mapped == copied, "the copy's logits differ from the mapped file's");
+}
+
 /// How far an opt-in engine setting moves the default target's logits on real text, against
 /// the exact settings: top-5 |Δ logprob| (max, mean) and the share of positions with the same
 /// greedy token. Opt-ins are not llama.cpp's product, so they are measured here rather than

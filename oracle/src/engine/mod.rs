@@ -20,6 +20,7 @@ use shard_shared::tokenizer::Tokenizer;
 
 pub use kernels::ActScales;
 use kernels::TernaryKernel;
+pub use model::WeightMemory;
 use model::{BitNetModel, LoadError};
 
 /// Everything needed to turn text into text.
@@ -58,13 +59,23 @@ pub struct LoadOptions {
     pub head: Head,
     /// How activations are scaled to int8 before a ternary product (`--act-scales`).
     pub act_scales: ActScales,
+    /// Where the weights live (`--mmap` keeps them in the file's pages).
+    pub weights: WeightMemory,
 }
 
 impl LoadOptions {
     /// The defaults: the model's own context and activation, the file name as its id, the
     /// exact output layer.
     pub fn new(kernel: &'static dyn TernaryKernel) -> Self {
-        Self { kernel, n_ctx: 0, alias: None, activation: None, head: Head::Exact, act_scales: ActScales::Block }
+        Self {
+            kernel,
+            n_ctx: 0,
+            alias: None,
+            activation: None,
+            head: Head::Exact,
+            act_scales: ActScales::Block,
+            weights: WeightMemory::default(),
+        }
     }
 }
 
@@ -94,7 +105,7 @@ pub enum EngineError {
 impl Engine {
     /// Loads a GGUF model. `progress(done, total)` reports bytes of tensors processed.
     pub fn load(path: &Path, opts: &LoadOptions, mut progress: impl FnMut(u64, u64)) -> Result<Self, EngineError> {
-        let map = model::map_file(path)?;
+        let map = model::map_file(path, opts.weights)?;
         let g = Gguf::parse(&map).map_err(LoadError::from)?;
         let total = g.total_tensor_bytes();
         let mut done = 0;

@@ -452,12 +452,46 @@ impl BitNetModel {
     }
 }
 
-/// Opens a GGUF file by memory-mapping it.
-pub fn map_file(path: &Path) -> Result<Arc<memmap2::Mmap>, LoadError> {
+/// Opens a GGUF file: memory-mapped, or copied from the map into memory of its own backed by
+/// 2 MiB pages ([`WeightMemory`]).
+pub fn map_file(path: &Path, memory: WeightMemory) -> Result<Arc<memmap2::Mmap>, LoadError> {
     let io = |source| LoadError::Io { path: path.display().to_string(), source };
     let file = std::fs::File::open(path).map_err(io)?;
     // SAFETY: the map is read-only; a file changed underneath us while mapped is the
     // operator's error, as with llama.cpp's mmap loading.
     let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-    Ok(Arc::new(map))
+    if memory == WeightMemory::Mapped || map.is_empty() {
+        return Ok(Arc::new(map));
+    }
+    let mut own = memmap2::MmapMut::map_anon(map.len()).map_err(io)?;
+    // Asked before the first write, so that the pages are 2 MiB ones from the start; where
+    // the kernel has no transparent huge pages the copy still works, in 4 KiB pages.
+    #[cfg(target_os = "linux")]
+    let _ = own.advise(memmap2::Advice::HugePage);
+    own.copy_from_slice(&map);
+    Ok(Arc::new(own.make_read_only().map_err(io)?))
+}
+
+/// Where a model's weights live while it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WeightMemory {
+    /// The file's own pages, memory-mapped: instant to load and shared with other processes
+    /// through the page cache, but in 4 KiB pages.
+    Mapped,
+    /// A copy made at load in anonymous memory backed by 2 MiB pages (Linux transparent huge
+    /// pages): decoding streams every weight once a token, and the hardware prefetchers stop
+    /// at each page boundary, so bigger pages read faster (`docs/performance.md`). It costs
+    /// the copy at load (about a second a gigabyte).
+    HugePages,
+}
+
+impl Default for WeightMemory {
+    /// Huge pages on Linux, where transparent huge pages exist; the file's pages elsewhere.
+    fn default() -> Self {
+        if cfg!(target_os = "linux") {
+            WeightMemory::HugePages
+        } else {
+            WeightMemory::Mapped
+        }
+    }
 }

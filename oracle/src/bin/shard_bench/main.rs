@@ -25,7 +25,7 @@ use shard_oracle::engine::kernels::{
     self, formats, KernelChoice, QuantizedActivations, TernaryFormat, TernaryMatrix, WeightBytes,
 };
 use shard_oracle::engine::model::Logits;
-use shard_oracle::engine::{ActScales, Engine, Head, LoadOptions};
+use shard_oracle::engine::{ActScales, Engine, Head, LoadOptions, WeightMemory};
 use shard_shared::sampling::argmax;
 
 #[derive(Parser)]
@@ -54,6 +54,10 @@ enum Cmd {
         /// How activations are scaled to int8 (per 256 values as llama.cpp, or per token).
         #[arg(long, value_enum, default_value_t = ActScales::Block)]
         act_scales: ActScales,
+        /// Where the weights live: the file's pages, or a copy in 2 MiB pages (the Oracle's
+        /// default on Linux; `shard-oracle --mmap` takes the other).
+        #[arg(long, value_enum, default_value_t = WeightMemory::default())]
+        weights: WeightMemory,
         /// Tokens of context before the timed passes.
         #[arg(long, default_value_t = 64)]
         context: usize,
@@ -178,8 +182,9 @@ fn main() -> anyhow::Result<()> {
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
     match args.cmd {
-        Cmd::Model { model, kernel, head, act_scales, context, decode, reps } => {
-            bench_model(model, kernel, head, act_scales, context, decode, reps, threads, args.json)
+        Cmd::Model { model, kernel, head, act_scales, weights, context, decode, reps } => {
+            let opts = ModelOptions { kernel, head, act_scales, weights, context, decode, reps };
+            bench_model(model, opts, threads, args.json)
         }
         Cmd::Kernels { tokens, reps, only, shape } => {
             bench_kernels(&tokens, reps, only.as_deref(), shape.as_deref(), threads, args.json)
@@ -199,22 +204,24 @@ fn main() -> anyhow::Result<()> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn bench_model(
-    path: PathBuf,
+/// What `shard-bench model` loads and times.
+struct ModelOptions {
     kernel: KernelChoice,
     head: Head,
     act_scales: ActScales,
+    weights: WeightMemory,
     context: usize,
     decode: usize,
     reps: usize,
-    threads: usize,
-    as_json: bool,
-) -> anyhow::Result<()> {
+}
+
+fn bench_model(path: PathBuf, opts: ModelOptions, threads: usize, as_json: bool) -> anyhow::Result<()> {
+    let ModelOptions { kernel, head, act_scales, weights, context, decode, reps } = opts;
     let kernel = kernels::select(kernel).map_err(anyhow::Error::msg)?;
     let t0 = Instant::now();
     let engine = Engine::load(
         &path,
-        &LoadOptions { n_ctx: context + decode + 16, head, act_scales, ..LoadOptions::new(kernel) },
+        &LoadOptions { n_ctx: context + decode + 16, head, act_scales, weights, ..LoadOptions::new(kernel) },
         |_, _| {},
     )?;
     let load = t0.elapsed();
@@ -260,7 +267,7 @@ fn bench_model(
         println!(
             "{}",
             json!({
-                "engine": "shard", "kernel": kernel.name(), "head": format!("{head:?}"), "act_scales": format!("{act_scales:?}"), "threads": threads, "load_s": load.as_secs_f64(),
+                "engine": "shard", "kernel": kernel.name(), "head": format!("{head:?}"), "act_scales": format!("{act_scales:?}"), "weights": format!("{weights:?}"), "threads": threads, "load_s": load.as_secs_f64(),
                 "prompt_tok_s": pp_tok_s, "decode_tok_s": tok_s,
                 "weight_bytes_per_token": bytes, "read_bandwidth_gb_s": bandwidth / 1e9, "bound_tok_s": bound_tok_s,
                 "forward_ms": k_times.iter().map(|(k, d)| (k.to_string(), json!(d.as_secs_f64() * 1e3))).collect::<serde_json::Map<_, _>>(),
@@ -268,7 +275,7 @@ fn bench_model(
         );
     } else {
         println!(
-            "model {} ({} layers, {} embd), kernel {}, head {head:?}, activations scaled per {}, {threads} threads",
+            "model {} ({} layers, {} embd), kernel {}, head {head:?}, activations scaled per {}, weights {weights:?}, {threads} threads",
             path.display(),
             m.config.n_layer,
             m.config.n_embd,
