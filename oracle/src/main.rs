@@ -384,13 +384,15 @@ async fn main() -> anyhow::Result<()> {
             .progress_chars("=> "),
     );
     bar.set_message("loading");
+    // The target, the tickets' reference and an in-process draft live in the same kind of memory.
+    let weights = if args.mmap { WeightMemory::Mapped } else { WeightMemory::default() };
     let opts = LoadOptions {
         n_ctx: args.ctx_size,
         alias: args.alias.clone(),
         activation: args.ffn_activation,
         head: args.head,
         act_scales: args.act_scales,
-        weights: if args.mmap { WeightMemory::Mapped } else { WeightMemory::default() },
+        weights,
         ..LoadOptions::new(kernel)
     };
     let model_path = args.model.clone();
@@ -453,7 +455,7 @@ async fn main() -> anyhow::Result<()> {
         match scout_model(&args.scout_model, &engine) {
             Ok((model, file)) => {
                 // Golden tickets: the Oracle runs the Scouts' own draft model file to check them.
-                let opts = LoadOptions::new(kernel);
+                let opts = LoadOptions { weights, ..LoadOptions::new(kernel) };
                 let reference = Engine::load(&args.scout_model, &opts, |_, _| {})
                     .with_context(|| format!("loading {} to check golden tickets", args.scout_model.display()))?;
                 let reference = checker::Reference::new(reference, model.sha256, AgreementRule::default());
@@ -477,7 +479,6 @@ async fn main() -> anyhow::Result<()> {
             reads_text: true,
         }),
         Some(path) => {
-            let weights = if args.mmap { WeightMemory::Mapped } else { WeightMemory::default() };
             let opts = LoadOptions { n_ctx: engine.n_ctx, weights, ..LoadOptions::new(kernel) };
             let draft =
                 Engine::load(path, &opts, |_, _| {}).with_context(|| format!("loading the draft model {}", path.display()))?;

@@ -338,7 +338,7 @@ impl BitNetModel {
     /// The pass runs on a thread of the kernels' pool (inline when the caller is one): its
     /// hundred-odd parallel sections a token then fork from a worker that takes its own share
     /// and steals the rest, instead of each waking a caller that sleeps outside the pool
-    /// (`docs/performance.md`: kernel-mode time in a decoding profile 14% → 9.5%).
+    /// (`docs/performance.md`: kernel-mode time in a decoding profile 13% → 10%).
     pub fn forward_batch(&self, kernel: &dyn TernaryKernel, segments: &mut [Segment<'_>]) -> Vec<Vec<f32>> {
         rayon::scope(|_| self.forward_batch_here(kernel, segments))
     }

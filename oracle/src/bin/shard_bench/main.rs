@@ -203,7 +203,6 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 /// What `shard-bench model` loads and times.
 struct ModelOptions {
     kernel: KernelChoice,
