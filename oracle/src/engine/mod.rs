@@ -42,6 +42,8 @@ pub struct Engine {
     /// so that a paced target's verification of k drafted tokens costs what a big model's
     /// would, instead of nothing.
     pub min_step_per_token: std::time::Duration,
+    /// [`Engine::pass_timings`], measured on first use.
+    pass_timings: std::sync::OnceLock<Vec<(usize, f64)>>,
 }
 
 /// Knobs for loading.
@@ -146,6 +148,7 @@ impl Engine {
             n_ctx,
             min_step: std::time::Duration::ZERO,
             min_step_per_token: std::time::Duration::ZERO,
+            pass_timings: std::sync::OnceLock::new(),
         })
     }
 
@@ -157,6 +160,35 @@ impl Engine {
         if let Some(rest) = min.checked_sub(started.elapsed()) {
             std::thread::sleep(rest);
         }
+    }
+
+    /// `(tokens, ms)` of forward passes of 1, 5 and 9 new tokens after a short context, three
+    /// rounds, pacing included: what a pass costs against its size before any request has
+    /// been served, so that the first drafts are priced by this machine and not by a guess.
+    /// Measured once, on the first call (a second or so on a 2B model), after the pacing has
+    /// been set.
+    pub fn pass_timings(&self) -> &[(usize, f64)] {
+        self.pass_timings.get_or_init(|| {
+            let n_ctx = self.n_ctx.min(64);
+            let mut cache = self.model.new_cache(n_ctx);
+            let n_vocab = self.model.config.n_vocab as u32;
+            let context: Vec<u32> = (0..8.min(n_ctx.saturating_sub(9)) as u32).map(|i| (i + 1) % n_vocab).collect();
+            if !context.is_empty() {
+                self.model.forward(self.kernel, &context, &mut cache, model::Logits::Last);
+            }
+            let mut timings = Vec::new();
+            for _ in 0..3 {
+                for size in [1usize, 5, 9].into_iter().filter(|&s| context.len() + s <= n_ctx) {
+                    let tokens: Vec<u32> = (0..size as u32).map(|i| (i + 2) % n_vocab).collect();
+                    let t = std::time::Instant::now();
+                    self.model.forward(self.kernel, &tokens, &mut cache, model::Logits::All);
+                    self.hold_pass(t, size);
+                    timings.push((size, t.elapsed().as_secs_f64() * 1e3));
+                    cache.truncate(context.len());
+                }
+            }
+            timings
+        })
     }
 
     /// Median time of a plain one-token decoding step after a short context, the baseline

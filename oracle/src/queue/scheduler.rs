@@ -115,8 +115,12 @@ impl Scheduler {
         let mut draining: Vec<Outbox> = Vec::new();
         let mut sequence = 0u64;
         let mut clock = 0u64;
-        // What passes cost against their tokens, for draft lengths.
-        let mut pass_cost = PassCost::default();
+        // What passes cost against their tokens, for draft lengths; timed before the first
+        // request where anyone drafts.
+        let mut pass_cost = match &spec {
+            Some(_) => PassCost::from_timings(self.engine.pass_timings()),
+            None => PassCost::default(),
+        };
         loop {
             draining.retain_mut(|o| o.flush() == Delivery::Flowing && !o.queue.is_empty());
             // Fill free slots.
@@ -250,6 +254,7 @@ impl Scheduler {
                 return;
             }
         }
+        let prompt_in_pass = active.iter().zip(&in_pass).any(|(a, &p)| p && a.seq.in_prompt());
         let started = Instant::now();
         let mut segments: Vec<_> = active.iter_mut().zip(&in_pass).filter(|(_, &p)| p).map(|(a, _)| a.seq.segment()).collect();
         let tokens: usize = segments.iter().map(|s| s.tokens.len()).sum();
@@ -263,7 +268,9 @@ impl Scheduler {
         let mut ended: Vec<(usize, Ending)> = failed.into_iter().map(|(i, m)| (i, Ending::Failed(m))).collect();
         match pass {
             Ok(rows) => {
-                pass_cost.record(tokens, ms);
+                if !prompt_in_pass {
+                    pass_cost.record(tokens, ms);
+                }
                 let mut rows = rows.into_iter();
                 for (i, a) in active.iter_mut().enumerate() {
                     if !in_pass[i] {

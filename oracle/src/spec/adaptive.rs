@@ -16,13 +16,34 @@ pub struct DraftLength {
     k_max: usize,
     /// Cost of one extra drafted token relative to a plain decoding step.
     marginal_cost: f64,
-    /// Moving average of the share of drafted tokens accepted.
+    /// Per-token acceptance α, estimated as accepted drafted tokens over drafted tokens
+    /// *examined* (both counts decayed, so the estimate follows the text).
     alpha: f64,
+    accepted: f64,
+    examined: f64,
 }
+
+/// α assumed before any verification, held with the weight of this many examined tokens.
+const ALPHA_PRIOR: f64 = 0.6;
+const ALPHA_PRIOR_WEIGHT: f64 = 2.0;
+
+/// Weight kept by the counts behind α at each verification.
+const ALPHA_DECAY: f64 = 0.8;
 
 impl DraftLength {
     pub fn new(k_max: usize, marginal_cost: f64) -> Self {
-        Self { k_max: k_max.max(1), marginal_cost, alpha: 0.6 }
+        Self {
+            k_max: k_max.max(1),
+            marginal_cost,
+            alpha: ALPHA_PRIOR,
+            accepted: ALPHA_PRIOR * ALPHA_PRIOR_WEIGHT,
+            examined: ALPHA_PRIOR_WEIGHT,
+        }
+    }
+
+    /// The current estimate of the per-token acceptance rate.
+    pub fn alpha(&self) -> f64 {
+        self.alpha
     }
 
     /// Tokens to draft next.
@@ -46,14 +67,22 @@ impl DraftLength {
         (0..=self.k_max).max_by(|&x, &y| rate(x).total_cmp(&rate(y)).then(y.cmp(&x))).unwrap_or(0)
     }
 
-    /// Records one verification.
+    /// Records one verification: `accepted` of `proposed` drafted tokens were kept.
+    ///
+    /// Verification stops at the first rejection, so the tokens after it were never
+    /// examined: `accepted` successes in `accepted + 1` trials (or `accepted` trials when all
+    /// were kept) is what a pass says about α. Dividing by `proposed` instead counts the
+    /// unexamined tail as failures: at α = 0.8 and k = 8 it reads 0.42, which then picks
+    /// drafts far too short.
     pub fn update(&mut self, proposed: usize, accepted: usize) {
         if proposed == 0 {
             return;
         }
-        // A run of `accepted` followed by a rejection (or the end) estimates α per token.
-        let observed = accepted as f64 / proposed as f64;
-        self.alpha = 0.7 * self.alpha + 0.3 * observed;
+        let accepted = accepted.min(proposed);
+        let examined = accepted + usize::from(accepted < proposed);
+        self.accepted = ALPHA_DECAY * self.accepted + accepted as f64;
+        self.examined = ALPHA_DECAY * self.examined + examined as f64;
+        self.alpha = self.accepted / self.examined;
     }
 }
 
@@ -78,8 +107,9 @@ impl Costs {
 }
 
 /// A forward pass's time as a linear function of its tokens, `ms ≈ base + per_token · tokens`,
-/// fitted by exponentially weighted least squares over recent passes (whatever they held:
-/// decoding, drafts, prompt chunks). It prices a drafted token in a shared pass: it costs
+/// fitted by exponentially weighted least squares over recent decoding passes (plain steps
+/// and verifications; a prompt chunk needs no logits for most of its tokens, so it would
+/// price a drafted token too low). It prices a drafted token in a shared pass: it costs
 /// `per_token` for everyone, while a plain step's share of the pass is `base / sequences +
 /// per_token`.
 #[derive(Debug, Clone, Default)]
@@ -89,12 +119,25 @@ pub struct PassCost {
     y: f64,
     tt: f64,
     ty: f64,
+    /// The last fit the passes could tell: kept while every recent pass has had one size
+    /// (steady plain decoding), which says nothing new about the per-token cost.
+    last: Option<(f64, f64)>,
 }
 
 /// Weight kept by older passes at each new one (a memory of about 50 passes).
 const PASS_COST_DECAY: f64 = 0.98;
 
 impl PassCost {
+    /// A fit started from timed passes (`Engine::pass_timings`), so that the first requests'
+    /// drafts are priced by this machine too.
+    pub fn from_timings(timings: &[(usize, f64)]) -> Self {
+        let mut c = Self::default();
+        for &(tokens, ms) in timings {
+            c.record(tokens, ms);
+        }
+        c
+    }
+
     pub fn record(&mut self, tokens: usize, ms: f64) {
         let t = tokens as f64;
         for v in [&mut self.w, &mut self.t, &mut self.y, &mut self.tt, &mut self.ty] {
@@ -105,11 +148,14 @@ impl PassCost {
         self.y += ms;
         self.tt += t * t;
         self.ty += t * ms;
+        if let Some(fit) = self.fit() {
+            self.last = Some(fit);
+        }
     }
 
-    /// `(base_ms, per_token_ms)`, once the passes seen differ enough in size to tell them
-    /// apart.
-    pub fn model(&self) -> Option<(f64, f64)> {
+    /// The least-squares line through the recent passes, when they differ enough in size to
+    /// tell base from per-token cost.
+    fn fit(&self) -> Option<(f64, f64)> {
         if self.w < 8.0 {
             return None;
         }
@@ -120,6 +166,12 @@ impl PassCost {
         }
         let per_token = ((self.ty / self.w - mt * my) / var).max(0.0);
         Some(((my - per_token * mt).max(0.0), per_token))
+    }
+
+    /// `(base_ms, per_token_ms)`: the current fit, or the last one while recent passes have
+    /// all had one size; `None` until passes of different sizes have been seen.
+    pub fn model(&self) -> Option<(f64, f64)> {
+        self.last
     }
 
     /// The costs as one of `sequences` in a pass sees them, for a source whose drafts cost
@@ -235,12 +287,31 @@ mod tests {
         let d = trained(3);
         assert!(d.choose(&c.costs_for(1).unwrap()) >= 2);
         assert_eq!(d.choose(&c.costs_for(8).unwrap()), 0);
-        // Passes all of one size say nothing about the per-token cost.
+        // Passes all of one size say nothing about the per-token cost...
         let mut same = PassCost::default();
         for _ in 0..50 {
             same.record(8, 100.0);
         }
         assert_eq!(same.model(), None);
+        // ...so after a fit, a long run of them leaves it standing.
+        let mut steady = PassCost::from_timings(&[
+            (1, 37.0),
+            (5, 93.0),
+            (9, 149.0),
+            (1, 37.0),
+            (5, 93.0),
+            (9, 149.0),
+            (1, 37.0),
+            (5, 93.0),
+            (9, 149.0),
+        ]);
+        let fitted = steady.model().unwrap();
+        assert!((fitted.0 - 23.0).abs() < 1e-6 && (fitted.1 - 14.0).abs() < 1e-6, "{fitted:?}");
+        for _ in 0..500 {
+            steady.record(1, 37.0);
+        }
+        let kept = steady.model().unwrap();
+        assert!((kept.1 - 14.0).abs() < 1.0, "{kept:?}");
     }
 
     #[test]
@@ -254,10 +325,39 @@ mod tests {
             d.update(4, 0);
         }
         assert_eq!(d.k(), 1);
+        // Six kept, then a rejection: 6 of 7 examined, whatever was drafted after it.
         for _ in 0..40 {
             d.update(10, 6);
         }
-        assert!((3..=5).contains(&d.k()), "{}", d.k());
+        assert!((d.alpha() - 6.0 / 7.0).abs() < 1e-3, "{}", d.alpha());
+        assert_eq!(d.k(), 8);
+        for _ in 0..40 {
+            d.update(10, 1);
+        }
+        assert!((d.alpha() - 0.5).abs() < 1e-3, "{}", d.alpha());
+        assert_eq!(d.k(), 3, "a fourth drafted token would be kept with 0.5^4 < 0.1");
+    }
+
+    /// Drafts of eight, each token kept with probability α until the first miss: the
+    /// estimate comes out at α (dividing by the tokens drafted gave about 0.42 at α = 0.8).
+    #[test]
+    fn alpha_is_estimated_from_examined_tokens() {
+        use rand08::{Rng, SeedableRng};
+        for alpha in [0.3, 0.6, 0.8, 0.9] {
+            let mut rng = rand08::rngs::StdRng::seed_from_u64(7);
+            let (mut sum, mut n) = (0.0, 0);
+            let mut d = DraftLength::new(8, 0.1);
+            for i in 0..4000 {
+                let accepted = (0..8).take_while(|_| rng.gen_bool(alpha)).count();
+                d.update(8, accepted);
+                if i >= 100 {
+                    sum += d.alpha();
+                    n += 1;
+                }
+            }
+            let mean = sum / n as f64;
+            assert!((mean - alpha).abs() < 0.03, "α {alpha}: estimated {mean}");
+        }
     }
 
     fn trained(accepted_of_4: usize) -> DraftLength {

@@ -133,12 +133,19 @@ pub fn run(target: &Path, tokens: usize, streams: &[usize], alphas: &[f64], k_ma
         })?;
         answers.insert(p.clone(), out);
     }
+    // The scheduler prices drafts from these timed passes at first (measured once, here,
+    // outside the timed rows).
+    let timings = engine.pass_timings();
+    let fit = shard_oracle::spec::adaptive::PassCost::from_timings(timings).model();
     println!(
         "# spec-batch: {} ({} prompt tokens, {tokens} generated per stream, k ≤ {k_max}); drafts are the target's \
          greedy continuation with each token wrong with probability 1 − α",
         target.display(),
         context
     );
+    if let Some((base, per_token)) = fit {
+        println!("# timed passes at start: {base:.1} ms + {per_token:.1} ms a token ({timings:.1?})");
+    }
     println!();
     println!("| streams | α | plain tok/s | drafted tok/s | speed-up | accepted / drafted | tokens per pass | identical |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---|");
