@@ -467,16 +467,16 @@ unsafe fn gemm512(w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivation
 /// `out = d_r · (Σ_b s_b · Σ code·y − Σ_b s_b · Σ y)`, where the second sum is the same for
 /// every row ([`QuantizedActivations::scaled_sums`]); with activations scaled per token, the
 /// whole row's integer sum instead ([`Tile::run_integer`]). When verifying, tiles of two rows
-/// by up to eight tokens share each activation load and each decoded block. When decoding one token
-/// a tile is one row: one stream of weight bytes per thread measured faster (2B-4T shapes, out
-/// of cache) than two or four rows read side by side.
+/// by up to eight tokens share each activation load and each decoded block. For one token
+/// and small batches ([`TWO_ROWS_FROM`]) a tile is one row: one stream of weight bytes per
+/// thread measured faster (2B-4T shapes, out of cache) than two or four rows read side by side.
 #[inline(always)]
 unsafe fn uniform512<L: Layout512>(w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32], d: &[f32]) {
     let n = x.n_tokens();
     let mut r = rows.start;
     while r < rows.end {
         let left = rows.end - r;
-        let step = if n >= 2 && left >= 2 { 2 } else { 1 };
+        let step = if n >= TWO_ROWS_FROM && left >= 2 { 2 } else { 1 };
         // Tiles of eight tokens first and the rest last (9 = 8 + 1): unlike the AVX2 tiles,
         // these measured no faster split evenly (9 = 5 + 4: 0.65–0.66 → 0.70–0.82 ms on
         // 6912×2560, two threads), since an eight-token tile spreads its decoding and its
@@ -506,6 +506,13 @@ unsafe fn uniform512<L: Layout512>(w: &TernaryMatrix, rows: Range<usize>, x: &Qu
         r += step;
     }
 }
+
+/// Tokens from which a [`uniform512`] tile takes two rows at a time. Below it, the weights
+/// of a pass are still read faster as one stream per thread than the shared activation loads
+/// of two rows save. On the 2B-4T shape (out of cache, two threads, alternating runs of
+/// `shard-bench model`), one row a time: a 2-token pass 56–61 → 49–51 ms, a 4-token pass
+/// 77–84 → 69–77 ms; two rows a time: an 8-token pass 109–116 against 117–141 ms.
+const TWO_ROWS_FROM: usize = 6;
 
 /// Eight lanes of a 16-lane integer sum: lane `j` plus lane `j + 8`. A 512-bit code vector
 /// holds weights `32l..` in its low half and `128+32l..` in its high half, so lane `j` then
