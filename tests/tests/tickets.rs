@@ -280,13 +280,19 @@ fn agreement_distributions() {
     // Both margins (the sample margin is the smaller) are far above the float distance between
     // the Scout's path and the Oracle's.
     assert!(max_logit_delta * 10.0 < AgreementRule::default().sample_margin, "{max_logit_delta}");
-    // Honest Scouts, noise included, disagree at under half the rate where the sequential
-    // test's drift turns towards a ban; the liars at more than twice it.
+    // Honest Scouts, float noise within the margins included, disagree at under half the rate
+    // where the sequential test's drift turns towards a ban; the liars at more than twice it.
+    // Noise of σ = 0.1 (twenty times the CPU path's distance) is outside what the margins
+    // guarantee: Gaussian noise passes the 0.1 sample margin on a third of the logits. Its
+    // rate is reported, and moves with the prose (0–2.2% of about 90 counted sampled
+    // positions), so it is held only to making no decisive disagreement.
     let crossover = rules.crossover();
     println!("the test drifts towards a ban above a disagreement rate of {crossover:.4}");
     for (name, t) in &tallies {
         if name.starts_with("honest") {
-            assert!(t.rate() <= crossover / 2.0, "{name}: {}", t.rate());
+            if !name.contains("σ=0.1 ") {
+                assert!(t.rate() <= crossover / 2.0, "{name}: {}", t.rate());
+            }
             // Decisive disagreements are what no float noise explains: honest Scouts make none.
             assert_eq!(t.decisive, 0, "{name}: a decisive disagreement");
         }

@@ -10,9 +10,12 @@
 //!   time per ticket against the target's time per Scout job, and the CPU share at each rate.
 //! * `shard-bench spec-batch TARGET`: Scout-style drafts at acceptance α through the step
 //!   scheduler, 1 and N streams, against plain decoding ([`spec_batch`]).
+//! * `shard-bench sampling`: sorting a vocabulary's candidates for a sampled token, radix
+//!   against comparison, and the whole distribution ([`sampling`]).
 //!
 //! `scripts/bench.sh` runs the model benchmark side by side with llama.cpp on the same file.
 
+mod sampling;
 mod spec_batch;
 
 use std::path::PathBuf;
@@ -67,6 +70,10 @@ enum Cmd {
         /// Repetitions of each k-token pass (the median is reported).
         #[arg(long, default_value_t = 5)]
         reps: usize,
+        /// Tokens in the timed passes (9 is verifying 8 drafted tokens; 32 is a step of 32
+        /// decoding streams, less their separate attention).
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8, 9])]
+        passes: Vec<usize>,
     },
     /// Speculative decoding with an in-process draft against plain decoding, greedy.
     Spec {
@@ -135,6 +142,15 @@ enum Cmd {
         #[arg(long, default_value_t = 24)]
         jobs: usize,
     },
+    /// What a sampled token's distribution costs: the vocabulary's sort, radix against
+    /// comparison, and the whole distribution.
+    Sampling {
+        /// Vocabulary sizes (SmolLM2's and Llama 3's / bitnet-b1.58-2B-4T's).
+        #[arg(long, value_delimiter = ',', default_values_t = [49152usize, 128256])]
+        vocab: Vec<usize>,
+        #[arg(long, default_value_t = 21)]
+        reps: usize,
+    },
     /// The F16 matrix product against one dot product per row and token.
     Dense {
         /// Tokens per product (1 = decoding; 9 = verifying 8 drafted tokens).
@@ -182,14 +198,18 @@ fn main() -> anyhow::Result<()> {
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()?;
     match args.cmd {
-        Cmd::Model { model, kernel, head, act_scales, weights, context, decode, reps } => {
-            let opts = ModelOptions { kernel, head, act_scales, weights, context, decode, reps };
+        Cmd::Model { model, kernel, head, act_scales, weights, context, decode, reps, passes } => {
+            let opts = ModelOptions { kernel, head, act_scales, weights, context, decode, reps, passes };
             bench_model(model, opts, threads, args.json)
         }
         Cmd::Kernels { tokens, reps, only, shape } => {
             bench_kernels(&tokens, reps, only.as_deref(), shape.as_deref(), threads, args.json)
         }
         Cmd::Dense { tokens, reps } => bench_dense(&tokens, reps, threads, args.json),
+        Cmd::Sampling { vocab, reps } => {
+            sampling::run(&vocab, reps);
+            Ok(())
+        }
         Cmd::Spec { target, draft, tokens, k_max, min_step_ms, min_step_token_ms } => {
             let pace = (Duration::from_secs_f64(min_step_ms / 1e3), Duration::from_secs_f64(min_step_token_ms / 1e3));
             bench_spec(&target, &draft, tokens, k_max, pace, threads, args.json)
@@ -212,15 +232,23 @@ struct ModelOptions {
     context: usize,
     decode: usize,
     reps: usize,
+    passes: Vec<usize>,
 }
 
 fn bench_model(path: PathBuf, opts: ModelOptions, threads: usize, as_json: bool) -> anyhow::Result<()> {
-    let ModelOptions { kernel, head, act_scales, weights, context, decode, reps } = opts;
+    let ModelOptions { kernel, head, act_scales, weights, context, decode, reps, passes } = opts;
+    anyhow::ensure!(passes.first() == Some(&1) && !passes.contains(&0), "--passes starts with 1 (the ratios are to it)");
     let kernel = kernels::select(kernel).map_err(anyhow::Error::msg)?;
     let t0 = Instant::now();
     let engine = Engine::load(
         &path,
-        &LoadOptions { n_ctx: context + decode + 16, head, act_scales, weights, ..LoadOptions::new(kernel) },
+        &LoadOptions {
+            n_ctx: context + decode.max(passes.iter().copied().max().unwrap_or(1)) + 16,
+            head,
+            act_scales,
+            weights,
+            ..LoadOptions::new(kernel)
+        },
         |_, _| {},
     )?;
     let load = t0.elapsed();
@@ -235,7 +263,7 @@ fn bench_model(path: PathBuf, opts: ModelOptions, threads: usize, as_json: bool)
 
     // k-token passes after the context, rolled back each time (as verification does).
     let mut k_times = vec![];
-    for k in [1usize, 2, 4, 8, 9] {
+    for &k in &passes {
         let toks: Vec<u32> = (0..k as u32).map(|i| (i * 31 + 5) % n_vocab).collect();
         let mut times = vec![];
         for _ in 0..reps.max(1) + 1 {
