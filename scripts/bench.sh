@@ -40,6 +40,8 @@ log "the same pair on a target paced like the 2B-4T shape (37 ms a pass, 14 ms m
 log "Scout-style drafts at acceptance 0.6/0.8/0.9 through the step scheduler, 2B-4T shape, 1 and 8 streams"
 "$sb" --threads "$threads" spec-batch "$bench/bitnet-2b4t-tq2_0.gguf" --streams 1,8 --acceptance 0.6,0.8,0.9 \
   --tokens 64 --context 32
+log "sampling: the vocabulary's sort, radix against comparison, and a whole distribution"
+"$sb" sampling
 log "golden tickets: the checker's cost against the target's, on the default pair"
 "$sb" --threads "$threads" tickets models/shard-target-bitnet-tq2_0.gguf models/shard-draft-llama-f16.gguf
 vs() { "$SHARD_PYTHON" tools/bench/bench_vs_llamacpp.py --shard-bench "$sb" "$@"; }
