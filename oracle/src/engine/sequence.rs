@@ -294,14 +294,7 @@ impl<'s> Sequence<'s> {
                     pace.record_pass(draft.tokens.len(), steady, timing.ms);
                 }
                 let position = self.session.tokens.len() - self.tokens.len();
-                let mut history = self.out.generated.clone();
-                let mut dists: Vec<Distribution> = Vec::with_capacity(self.tokens.len());
-                for (i, row) in logits.chunks_exact(n_vocab).enumerate() {
-                    dists.push(self.sampler.distribution(row, &history));
-                    if let Some(&d) = draft.tokens.get(i) {
-                        history.push(d);
-                    }
-                }
+                let dists = accept::target_distributions(&self.sampler, &logits, n_vocab, &self.out.generated, &draft.tokens);
                 let verdict = if self.params.sampling.is_greedy() {
                     let argmax: Vec<u32> = dists.iter().map(Distribution::argmax).collect();
                     accept::greedy(&argmax, &draft.tokens)

@@ -15,7 +15,30 @@
 //!
 //! When every drafted token is accepted, one more token is drawn from `p[k]`.
 
+use rayon::prelude::*;
 use shard_shared::sampling::{Distribution, Sampler};
+
+/// The target's distribution `p[i]` at each verified row: `logits` holds `draft.len() + 1`
+/// rows of `n_vocab`, and row `i` follows `generated` and the first `i` drafted tokens (which
+/// repetition penalties count).
+///
+/// The rows are independent, so they are built in parallel: a sampled distribution sorts the
+/// whole vocabulary, and a draft of eight has nine rows to check.
+pub fn target_distributions(
+    sampler: &Sampler,
+    logits: &[f32],
+    n_vocab: usize,
+    generated: &[u32],
+    draft: &[u32],
+) -> Vec<Distribution> {
+    assert_eq!(logits.len(), (draft.len() + 1) * n_vocab, "one row per drafted token, and one after them");
+    let history: Vec<u32> = generated.iter().chain(draft).copied().collect();
+    logits
+        .par_chunks_exact(n_vocab)
+        .enumerate()
+        .map(|(i, row)| sampler.distribution(row, &history[..generated.len() + i]))
+        .collect()
+}
 
 /// Drafted tokens kept, and the token that follows them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +117,29 @@ mod tests {
 
     fn dist(probs: &[f32]) -> Distribution {
         Distribution { ids: (0..probs.len() as u32).collect(), probs: probs.to_vec() }
+    }
+
+    /// Each row's distribution counts the drafted tokens before it in its penalties, exactly
+    /// as building the rows one at a time with a growing history does.
+    #[test]
+    fn target_distributions_are_the_rows_one_at_a_time() {
+        let n_vocab = 700;
+        let logits: Vec<f32> = (0..4 * n_vocab).map(|i| ((i * 7919) % 1009) as f32 / 97.0).collect();
+        let params =
+            SamplingParams { temperature: 0.7, frequency_penalty: 0.8, presence_penalty: 0.3, ..SamplingParams::default() };
+        let sampler = Sampler::new(params, 3);
+        let (generated, draft) = (vec![5u32, 9, 5], vec![9u32, 11, 5]);
+        let mut history = generated.clone();
+        let mut one_at_a_time = vec![];
+        for (i, row) in logits.chunks_exact(n_vocab).enumerate() {
+            one_at_a_time.push(sampler.distribution(row, &history));
+            if let Some(&d) = draft.get(i) {
+                history.push(d);
+            }
+        }
+        assert_eq!(target_distributions(&sampler, &logits, n_vocab, &generated, &draft), one_at_a_time);
+        // The penalties made the rows differ from what an empty history gives.
+        assert_ne!(one_at_a_time[3], sampler.distribution(&logits[3 * n_vocab..], &[]));
     }
 
     #[test]

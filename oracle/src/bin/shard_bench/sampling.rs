@@ -3,10 +3,13 @@
 //! Without top-k, every sampled token sorts the whole vocabulary into the order its
 //! distribution is drawn in, and a sampled verification does so for every row it checks. This
 //! times that sort both ways in one run (the comparison sort it replaced, and the radix sort
-//! `Sampler::distribution` now uses, which give the same order) and the whole distribution.
+//! `Sampler::distribution` now uses, which give the same order), the whole distribution, and
+//! a verification's nine rows built one at a time against `accept::target_distributions`,
+//! which builds them on the kernels' threads.
 
 use std::time::{Duration, Instant};
 
+use shard_oracle::spec::accept::target_distributions;
 use shard_shared::sampling::{most_likely_first, sort_most_likely_first, Sampler, SamplingParams};
 
 /// Logits shaped like a language model's: most near the bottom, a few far above.
@@ -33,8 +36,11 @@ fn time(reps: usize, mut f: impl FnMut()) -> Duration {
 }
 
 pub fn run(vocabs: &[usize], reps: usize) {
-    println!("| vocabulary | comparison sort ms | radix sort ms | speed-up | distribution ms (T 0.8) | with top_p 0.95 |");
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| vocabulary | comparison sort ms | radix sort ms | speed-up | distribution ms (T 0.8) | with top_p 0.95 | \
+         9 rows one at a time ms | 9 rows in parallel ms | speed-up |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in vocabs {
         let l = logits(n, 0x5eed ^ n as u64);
         let cand: Vec<(u32, f32)> = l.iter().enumerate().map(|(i, &v)| (i as u32, v / 0.8)).collect();
@@ -56,14 +62,33 @@ pub fn run(vocabs: &[usize], reps: usize) {
         let cut = time(reps, || {
             std::hint::black_box(nucleus.distribution(&l, &[]));
         });
+        // A sampled verification of eight drafted tokens: nine rows, each after one more
+        // drafted token.
+        let rows: Vec<f32> = (0..9).flat_map(|r| logits(n, 0xa11 + r)).collect();
+        let draft: Vec<u32> = (0..8).map(|i| i * 101 % n as u32).collect();
+        let serial = time(reps, || {
+            let mut history = vec![];
+            for (i, row) in rows.chunks_exact(n).enumerate() {
+                std::hint::black_box(all.distribution(row, &history));
+                if let Some(&d) = draft.get(i) {
+                    history.push(d);
+                }
+            }
+        });
+        let parallel = time(reps, || {
+            std::hint::black_box(target_distributions(&all, &rows, n, &[], &draft));
+        });
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
-            "| {n} | {:.3} | {:.3} | {:.2}× | {:.3} | {:.3} |",
+            "| {n} | {:.3} | {:.3} | {:.2}× | {:.3} | {:.3} | {:.3} | {:.3} | {:.2}× |",
             ms(comparison),
             ms(radix),
             comparison.as_secs_f64() / radix.as_secs_f64(),
             ms(whole),
-            ms(cut)
+            ms(cut),
+            ms(serial),
+            ms(parallel),
+            serial.as_secs_f64() / parallel.as_secs_f64()
         );
     }
 }
