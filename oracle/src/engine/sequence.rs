@@ -17,7 +17,7 @@ use super::generate::{Event, Finish, FinishReason, GenerateError, GenerateParams
 use super::model::Logits;
 use super::Engine;
 use crate::spec::accept;
-use crate::spec::adaptive::{Costs, DraftLength, Pace};
+use crate::spec::adaptive::{Costs, DraftLength, Pace, PassCost};
 use crate::spec::draft::{Draft, DraftRequest};
 use crate::spec::metrics::SpecStats;
 
@@ -126,7 +126,7 @@ impl<'s> Sequence<'s> {
             session,
             max_new: params.max_tokens.min(engine.n_ctx - prompt.len()),
             sampler: Sampler::new(params.sampling.clone(), params.seed),
-            draft_len: spec.map(|s| DraftLength::new(s.k_max, 0.1)),
+            draft_len: spec.map(|s| DraftLength::new(s.k_max, PassCost::from_timings(engine.pass_timings()).marginal_alone())),
             probing: pace.is_none_or(Pace::start_request),
             spec,
             out: Output::default(),

@@ -174,6 +174,18 @@ impl PassCost {
         self.last
     }
 
+    /// What a drafted token costs a sequence decoding alone, as a share of its plain step:
+    /// `per_token / (base + per_token)`. It is the cost [`DraftLength::k`] weighs where timing
+    /// must not move the draft length (sampled requests, whose seed alone should decide their
+    /// output whatever else runs; and passes before any fit): measured once per engine, so it
+    /// does not change with the batch. Without a fit, 0.1, a cheap verification's cost.
+    pub fn marginal_alone(&self) -> f64 {
+        match self.model() {
+            Some((base, per_token)) if base + per_token > 0.0 => per_token / (base + per_token),
+            _ => 0.1,
+        }
+    }
+
     /// The costs as one of `sequences` in a pass sees them, for a source whose drafts cost
     /// the Oracle nothing to make (Scouts).
     pub fn costs_for(&self, sequences: usize) -> Option<Costs> {
@@ -283,6 +295,15 @@ mod tests {
         }
         let (base, per_token) = c.model().unwrap();
         assert!((base - 23.0).abs() < 1e-6 && (per_token - 14.0).abs() < 1e-6, "{base} {per_token}");
+        assert!((c.marginal_alone() - 14.0 / 37.0).abs() < 1e-9);
+        assert_eq!(PassCost::default().marginal_alone(), 0.1);
+        // At α = 0.8, a drafted token costing 14/37 of a step: drafts of 4 (a fifth would be
+        // kept with 0.8^5 < 0.378), not the 8 that a cost of 0.1 allows.
+        let mut d = DraftLength::new(8, c.marginal_alone());
+        for _ in 0..60 {
+            d.update(8, 4);
+        }
+        assert_eq!(d.k(), 4);
         // A 2B-like target: drafting pays alone, not among eight sequences.
         let d = trained(3);
         assert!(d.choose(&c.costs_for(1).unwrap()) >= 2);
