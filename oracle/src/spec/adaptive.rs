@@ -16,9 +16,8 @@ pub struct DraftLength {
     k_max: usize,
     /// Cost of one extra drafted token relative to a plain decoding step.
     marginal_cost: f64,
-    /// Per-token acceptance α, estimated as accepted drafted tokens over drafted tokens
-    /// *examined* (both counts decayed, so the estimate follows the text).
-    alpha: f64,
+    /// Per-token acceptance α is `accepted / examined`: accepted drafted tokens over drafted
+    /// tokens *examined*, both counts decayed so that the estimate follows the text.
     accepted: f64,
     examined: f64,
 }
@@ -32,24 +31,19 @@ const ALPHA_DECAY: f64 = 0.8;
 
 impl DraftLength {
     pub fn new(k_max: usize, marginal_cost: f64) -> Self {
-        Self {
-            k_max: k_max.max(1),
-            marginal_cost,
-            alpha: ALPHA_PRIOR,
-            accepted: ALPHA_PRIOR * ALPHA_PRIOR_WEIGHT,
-            examined: ALPHA_PRIOR_WEIGHT,
-        }
+        Self { k_max: k_max.max(1), marginal_cost, accepted: ALPHA_PRIOR * ALPHA_PRIOR_WEIGHT, examined: ALPHA_PRIOR_WEIGHT }
     }
 
     /// The current estimate of the per-token acceptance rate.
     pub fn alpha(&self) -> f64 {
-        self.alpha
+        self.accepted / self.examined
     }
 
     /// Tokens to draft next.
     pub fn k(&self) -> usize {
         let mut k = 1;
-        while k < self.k_max && self.alpha.powi(k as i32 + 1) > self.marginal_cost {
+        let alpha = self.alpha();
+        while k < self.k_max && alpha.powi(k as i32 + 1) > self.marginal_cost {
             k += 1;
         }
         k
@@ -59,7 +53,7 @@ impl DraftLength {
     /// with k drafted tokens yields 1 + α + … + α^k tokens and takes
     /// `step + k · (extra_per_token + draft_per_token)`. 0 means a plain decoding step.
     pub fn choose(&self, costs: &Costs) -> usize {
-        let a = self.alpha.clamp(0.0, 0.999);
+        let a = self.alpha().clamp(0.0, 0.999);
         let rate = |k: usize| {
             let tokens = (1.0 - a.powi(k as i32 + 1)) / (1.0 - a);
             tokens / (costs.step_ms + k as f64 * (costs.extra_per_token_ms + costs.draft_per_token_ms))
@@ -82,7 +76,6 @@ impl DraftLength {
         let examined = accepted + usize::from(accepted < proposed);
         self.accepted = ALPHA_DECAY * self.accepted + accepted as f64;
         self.examined = ALPHA_DECAY * self.examined + examined as f64;
-        self.alpha = self.accepted / self.examined;
     }
 }
 

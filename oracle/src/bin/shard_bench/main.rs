@@ -188,6 +188,19 @@ fn read_bandwidth() -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// Median time of `f` over `reps` runs after one warm-up run (which is not counted).
+fn median_time(reps: usize, mut f: impl FnMut()) -> Duration {
+    let v = (0..reps.max(1) + 1)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .skip(1)
+        .collect();
+    median(v)
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -619,17 +632,12 @@ fn pass_time(engine: &Engine, ctx: &[u32], k: usize) -> Duration {
     let mut cache = m.new_cache(engine.n_ctx);
     m.forward(engine.kernel, ctx, &mut cache, Logits::Last);
     let toks = vec![5u32; k];
-    let mut v: Vec<Duration> = (0..16)
-        .map(|_| {
-            let t = Instant::now();
-            std::hint::black_box(m.forward(engine.kernel, &toks, &mut cache, Logits::All));
-            engine.hold_pass(t, k);
-            cache.truncate(ctx.len());
-            t.elapsed()
-        })
-        .collect();
-    v.remove(0);
-    median(v)
+    median_time(15, || {
+        let t = Instant::now();
+        std::hint::black_box(m.forward(engine.kernel, &toks, &mut cache, Logits::All));
+        engine.hold_pass(t, k);
+        cache.truncate(ctx.len());
+    })
 }
 
 fn bench_kernels(
@@ -698,16 +706,8 @@ fn bench_kernels(
                     QuantizedActivations::quantize(&x, n, cols)
                 };
                 let mut out = vec![0f32; rows * n];
-                let mut time = |k: &dyn kernels::TernaryKernel| {
-                    let mut v = vec![];
-                    for _ in 0..reps.max(1) + 1 {
-                        let t = Instant::now();
-                        m.matmul(k, &q, &mut out);
-                        v.push(t.elapsed());
-                    }
-                    v.remove(0);
-                    median(v).as_secs_f64() * 1e3
-                };
+                let mut time =
+                    |k: &dyn kernels::TernaryKernel| median_time(reps, || m.matmul(k, &q, &mut out)).as_secs_f64() * 1e3;
                 let times: Vec<f64> = all.iter().map(|k| time(*k)).collect();
                 // The AVX-512 kernel's multiply-adds per second over the instruction's peak.
                 let share = peak.zip(all.iter().position(|k| k.name() == "avx512vnni")).map(|(p, i)| {
@@ -799,16 +799,7 @@ fn bench_dense(tokens: &[usize], reps: usize, threads: usize, as_json: bool) -> 
                     });
                 }
             };
-            let mut time = |f: &mut dyn FnMut(&mut [f32])| {
-                let mut v = vec![];
-                for _ in 0..reps.max(1) + 1 {
-                    let t = Instant::now();
-                    f(&mut out);
-                    v.push(t.elapsed());
-                }
-                v.remove(0);
-                median(v).as_secs_f64() * 1e3
-            };
+            let mut time = |f: &mut dyn FnMut(&mut [f32])| median_time(reps, || f(&mut out)).as_secs_f64() * 1e3;
             let reference = time(&mut |o| row_dots(o));
             // The AVX2 tiles beside the best path (the same bits), then the best path.
             let avx2 = time(&mut |o| m.matmul_on(F16Path::Avx2, &x, n, o));

@@ -7,8 +7,9 @@
 //! a verification's nine rows built one at a time against `accept::target_distributions`,
 //! which builds them on the kernels' threads.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::median_time as time;
 use shard_oracle::spec::accept::target_distributions;
 use shard_shared::sampling::{most_likely_first, sort_most_likely_first, Sampler, SamplingParams};
 
@@ -21,18 +22,6 @@ fn logits(n: usize, seed: u64) -> Vec<f32> {
             (u - 2.0) * 4.0 + if next() % 1000 == 0 { 12.0 } else { 0.0 }
         })
         .collect()
-}
-
-fn time(reps: usize, mut f: impl FnMut()) -> Duration {
-    let mut v: Vec<Duration> = (0..reps.max(1) + 1)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed()
-        })
-        .collect();
-    v.remove(0);
-    super::median(v)
 }
 
 pub fn run(vocabs: &[usize], reps: usize) {
