@@ -88,6 +88,21 @@ impl DenseMatrix {
         }
     }
 
+    /// `W[r] · x`, the same bits as entry `r` of [`DenseMatrix::matmul`] for token `x`, alone
+    /// or in a batch (an output layer that screens recomputes its few candidates with it).
+    pub fn row_dot(&self, r: usize, x: &[f32]) -> f32 {
+        assert!(r < self.rows && x.len() == self.cols, "row {r} or a token of {} values outside the matrix", x.len());
+        #[cfg(target_arch = "x86_64")]
+        if self.dtype == DenseType::F16 && F16Path::best() > F16Path::Portable {
+            // SAFETY: the CPU has AVX2, FMA and F16C (`F16Path::best`); the row holds `cols`
+            // f16 values and `x` has `cols`.
+            return unsafe { dot_f16_avx2(self.row_bytes(r), x) };
+        }
+        let mut row = vec![0f32; self.cols];
+        self.row_into(r, &mut row);
+        dot_f32(&row, x)
+    }
+
     /// `out[t * rows + r] = W[r] · x_t` for `n_tokens` rows of `x`, in parallel over rows, on
     /// the fastest F16 path this CPU has.
     pub fn matmul(&self, x: &[f32], n_tokens: usize, out: &mut [f32]) {

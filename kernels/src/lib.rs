@@ -25,6 +25,7 @@ pub mod int8_rows;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 pub mod scalar;
+pub mod screen;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 

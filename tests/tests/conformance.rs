@@ -326,6 +326,46 @@ fn int8_head_stays_close_to_the_exact_one() {
     assert!(mean < 0.05, "mean top-5 distance {mean}");
 }
 
+/// The screened output layer (`--head screened`) on 400 positions of real text: rows that feed
+/// an argmax give the exact layer's argmax at every position and the exact layer's bits at
+/// every token they did not rule out; other rows are the exact layer's, bit for bit.
+#[test]
+fn screened_head_keeps_the_exact_argmax_at_every_position() {
+    use shard_oracle::engine::kernels::{self, KernelChoice};
+    use shard_oracle::engine::model::{Logits, RowUse};
+    use shard_oracle::engine::{Engine, Head, LoadOptions};
+    use shard_shared::sampling::argmax;
+    let (target, _) = shard_tests::default_pair();
+    let kernel = kernels::select(KernelChoice::Auto).unwrap();
+    let base = LoadOptions { n_ctx: 512, ..LoadOptions::new(kernel) };
+    let exact = Engine::load(&target, &base, |_, _| {}).unwrap();
+    let screened = Engine::load(&target, &LoadOptions { head: Head::Screened, ..base }, |_, _| {}).unwrap();
+    let text = std::fs::read_to_string(repo_root().join("models/README.md")).unwrap();
+    let tokens = exact.tokenizer.encode(&text, true, false).unwrap();
+    let tokens = &tokens[..tokens.len().min(400)];
+    let run = |e: &Engine, rows| e.model.forward_for(kernel, tokens, &mut e.model.new_cache(512), Logits::All, rows);
+    let want = run(&exact, RowUse::Argmax);
+    assert_eq!(want, run(&exact, RowUse::Full), "the exact layer ignores what its rows feed");
+    let full = run(&screened, RowUse::Full);
+    assert!(full.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "full rows differ from the exact layer");
+    let got = run(&screened, RowUse::Argmax);
+    let n_vocab = exact.model.config.n_vocab;
+    let mut kept = 0;
+    for (i, (g, w)) in got.chunks(n_vocab).zip(want.chunks(n_vocab)).enumerate() {
+        assert_eq!(argmax(g), argmax(w), "position {i}");
+        for (a, b) in g.iter().zip(w) {
+            assert!(*a == f32::NEG_INFINITY || a.to_bits() == b.to_bits(), "position {i}: {a} against {b}");
+        }
+        kept += g.iter().filter(|v| v.is_finite()).count();
+    }
+    let n = tokens.len();
+    println!(
+        "screened head: {:.1} of {n_vocab} rows multiplied exactly per position, over {n} positions",
+        kept as f64 / n as f64
+    );
+    assert!(kept < n * n_vocab / 8, "the screen ruled out too little: {kept} rows kept");
+}
+
 /// Activations scaled per token (`--act-scales token`, as bitnet.cpp runs BitNet) against
 /// llama.cpp's per-256-value scales.
 #[test]

@@ -46,6 +46,18 @@ fn run(
     out
 }
 
+/// A greedy request for up to `max_tokens`, without logprobs.
+fn greedy(max_tokens: usize) -> GenerateParams {
+    GenerateParams {
+        max_tokens,
+        sampling: SamplingParams::greedy(),
+        seed: 1,
+        stop: vec![],
+        logprobs: None,
+        prompt_logprobs: None,
+    }
+}
+
 /// Proposes uniformly random tokens.
 struct RandomDraft(Mutex<u64>);
 
@@ -128,14 +140,7 @@ fn greedy_output_is_identical_with_any_draft() {
     let strategy = (proptest::collection::vec(2u32..6144, 1..24), 1usize..40, 0usize..3);
     runner
         .run(&strategy, |(prompt, max_tokens, which)| {
-            let params = GenerateParams {
-                max_tokens,
-                sampling: SamplingParams::greedy(),
-                seed: 1,
-                stop: vec![],
-                logprobs: None,
-                prompt_logprobs: None,
-            };
+            let params = greedy(max_tokens);
             let want = run(&target, &mut plain_session.borrow_mut(), &prompt, &params, None);
             let paced = (cases.get() % 2 == 1).then_some(&pace);
             let spec = Speculation { source: sources[which], k_max: 6, sequence: cases.get(), pace: paced };
@@ -167,6 +172,55 @@ fn greedy_output_is_identical_with_any_draft() {
     }
     assert!(cases.get() >= 100);
     assert!(stats[0].1 > stats[0].0 / 3, "the shipped draft should be accepted often: {:?}", stats[0]);
+}
+
+/// The screened output layer (`--head screened`) serves greedy rows: plain and speculative
+/// greedy output on it, with the shipped draft and a random one, is token for token plain
+/// greedy decoding on the exact layer; a request with logprobs takes the exact layer and
+/// reports the same logprobs.
+#[test]
+fn screened_head_gives_the_exact_heads_greedy_output() {
+    use shard_oracle::engine::Head;
+    let root = repo_root();
+    let path = root.join("models/shard-target-bitnet-tq2_0.gguf");
+    let exact = load(&path);
+    let opts = LoadOptions { head: Head::Screened, ..LoadOptions::new(kernels::select(KernelChoice::Auto).unwrap()) };
+    let screened = Engine::load(&path, &opts, |_, _| {}).unwrap();
+    let good = LocalDraft::new(load(&root.join("models/shard-draft-llama-f16.gguf")), &screened).expect("compatible pair");
+    let random = RandomDraft(Mutex::new(0x9e3779b97f4a7c15));
+    let sources: [&dyn DraftSource; 2] = [&good, &random];
+    // The runner takes a `Fn`, so the sessions it uses sit in RefCells.
+    let plain = std::cell::RefCell::new(Session::new(&exact));
+    let on_screened = std::cell::RefCell::new(Session::new(&screened));
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 40, ..ProptestConfig::default() });
+    let strategy = (proptest::collection::vec(2u32..6144, 1..24), 1usize..40, 0usize..3);
+    let cases = std::cell::Cell::new(0u64);
+    runner
+        .run(&strategy, |(prompt, max_tokens, which)| {
+            let params = greedy(max_tokens);
+            let want = run(&exact, &mut plain.borrow_mut(), &prompt, &params, None);
+            let spec = (which < 2).then(|| Speculation { source: sources[which], k_max: 6, sequence: cases.get(), pace: None });
+            cases.set(cases.get() + 1);
+            let got = run(&screened, &mut on_screened.borrow_mut(), &prompt, &params, spec);
+            prop_assert_eq!(&got, &want, "screened head, draft {:?}, prompt {:?}", which, prompt);
+            Ok(())
+        })
+        .unwrap();
+    let stats = *screened.model.head_screen.as_ref().unwrap().stats.lock().unwrap();
+    eprintln!("screened: {stats:?}");
+    assert!(stats.tokens > 0 && stats.candidates < stats.tokens * screened.model.config.n_vocab / 8, "{stats:?}");
+    // Logprobs need every logit: those rows take the exact layer, bit for bit.
+    let params = GenerateParams { logprobs: Some(5), prompt_logprobs: Some(3), ..greedy(12) };
+    let logprobs = |engine: &Engine, session: &mut Session| {
+        let mut out = vec![];
+        generate(engine, session, &[1, 422, 2048, 77], &params, None, &mut |e| {
+            out.push(format!("{e:?}"));
+            true
+        })
+        .unwrap();
+        out
+    };
+    assert_eq!(logprobs(&screened, &mut on_screened.borrow_mut()), logprobs(&exact, &mut plain.borrow_mut()));
 }
 
 /// Exact probability of each outcome of generating three tokens after `prompt`, seen through

@@ -7,7 +7,7 @@
 //! in the pass, so a sequence's output does not depend on its neighbours.
 
 use super::kv_cache::KvCache;
-use super::model::Logits;
+use super::model::{Logits, RowUse};
 
 /// One sequence's share of a batched pass.
 pub struct Segment<'a> {
@@ -15,6 +15,8 @@ pub struct Segment<'a> {
     pub tokens: &'a [u32],
     pub cache: &'a mut KvCache,
     pub want: Logits,
+    /// What the rows feed: an argmax only lets a screened output layer skip most of them.
+    pub rows: RowUse,
 }
 
 impl Segment<'_> {

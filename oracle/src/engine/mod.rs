@@ -90,6 +90,11 @@ pub enum Head {
     /// An int8 copy made at load, one scale per row: half the bytes of F16 read per token,
     /// logits a little off (`docs/performance.md`).
     Int8,
+    /// Exact greedy tokens at about the int8 copy's read: for rows that feed only an argmax
+    /// (greedy, no logprobs, bias or penalties), an int8 copy made at load rules out every
+    /// token that provably cannot be the largest, and the rest are multiplied as stored.
+    /// Other rows take the exact layer. Costs the int8 copy's memory beside the layer.
+    Screened,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,8 +120,10 @@ impl Engine {
             done += bytes;
             progress(done.min(total), total);
         })?;
-        if opts.head == Head::Int8 {
-            model.use_int8_head();
+        match opts.head {
+            Head::Exact => {}
+            Head::Int8 => model.use_int8_head(),
+            Head::Screened => model.use_screened_head(),
         }
         model.act_scales = opts.act_scales;
         let tokenizer = Tokenizer::from_gguf(&g)?;

@@ -13,7 +13,7 @@
 //! share it.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use shard_shared::gguf::{GgmlType, Gguf, TensorInfo};
 
@@ -21,6 +21,7 @@ use super::batch::{RowMap, Segment};
 use super::config::{Activation, BitNetConfig, ConfigError};
 use super::kernels::dense::{DenseMatrix, DenseType};
 use super::kernels::int8_rows::Int8Rows;
+use super::kernels::screen::{ArgmaxScreen, ScreenStats};
 use super::kernels::{
     self, ActScales, MatrixError, QuantizedActivations, TernaryFormat, TernaryKernel, TernaryMatrix, WeightBytes,
 };
@@ -121,6 +122,26 @@ pub enum Logits {
     All,
 }
 
+/// What a segment's logit rows feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RowUse {
+    /// Anything (sampling, logprobs, penalties): every logit is the output layer's.
+    #[default]
+    Full,
+    /// Only an argmax: greedy decoding or verification with no logprobs, bias or penalties.
+    /// A screened output layer ([`ScreenedHead`]) leaves the logits that cannot be the
+    /// largest at −∞; the argmax, ties included, is the exact layer's.
+    Argmax,
+}
+
+/// The output layer's int8 screen (`--head screened`) and what it has done so far.
+#[derive(Debug)]
+pub struct ScreenedHead {
+    pub screen: ArgmaxScreen,
+    /// Totals over every screened pass, for the benchmarks.
+    pub stats: Mutex<ScreenStats>,
+}
+
 #[derive(Debug, Clone)]
 pub struct BitNetModel {
     pub config: BitNetConfig,
@@ -131,6 +152,9 @@ pub struct BitNetModel {
     pub layers: Vec<Layer>,
     /// The output layer as int8 rows, when chosen (`--head int8`): used in its place.
     pub head_int8: Option<Int8Rows>,
+    /// An int8 screen of the output layer, when chosen (`--head screened`): used for rows that
+    /// feed only an argmax ([`RowUse::Argmax`]).
+    pub head_screen: Option<Arc<ScreenedHead>>,
     /// How activations are scaled to int8 for the ternary products (`--act-scales`): per 256
     /// values as llama.cpp (the default), or per token as BitNet b1.58 was trained.
     pub act_scales: ActScales,
@@ -285,7 +309,16 @@ impl BitNetModel {
             progress(layer_bytes);
             layers.push(layer);
         }
-        Ok(Self { config, tok_embd, output, output_norm, layers, head_int8: None, act_scales: ActScales::Block })
+        Ok(Self {
+            config,
+            tok_embd,
+            output,
+            output_norm,
+            layers,
+            head_int8: None,
+            head_screen: None,
+            act_scales: ActScales::Block,
+        })
     }
 
     /// Bytes of weights a forward pass reads from memory, whatever its number of tokens:
@@ -304,7 +337,12 @@ impl BitNetModel {
                     + l.ffn_sub_norm.as_deref().map_or(0, norms)
             })
             .sum::<usize>()
-            + self.head_int8.as_ref().map_or(head.dtype().size() * head.rows() * head.cols(), Int8Rows::weight_bytes)
+            + match (&self.head_int8, &self.head_screen) {
+                (Some(q), _) => q.weight_bytes(),
+                // A greedy step reads the screen, and the few rows it cannot rule out.
+                (None, Some(s)) => s.screen.weight_bytes(),
+                (None, None) => head.dtype().size() * head.rows() * head.cols(),
+            }
             + norms(&self.output_norm)
     }
 
@@ -312,6 +350,13 @@ impl BitNetModel {
     pub fn use_int8_head(&mut self) {
         let head = self.output.as_ref().unwrap_or(&self.tok_embd);
         self.head_int8 = Some(Int8Rows::from_dense(head));
+    }
+
+    /// Screens the output layer through an int8 copy for greedy rows from now on (see
+    /// [`ArgmaxScreen`]).
+    pub fn use_screened_head(&mut self) {
+        let head = self.output.as_ref().unwrap_or(&self.tok_embd);
+        self.head_screen = Some(Arc::new(ScreenedHead { screen: ArgmaxScreen::from_dense(head), stats: Mutex::default() }));
     }
 
     /// A fresh cache for up to `capacity` positions, with a pool of its own.
@@ -328,7 +373,19 @@ impl BitNetModel {
     /// Runs `tokens` at positions `cache.len()..` and returns logits: one row of `n_vocab`
     /// for the last token, or one per token.
     pub fn forward(&self, kernel: &dyn TernaryKernel, tokens: &[u32], cache: &mut KvCache, want: Logits) -> Vec<f32> {
-        let mut seg = [Segment { tokens, cache, want }];
+        self.forward_for(kernel, tokens, cache, want, RowUse::Full)
+    }
+
+    /// [`BitNetModel::forward`] for rows that feed `rows_feed`.
+    pub fn forward_for(
+        &self,
+        kernel: &dyn TernaryKernel,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        want: Logits,
+        rows_feed: RowUse,
+    ) -> Vec<f32> {
+        let mut seg = [Segment { tokens, cache, want, rows: rows_feed }];
         self.forward_batch(kernel, &mut seg).pop().expect("one segment gives one result")
     }
 
@@ -430,15 +487,20 @@ impl BitNetModel {
             rms_norm(&x[t * e..(t + 1) * e], &self.output_norm, c.rms_eps, &mut h[i * e..(i + 1) * e]);
         }
         let mut logits = vec![0f32; rows.len() * c.n_vocab];
+        let head = self.output.as_ref().unwrap_or(&self.tok_embd);
         if let Some(q) = &self.head_int8 {
             q.matmul(&h, rows.len(), &mut logits);
         } else {
-            let head = self.output.as_ref().unwrap_or(&self.tok_embd);
             if head.dtype() == DenseType::F16 {
                 // llama.cpp multiplies F16 weights by F16-rounded activations.
                 h.iter_mut().for_each(|v| *v = round_f16(*v));
             }
-            head.matmul(&h, rows.len(), &mut logits);
+            let argmax: Vec<bool> =
+                segments.iter().flat_map(|seg| std::iter::repeat_n(seg.rows == RowUse::Argmax, seg.logit_rows())).collect();
+            match &self.head_screen {
+                Some(s) if argmax.iter().any(|&a| a) => self.screened_head(head, s, &h, &argmax, &mut logits),
+                _ => head.matmul(&h, rows.len(), &mut logits),
+            }
         }
         let mut rest = logits.as_slice();
         segments
@@ -449,6 +511,41 @@ impl BitNetModel {
                 mine.to_vec()
             })
             .collect()
+    }
+
+    /// The output layer over rows `h` (one per wanted row), screened where `argmax[i]` and
+    /// exact elsewhere.
+    fn screened_head(&self, head: &DenseMatrix, s: &ScreenedHead, h: &[f32], argmax: &[bool], logits: &mut [f32]) {
+        let (e, v) = (head.cols(), head.rows());
+        let record = |stats: ScreenStats| {
+            let mut total = s.stats.lock().unwrap_or_else(|e| e.into_inner());
+            total.candidates += stats.candidates;
+            total.full_rows += stats.full_rows;
+            total.tokens += stats.tokens;
+        };
+        if argmax.iter().all(|&a| a) {
+            record(s.screen.argmax_logits(head, h, argmax.len(), logits));
+            return;
+        }
+        let gather = |pick: bool| -> (Vec<usize>, Vec<f32>) {
+            let idx: Vec<usize> = (0..argmax.len()).filter(|&i| argmax[i] == pick).collect();
+            let x = idx.iter().flat_map(|&i| h[i * e..(i + 1) * e].iter().copied()).collect();
+            (idx, x)
+        };
+        let (screened, x) = gather(true);
+        let mut out = vec![0f32; screened.len() * v];
+        record(s.screen.argmax_logits(head, &x, screened.len(), &mut out));
+        for (k, &i) in screened.iter().enumerate() {
+            logits[i * v..(i + 1) * v].copy_from_slice(&out[k * v..(k + 1) * v]);
+        }
+        let (exact, x) = gather(false);
+        if !exact.is_empty() {
+            let mut out = vec![0f32; exact.len() * v];
+            head.matmul(&x, exact.len(), &mut out);
+            for (k, &i) in exact.iter().enumerate() {
+                logits[i * v..(i + 1) * v].copy_from_slice(&out[k * v..(k + 1) * v]);
+            }
+        }
     }
 }
 

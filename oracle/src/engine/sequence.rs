@@ -14,7 +14,7 @@ use shard_shared::tokenizer::Utf8Stream;
 
 use super::batch::Segment;
 use super::generate::{Event, Finish, FinishReason, GenerateError, GenerateParams, Session, Speculation, TokenLogprob};
-use super::model::Logits;
+use super::model::{Logits, RowUse};
 use super::Engine;
 use crate::spec::accept;
 use crate::spec::adaptive::{Costs, DraftLength, Pace, PassCost};
@@ -232,9 +232,27 @@ impl<'s> Sequence<'s> {
         (self.prompt.len() + self.max_new + 1).min(engine.n_ctx)
     }
 
+    /// What this sequence's logits feed: an argmax alone when it decodes greedily with no
+    /// logprobs, logit bias or penalties (and not while its prompt's logprobs are due).
+    fn rows_feed(&self) -> RowUse {
+        let (p, s) = (&self.params, &self.params.sampling);
+        let argmax_only = s.is_greedy()
+            && p.logprobs.is_none()
+            && s.logit_bias.is_empty()
+            && s.frequency_penalty == 0.0
+            && s.presence_penalty == 0.0
+            && !matches!(self.stage, Stage::Prompt { logprobs: Some(_), .. });
+        if argmax_only {
+            RowUse::Argmax
+        } else {
+            RowUse::Full
+        }
+    }
+
     /// This sequence's share of the pass: its planned tokens and its cache.
     pub fn segment(&mut self) -> Segment<'_> {
-        Segment { tokens: &self.tokens, cache: &mut self.session.cache, want: self.want }
+        let rows = self.rows_feed();
+        Segment { tokens: &self.tokens, cache: &mut self.session.cache, want: self.want, rows }
     }
 
     /// Takes the logits of the planned pass; `Some` once the sequence has finished.

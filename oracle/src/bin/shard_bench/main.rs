@@ -15,6 +15,7 @@
 //!
 //! `scripts/bench.sh` runs the model benchmark side by side with llama.cpp on the same file.
 
+mod head;
 mod sampling;
 mod spec_batch;
 
@@ -27,7 +28,7 @@ use serde_json::json;
 use shard_oracle::engine::kernels::{
     self, formats, KernelChoice, QuantizedActivations, TernaryFormat, TernaryMatrix, WeightBytes,
 };
-use shard_oracle::engine::model::Logits;
+use shard_oracle::engine::model::{Logits, RowUse};
 use shard_oracle::engine::{ActScales, Engine, Head, LoadOptions, WeightMemory};
 use shard_shared::sampling::argmax;
 
@@ -151,6 +152,14 @@ enum Cmd {
         #[arg(long, default_value_t = 21)]
         reps: usize,
     },
+    /// The output layer exact, as int8 and screened (`--head`), on 49k and 128k vocabularies.
+    Head {
+        /// Tokens per product (1 = decoding; 9 = verifying 8 drafted tokens).
+        #[arg(long, default_values_t = [1usize, 9])]
+        tokens: Vec<usize>,
+        #[arg(long, default_value_t = 11)]
+        reps: usize,
+    },
     /// The F16 matrix product against one dot product per row and token.
     Dense {
         /// Tokens per product (1 = decoding; 9 = verifying 8 drafted tokens).
@@ -219,6 +228,7 @@ fn main() -> anyhow::Result<()> {
             bench_kernels(&tokens, reps, only.as_deref(), shape.as_deref(), threads, args.json)
         }
         Cmd::Dense { tokens, reps } => bench_dense(&tokens, reps, threads, args.json),
+        Cmd::Head { tokens, reps } => head::run(&tokens, reps, threads),
         Cmd::Sampling { vocab, reps } => {
             sampling::run(&vocab, reps);
             Ok(())
@@ -270,8 +280,11 @@ fn bench_model(path: PathBuf, opts: ModelOptions, threads: usize, as_json: bool)
     let prompt: Vec<u32> = (0..context as u32).map(|i| (i * 7919 + 13) % n_vocab).collect();
     let mut cache = m.new_cache(engine.n_ctx);
 
+    // Decoding here is greedy, and so is the verification a k-token pass stands for: every
+    // row feeds an argmax (which only a screened output layer, `--head screened`, uses).
+    let pass = |tokens: &[u32], cache: &mut _, want| m.forward_for(kernel, tokens, cache, want, RowUse::Argmax);
     let t = Instant::now();
-    let mut logits = m.forward(kernel, &prompt, &mut cache, Logits::Last);
+    let mut logits = pass(&prompt, &mut cache, Logits::Last);
     let prompt_time = t.elapsed();
 
     // k-token passes after the context, rolled back each time (as verification does).
@@ -281,7 +294,7 @@ fn bench_model(path: PathBuf, opts: ModelOptions, threads: usize, as_json: bool)
         let mut times = vec![];
         for _ in 0..reps.max(1) + 1 {
             let t = Instant::now();
-            std::hint::black_box(m.forward(kernel, &toks, &mut cache, Logits::All));
+            std::hint::black_box(pass(&toks, &mut cache, Logits::All));
             times.push(t.elapsed());
             cache.truncate(context);
         }
@@ -292,9 +305,10 @@ fn bench_model(path: PathBuf, opts: ModelOptions, threads: usize, as_json: bool)
     let t = Instant::now();
     for _ in 0..decode {
         let next = argmax(&logits);
-        logits = m.forward(kernel, &[next], &mut cache, Logits::Last);
+        logits = pass(&[next], &mut cache, Logits::Last);
     }
     let decode_time = t.elapsed();
+    let screened = m.head_screen.as_ref().map(|s| *s.stats.lock().unwrap_or_else(|e| e.into_inner()));
     let tok_s = decode as f64 / decode_time.as_secs_f64();
     let pp_tok_s = context as f64 / prompt_time.as_secs_f64();
     // Decoding reads every weight once per token: the memory bound, from the bandwidth this
@@ -311,6 +325,7 @@ fn bench_model(path: PathBuf, opts: ModelOptions, threads: usize, as_json: bool)
                 "prompt_tok_s": pp_tok_s, "decode_tok_s": tok_s,
                 "weight_bytes_per_token": bytes, "read_bandwidth_gb_s": bandwidth / 1e9, "bound_tok_s": bound_tok_s,
                 "forward_ms": k_times.iter().map(|(k, d)| (k.to_string(), json!(d.as_secs_f64() * 1e3))).collect::<serde_json::Map<_, _>>(),
+                "screened_candidates_per_token": screened.map(|s| s.candidates as f64 / s.tokens.max(1) as f64),
             })
         );
     } else {
@@ -335,6 +350,14 @@ fn bench_model(path: PathBuf, opts: ModelOptions, threads: usize, as_json: bool)
             bandwidth / 1e9,
             100.0 * tok_s / bound_tok_s
         );
+        if let Some(s) = screened {
+            println!(
+                "screened head   {:>10.1} exact rows a token ({} tokens, {} of them with every row exact)",
+                s.candidates as f64 / s.tokens.max(1) as f64,
+                s.tokens,
+                s.full_rows
+            );
+        }
         for (k, d) in &k_times {
             println!(
                 "forward k={k:<2}    {:>10.2} ms  ({:.2}x one token)",
