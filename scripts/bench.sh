@@ -4,8 +4,8 @@
 #   2. the F16 product, and speculative decoding and golden tickets on the default pair;
 #   3. Shard against llama.cpp (llama-cpp-python) on synthetic GGUFs with 2B-4T's shapes
 #      (30 layers, 2560 embd, 6912 ff, 20 heads, 5 KV heads): TQ2_0, TQ1_0 and I2_S with
-#      SmolLM2's 49k vocabulary, and TQ2_0 with a 128k one (exact and int8 output layer), on
-#      all threads and on one, each with the memory bound measured in the same run.
+#      SmolLM2's 49k vocabulary, and TQ2_0 with a 128k one (exact, int8 and screened output
+#      layer), on all threads and on one, each with the memory bound measured in the same run.
 # The first run builds llama-cpp-python and writes ~3.5 GB of models (cached afterwards).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
@@ -32,6 +32,8 @@ log "kernels: SIMD against the scalar reference"
 "$sb" --threads "$threads" kernels
 log "F16 matrix product: register tiles against one dot product per row and token"
 "$sb" --threads "$threads" dense
+log "the output layer exact, as int8 and screened, on 49k and 128k vocabularies"
+"$sb" --threads "$threads" head
 log "speculative decoding on the default pair: in-process draft against plain decoding"
 "$sb" --threads "$threads" spec models/shard-target-bitnet-tq2_0.gguf models/shard-draft-llama-f16.gguf
 log "the same pair on a target paced like the 2B-4T shape (37 ms a pass, 14 ms more a token)"
@@ -50,7 +52,7 @@ for t in "$threads" 1; do
     log "engine: shard against llama.cpp, $types, $t threads (llama.cpp cannot read I2_S)"
     vs "$bench/bitnet-2b4t-$types.gguf" --threads "$t"
   done
-  for head in exact int8; do
+  for head in exact int8 screened; do
     log "engine: 128k vocabulary, output layer $head, $t threads"
     vs "$bench/bitnet-2b4t-128k-tq2_0.gguf" --threads "$t" --shard-args="--head $head"
   done

@@ -100,43 +100,54 @@ impl ArgmaxScreen {
             return ScreenStats { candidates: rows * n_tokens, full_rows: n_tokens, tokens: n_tokens };
         }
         self.int8.matmul(x, n_tokens, out);
-        let mut stats = ScreenStats { tokens: n_tokens, ..ScreenStats::default() };
-        for (xt, logits) in x.chunks_exact(cols).zip(out.chunks_exact_mut(rows)) {
-            let (x_norm, delta_norm) = norms(xt);
-            let bound = |r: usize, a: f32| {
-                let b = self.per_x[r] as f64 * x_norm + self.per_delta[r] as f64 * delta_norm + 4.0 * U * a.abs() as f64;
-                // Slack for the rounding of this sum itself.
-                b * (1.0 + 1e-6)
-            };
-            // Two parallel sweeps: the highest lower bound, then every row whose upper bound
-            // reaches it.
-            let floor = logits
-                .par_iter()
-                .enumerate()
-                .with_min_len(SWEEP_CHUNK)
-                .map(|(r, &a)| a as f64 - bound(r, a))
-                .reduce(|| f64::NEG_INFINITY, f64::max);
-            let candidates: Vec<usize> = logits
-                .par_iter()
-                .enumerate()
-                .with_min_len(SWEEP_CHUNK)
-                .filter(|&(r, &a)| a as f64 + bound(r, a) >= floor)
-                .map(|(r, _)| r)
-                .collect();
-            if candidates.len() * FULL_FROM > rows {
-                m.matmul(xt, 1, logits);
-                stats.candidates += rows;
-                stats.full_rows += 1;
-                continue;
-            }
-            let exact: Vec<f32> = candidates.par_iter().map(|&r| m.row_dot(r, xt)).collect();
-            logits.fill(f32::NEG_INFINITY);
-            for (&r, e) in candidates.iter().zip(exact) {
-                logits[r] = e;
-            }
-            stats.candidates += candidates.len();
+        if n_tokens == 1 {
+            return self.screen_token(m, x, out, SWEEP_CHUNK);
         }
-        stats
+        // Several tokens: one task each, each sweeping its rows alone.
+        x.par_chunks_exact(cols)
+            .zip(out.par_chunks_exact_mut(rows))
+            .map(|(xt, logits)| self.screen_token(m, xt, logits, rows))
+            .reduce(ScreenStats::default, |a, b| ScreenStats {
+                candidates: a.candidates + b.candidates,
+                full_rows: a.full_rows + b.full_rows,
+                tokens: a.tokens + b.tokens,
+            })
+    }
+
+    /// Turns one token's screened logits into its [`ArgmaxScreen::argmax_logits`] row, in
+    /// parallel tasks of at least `min_len` rows.
+    fn screen_token(&self, m: &DenseMatrix, xt: &[f32], logits: &mut [f32], min_len: usize) -> ScreenStats {
+        let rows = logits.len();
+        let (x_norm, delta_norm) = norms(xt);
+        let bound = |r: usize, a: f32| {
+            let b = self.per_x[r] as f64 * x_norm + self.per_delta[r] as f64 * delta_norm + 4.0 * U * a.abs() as f64;
+            // Slack for the rounding of this sum itself.
+            b * (1.0 + 1e-6)
+        };
+        // Two sweeps: the highest lower bound, then every row whose upper bound reaches it.
+        let floor = logits
+            .par_iter()
+            .enumerate()
+            .with_min_len(min_len)
+            .map(|(r, &a)| a as f64 - bound(r, a))
+            .reduce(|| f64::NEG_INFINITY, f64::max);
+        let candidates: Vec<usize> = logits
+            .par_iter()
+            .enumerate()
+            .with_min_len(min_len)
+            .filter(|&(r, &a)| a as f64 + bound(r, a) >= floor)
+            .map(|(r, _)| r)
+            .collect();
+        if candidates.len() * FULL_FROM > rows {
+            m.matmul(xt, 1, logits);
+            return ScreenStats { candidates: rows, full_rows: 1, tokens: 1 };
+        }
+        let exact: Vec<f32> = candidates.par_iter().with_min_len(min_len / 64).map(|&r| m.row_dot(r, xt)).collect();
+        logits.fill(f32::NEG_INFINITY);
+        for (&r, e) in candidates.iter().zip(exact) {
+            logits[r] = e;
+        }
+        ScreenStats { candidates: candidates.len(), full_rows: 0, tokens: 1 }
     }
 }
 
