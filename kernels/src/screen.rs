@@ -32,6 +32,9 @@ pub struct ArgmaxScreen {
     per_x: Vec<f32>,
     /// Per row: `‖d·q‖`, rounded up (multiplies `‖δ‖`).
     per_delta: Vec<f32>,
+    /// Whether every bound is finite: a layer with an infinite or NaN weight has no bound, and
+    /// takes the exact product.
+    bounded: bool,
 }
 
 /// What one screened product did: for the benchmarks and the tests.
@@ -47,6 +50,8 @@ pub struct ScreenStats {
 
 /// A token whose candidates exceed this share of the rows gets the full exact product.
 const FULL_FROM: usize = 8;
+/// Far above what f32 underflow can add to a dot product of any width this runs on.
+const UNDERFLOW: f64 = 1e-30;
 /// Rows per task in the sweeps over a token's screened logits.
 const SWEEP_CHUNK: usize = 8192;
 
@@ -74,7 +79,8 @@ impl ArgmaxScreen {
                 },
             )
             .unzip();
-        Self { int8, per_x, per_delta }
+        let bounded = per_x.iter().chain(&per_delta).all(|b| b.is_finite());
+        Self { int8, per_x, per_delta, bounded }
     }
 
     /// Bytes one product reads (the int8 rows, their scales and bounds).
@@ -93,9 +99,9 @@ impl ArgmaxScreen {
         assert!(rows == self.int8.rows() && cols == self.int8.cols(), "a screen used with another matrix");
         assert_eq!(x.len(), n_tokens * cols, "activation length does not match the matrix");
         assert_eq!(out.len(), n_tokens * rows, "output length does not match rows x tokens");
-        if !x.iter().all(|v| v.is_finite()) {
-            // No bound holds for infinite or NaN activations: the exact product says what
-            // they give.
+        if !self.bounded || !x.iter().all(|v| v.is_finite()) {
+            // No bound holds for infinite or NaN weights or activations: the exact product
+            // says what they give.
             m.matmul(x, n_tokens, out);
             return ScreenStats { candidates: rows * n_tokens, full_rows: n_tokens, tokens: n_tokens };
         }
@@ -115,29 +121,39 @@ impl ArgmaxScreen {
     }
 
     /// Turns one token's screened logits into its [`ArgmaxScreen::argmax_logits`] row, in
-    /// parallel tasks of at least `min_len` rows.
+    /// parallel tasks of `min_len` rows.
     fn screen_token(&self, m: &DenseMatrix, xt: &[f32], logits: &mut [f32], min_len: usize) -> ScreenStats {
         let rows = logits.len();
         let (x_norm, delta_norm) = norms(xt);
         let bound = |r: usize, a: f32| {
             let b = self.per_x[r] as f64 * x_norm + self.per_delta[r] as f64 * delta_norm + 4.0 * U * a.abs() as f64;
-            // Slack for the rounding of this sum itself.
-            b * (1.0 + 1e-6)
+            // Slack for the rounding of this sum itself, and for f32 underflow (each of the
+            // products' few thousand roundings is off by at most 2^-150 where they reach
+            // subnormals, which no relative bound covers).
+            b * (1.0 + 1e-6) + UNDERFLOW
         };
-        // Two sweeps: the highest lower bound, then every row whose upper bound reaches it.
-        let floor = logits
-            .par_iter()
+        // One sweep: each chunk of rows keeps its running highest lower bound, and the rows
+        // whose upper bound reaches it when they are read (a row left out falls below a
+        // floor that only rises). The kept rows are then held to the highest floor of all.
+        let upper = |r: usize| logits[r] as f64 + bound(r, logits[r]);
+        let parts: Vec<(f64, Vec<usize>)> = logits
+            .par_chunks(min_len.max(1))
             .enumerate()
-            .with_min_len(min_len)
-            .map(|(r, &a)| a as f64 - bound(r, a))
-            .reduce(|| f64::NEG_INFINITY, f64::max);
-        let candidates: Vec<usize> = logits
-            .par_iter()
-            .enumerate()
-            .with_min_len(min_len)
-            .filter(|&(r, &a)| a as f64 + bound(r, a) >= floor)
-            .map(|(r, _)| r)
+            .map(|(i, chunk)| {
+                let (mut floor, mut kept) = (f64::NEG_INFINITY, vec![]);
+                for (j, &a) in chunk.iter().enumerate() {
+                    let r = i * min_len.max(1) + j;
+                    let b = bound(r, a);
+                    floor = floor.max(a as f64 - b);
+                    if a as f64 + b >= floor {
+                        kept.push(r);
+                    }
+                }
+                (floor, kept)
+            })
             .collect();
+        let floor = parts.iter().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
+        let candidates: Vec<usize> = parts.into_iter().flat_map(|p| p.1).filter(|&r| upper(r) >= floor).collect();
         if candidates.len() * FULL_FROM > rows {
             m.matmul(xt, 1, logits);
             return ScreenStats { candidates: rows, full_rows: 1, tokens: 1 };
@@ -285,7 +301,7 @@ mod tests {
     }
 
     #[test]
-    fn few_candidates_on_a_spread_layer_and_the_exact_product_for_non_finite_input() {
+    fn few_candidates_on_a_spread_layer_and_the_exact_product_for_non_finite_values() {
         let (rows, cols) = (4096, 256);
         let m = matrix(DenseType::F16, &crowded(11, rows, cols, 1, 0.05), rows, cols);
         let screen = ArgmaxScreen::from_dense(&m);
@@ -297,5 +313,14 @@ mod tests {
         bad[3] = f32::NAN;
         let stats = screen.argmax_logits(&m, &bad, 1, &mut out);
         assert_eq!(stats, ScreenStats { candidates: rows, full_rows: 1, tokens: 1 });
+        // A NaN weight: no bound, so the exact product, bit for bit.
+        let mut w = crowded(11, rows, cols, 1, 0.05);
+        w[5 * cols + 7] = f32::NAN;
+        let m = matrix(DenseType::F16, &w, rows, cols);
+        let mut exact = vec![0f32; rows];
+        m.matmul(&x, 1, &mut exact);
+        let stats = ArgmaxScreen::from_dense(&m).argmax_logits(&m, &x, 1, &mut out);
+        assert_eq!(stats.full_rows, 1);
+        assert!(out.iter().zip(&exact).all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 }
