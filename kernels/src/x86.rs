@@ -300,8 +300,23 @@ unsafe fn next_trit(q: &mut __m256i) -> __m256i {
     digit
 }
 
+/// The top base-3 digit of each byte: `[q >= 86] + [q >= 171]`, which is `(3q) >> 8`.
+#[inline(always)]
+unsafe fn top_trit128(q: __m128i) -> __m128i {
+    let ge86 = _mm_cmpeq_epi8(_mm_max_epu8(q, _mm_set1_epi8(86)), q);
+    let ge171 = _mm_cmpeq_epi8(_mm_max_epu8(q, _mm_set1_epi8(171u8 as i8)), q);
+    _mm_sub_epi8(_mm_sub_epi8(_mm_setzero_si128(), ge86), ge171)
+}
+
+/// `q * 3` in every byte (mod 256).
+#[inline(always)]
+unsafe fn times3_128(q: __m128i) -> __m128i {
+    _mm_add_epi8(q, _mm_add_epi8(q, q))
+}
+
 /// TQ1_0: 54-byte blocks. Weights 0..160 are five digits of bytes 0..32; 160..240 five digits
-/// of bytes 32..48; 240..256 four digits of the `qh` bytes 48..52.
+/// of bytes 32..48; 240..256 four digits of the `qh` bytes 48..52 (digit `n` of byte `j` is
+/// weight `240 + 4n + j`).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tq1_block(row: *const u8, b: usize) -> ([__m256i; 4], [__m256i; 4], f32) {
     let blk = &*(row as *const BlockTq1_0).add(b);
@@ -309,27 +324,23 @@ unsafe fn tq1_block(row: *const u8, b: usize) -> ([__m256i; 4], [__m256i; 4], f3
     let mut q = _mm256_loadu_si256(p as *const __m256i);
     let first = [next_trit(&mut q), next_trit(&mut q), next_trit(&mut q), next_trit(&mut q)];
     let fifth = next_trit(&mut q);
-    // Weights 160..256, decoded into a small buffer in weight order.
-    let mut tail = [0u8; 96];
+    // Weights 160..240: the five digits of 16 bytes, one 16-weight vector each.
     let mut q16 = _mm_loadu_si128(p.add(32) as *const __m128i);
-    for n in 0..5 {
-        let ge86 = _mm_cmpeq_epi8(_mm_max_epu8(q16, _mm_set1_epi8(86)), q16);
-        let ge171 = _mm_cmpeq_epi8(_mm_max_epu8(q16, _mm_set1_epi8(171u8 as i8)), q16);
-        let digit = _mm_sub_epi8(_mm_sub_epi8(_mm_setzero_si128(), ge86), ge171);
-        _mm_storeu_si128(tail.as_mut_ptr().add(16 * n) as *mut __m128i, digit);
-        q16 = _mm_add_epi8(q16, _mm_add_epi8(q16, q16));
+    let mut d = [_mm_setzero_si128(); 5];
+    for digit in d.iter_mut() {
+        *digit = top_trit128(q16);
+        q16 = times3_128(q16);
     }
-    for n in 0..4 {
-        for j in 0..4 {
-            tail[80 + 4 * n + j] = (super::formats::trit(blk.qh[j], n) + 1) as u8;
-        }
-    }
-    let second = [
-        fifth,
-        _mm256_loadu_si256(tail.as_ptr() as *const __m256i),
-        _mm256_loadu_si256(tail.as_ptr().add(32) as *const __m256i),
-        _mm256_loadu_si256(tail.as_ptr().add(64) as *const __m256i),
-    ];
+    // Weights 240..256: the four `qh` bytes four times over, times 1, 3, 9 and 27, so that
+    // each group's top digit is the next digit of every byte.
+    let h1 = _mm_set1_epi32(i32::from_le_bytes(blk.qh));
+    let h3 = times3_128(h1);
+    let h9 = times3_128(h3);
+    let h27 = times3_128(h9);
+    let h = _mm_blend_epi32::<0b1100>(_mm_blend_epi32::<0b0010>(h1, h3), _mm_blend_epi32::<0b1000>(h9, h27));
+    let dh = top_trit128(h);
+    // (Not a closure: it would not carry the target features.)
+    let second = [fifth, _mm256_set_m128i(d[1], d[0]), _mm256_set_m128i(d[3], d[2]), _mm256_set_m128i(dh, d[4])];
     (first, second, f16_at(blk.d.as_ptr()))
 }
 
