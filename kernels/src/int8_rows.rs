@@ -20,7 +20,8 @@ pub struct Int8Rows {
     q: Vec<i8>,
     scales: Vec<f32>,
     /// `Σ q[r]` per row: `vpdpbusd` multiplies unsigned bytes, so the activations go in offset
-    /// by 128 and `128 · Σ q[r]` comes off each sum.
+    /// by 128 and `128 · Σ q[r]` comes off each sum (x86-64 only).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     row_sums: Vec<i32>,
 }
 
@@ -61,18 +62,32 @@ impl Int8Rows {
     /// Each token is quantized to int8 with its own absmax first. A token's result does not
     /// depend on the other tokens of the call.
     pub fn matmul(&self, x: &[f32], n_tokens: usize, out: &mut [f32]) {
+        self.matmul_quantized(&self.quantize(x, n_tokens), out);
+    }
+
+    /// `n_tokens` rows of `x`, each quantized with its own absmax, as [`Int8Rows::matmul`]
+    /// takes them.
+    pub(crate) fn quantize(&self, x: &[f32], n_tokens: usize) -> QuantizedTokens {
         assert_eq!(x.len(), n_tokens * self.cols, "activation length does not match the matrix");
+        let mut values = vec![0i8; x.len()];
+        let scales =
+            x.chunks(self.cols.max(1)).zip(values.chunks_mut(self.cols.max(1))).map(|(v, q)| quantize_row(v, q)).collect();
+        QuantizedTokens { cols: self.cols, values, scales }
+    }
+
+    /// [`Int8Rows::matmul`] of tokens already quantized.
+    pub(crate) fn matmul_quantized(&self, x: &QuantizedTokens, out: &mut [f32]) {
+        let (cols, n_tokens) = (self.cols, x.scales.len());
+        assert_eq!(x.cols, cols, "tokens quantized for another width");
         assert_eq!(out.len(), n_tokens * self.rows, "output length does not match rows x tokens");
-        let cols = self.cols;
-        let mut xq = vec![0i8; x.len()];
-        let xs: Vec<f32> = x.chunks(cols).zip(xq.chunks_mut(cols)).map(|(v, q)| quantize_row(v, q)).collect();
+        let (xq, xs) = (&x.values, &x.scales);
         let xu: Vec<u8> = xq.iter().map(|&v| (v as u8) ^ 0x80).collect();
         let per_task = super::rows_per_task(self.rows, cols * n_tokens);
         let mut by_row = vec![0f32; self.rows * n_tokens];
         by_row.par_chunks_mut(per_task * n_tokens).enumerate().for_each(|(i, chunk)| {
             let first = i * per_task;
             let mut isum = vec![0i32; chunk.len()];
-            self.integer_sums(first, &xq, &xu, n_tokens, &mut isum);
+            self.integer_sums(first, xq, &xu, n_tokens, &mut isum);
             for (k, (dst, sums)) in chunk.chunks_mut(n_tokens).zip(isum.chunks(n_tokens)).enumerate() {
                 for (t, (d, &sum)) in dst.iter_mut().zip(sums).enumerate() {
                     *d = sum as f32 * self.scales[first + k] * xs[t];
@@ -91,6 +106,21 @@ impl Int8Rows {
     }
 }
 
+/// Tokens quantized to int8 with one scale each ([`Int8Rows::quantize`]); the lengths agree
+/// by construction.
+pub(crate) struct QuantizedTokens {
+    cols: usize,
+    values: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+impl QuantizedTokens {
+    /// Token `t`'s int8 values and scale.
+    pub(crate) fn token(&self, t: usize) -> (&[i8], f32) {
+        (&self.values[t * self.cols..(t + 1) * self.cols], self.scales[t])
+    }
+}
+
 impl Int8Rows {
     /// `isum[k * n_tokens + t] = q[first + k] · p_t` (exact integers) for the rows `isum`
     /// covers; `xu` is `p` offset by 128 as unsigned bytes.
@@ -98,7 +128,7 @@ impl Int8Rows {
         let (cols, n_rows) = (self.cols, isum.len() / n_tokens.max(1));
         assert!(first + n_rows <= self.rows && p.len() == n_tokens * cols && xu.len() == p.len());
         #[cfg(target_arch = "x86_64")]
-        if vnni_available() {
+        if super::x86::Avx512Vnni::detected() {
             // SAFETY: the CPU has AVX-512F/BW and VNNI; the rows and tokens read are in
             // bounds (asserted above).
             unsafe { vnni::sums(&self.q[first * cols..], &self.row_sums[first..], xu, cols, n_tokens, isum) };
@@ -112,15 +142,6 @@ impl Int8Rows {
             }
         }
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn vnni_available() -> bool {
-    use std::sync::OnceLock;
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
-        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni")
-    })
 }
 
 /// Int8 rows times int8 tokens with 512-bit `vpdpbusd`, in register tiles of up to 4 rows by

@@ -19,7 +19,7 @@
 use rayon::prelude::*;
 
 use super::dense::DenseMatrix;
-use super::int8_rows::{quantize_row, Int8Rows};
+use super::int8_rows::{Int8Rows, QuantizedTokens};
 
 /// f32's unit roundoff.
 const U: f64 = f32::EPSILON as f64 / 2.0;
@@ -46,6 +46,17 @@ pub struct ScreenStats {
     pub full_rows: usize,
     /// Tokens screened.
     pub tokens: usize,
+}
+
+impl std::ops::Add for ScreenStats {
+    type Output = Self;
+    fn add(self, o: Self) -> Self {
+        Self {
+            candidates: self.candidates + o.candidates,
+            full_rows: self.full_rows + o.full_rows,
+            tokens: self.tokens + o.tokens,
+        }
+    }
 }
 
 /// A token whose candidates exceed this share of the rows gets the full exact product.
@@ -105,26 +116,33 @@ impl ArgmaxScreen {
             m.matmul(x, n_tokens, out);
             return ScreenStats { candidates: rows * n_tokens, full_rows: n_tokens, tokens: n_tokens };
         }
-        self.int8.matmul(x, n_tokens, out);
+        let xq = self.int8.quantize(x, n_tokens);
+        self.int8.matmul_quantized(&xq, out);
         if n_tokens == 1 {
-            return self.screen_token(m, x, out, SWEEP_CHUNK);
+            return self.screen_token(m, x, &xq, 0, out, SWEEP_CHUNK);
         }
         // Several tokens: one task each, each sweeping its rows alone.
         x.par_chunks_exact(cols)
             .zip(out.par_chunks_exact_mut(rows))
-            .map(|(xt, logits)| self.screen_token(m, xt, logits, rows))
-            .reduce(ScreenStats::default, |a, b| ScreenStats {
-                candidates: a.candidates + b.candidates,
-                full_rows: a.full_rows + b.full_rows,
-                tokens: a.tokens + b.tokens,
-            })
+            .enumerate()
+            .map(|(t, (xt, logits))| self.screen_token(m, xt, &xq, t, logits, rows))
+            .reduce(ScreenStats::default, |a, b| a + b)
     }
 
     /// Turns one token's screened logits into its [`ArgmaxScreen::argmax_logits`] row, in
     /// parallel tasks of `min_len` rows.
-    fn screen_token(&self, m: &DenseMatrix, xt: &[f32], logits: &mut [f32], min_len: usize) -> ScreenStats {
+    fn screen_token(
+        &self,
+        m: &DenseMatrix,
+        xt: &[f32],
+        xq: &QuantizedTokens,
+        t: usize,
+        logits: &mut [f32],
+        min_len: usize,
+    ) -> ScreenStats {
         let rows = logits.len();
-        let (x_norm, delta_norm) = norms(xt);
+        let (p, s) = xq.token(t);
+        let (x_norm, delta_norm) = norms(xt, p, s);
         let bound = |r: usize, a: f32| {
             let b = self.per_x[r] as f64 * x_norm + self.per_delta[r] as f64 * delta_norm + 4.0 * U * a.abs() as f64;
             // Slack for the rounding of this sum itself, and for f32 underflow (each of the
@@ -183,12 +201,11 @@ fn round_up(v: f64) -> f32 {
     }
 }
 
-/// `‖x‖` and `‖x − s·p‖`, where `s·p` is the int8 copy [`Int8Rows::matmul`] makes of `x`.
-fn norms(x: &[f32]) -> (f64, f64) {
-    let mut p = vec![0i8; x.len()];
-    let s = quantize_row(x, &mut p) as f64;
+/// `‖x‖` and `‖x − s·p‖`, where `s·p` is the int8 copy [`Int8Rows::quantize`] made of `x`.
+fn norms(x: &[f32], p: &[i8], s: f32) -> (f64, f64) {
+    let s = s as f64;
     let (mut xx, mut dd) = (0f64, 0f64);
-    for (&v, &pi) in x.iter().zip(&p) {
+    for (&v, &pi) in x.iter().zip(p) {
         xx += (v as f64).powi(2);
         dd += (v as f64 - s * pi as f64).powi(2);
     }

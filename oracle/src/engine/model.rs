@@ -495,10 +495,14 @@ impl BitNetModel {
                 // llama.cpp multiplies F16 weights by F16-rounded activations.
                 h.iter_mut().for_each(|v| *v = round_f16(*v));
             }
-            let argmax: Vec<bool> =
-                segments.iter().flat_map(|seg| std::iter::repeat_n(seg.rows == RowUse::Argmax, seg.logit_rows())).collect();
             match &self.head_screen {
-                Some(s) if argmax.iter().any(|&a| a) => self.screened_head(head, s, &h, &argmax, &mut logits),
+                Some(s) if segments.iter().any(|seg| seg.rows == RowUse::Argmax) => {
+                    let argmax: Vec<bool> = segments
+                        .iter()
+                        .flat_map(|seg| std::iter::repeat_n(seg.rows == RowUse::Argmax, seg.logit_rows()))
+                        .collect();
+                    self.screened_head(head, s, &h, &argmax, &mut logits)
+                }
                 _ => head.matmul(&h, rows.len(), &mut logits),
             }
         }
@@ -519,9 +523,7 @@ impl BitNetModel {
         let (e, v) = (head.cols(), head.rows());
         let record = |stats: ScreenStats| {
             let mut total = s.stats.lock().unwrap_or_else(|e| e.into_inner());
-            total.candidates += stats.candidates;
-            total.full_rows += stats.full_rows;
-            total.tokens += stats.tokens;
+            *total = *total + stats;
         };
         if argmax.iter().all(|&a| a) {
             record(s.screen.argmax_logits(head, h, argmax.len(), logits));
