@@ -208,7 +208,7 @@ impl F16Path {
 
 /// AVX2, FMA and F16C: the row dot and `axpy` use them.
 #[cfg(target_arch = "x86_64")]
-fn f16_simd_available() -> bool {
+pub(crate) fn f16_simd_available() -> bool {
     F16Path::best() >= F16Path::Avx2
 }
 
@@ -272,7 +272,7 @@ impl F16Product<'_> {
 /// `sum` plus `row[j] · x[j]` for the columns from `from` on, one at a time, in order.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn f16_tail(mut sum: f32, row: &[u8], x: &[f32], from: usize) -> f32 {
+pub(crate) fn f16_tail(mut sum: f32, row: &[u8], x: &[f32], from: usize) -> f32 {
     for j in from..x.len() {
         sum += f16::from_le_bytes([row[2 * j], row[2 * j + 1]]).to_f32() * x[j];
     }

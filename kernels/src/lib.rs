@@ -19,6 +19,7 @@
 //! This crate knows nothing of GGUF files, models or servers, so that it builds in seconds for
 //! another architecture (as ggml keeps its quant formats apart from model graphs).
 
+pub mod attention;
 pub mod dense;
 pub mod formats;
 pub mod int8_rows;

@@ -484,18 +484,27 @@ unsafe fn gemm512(w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivation
 #[inline(always)]
 unsafe fn uniform512<L: Layout512>(w: &TernaryMatrix, rows: Range<usize>, x: &QuantizedActivations, out: &mut [f32], d: &[f32]) {
     let n = x.n_tokens();
-    let mut r = rows.start;
-    while r < rows.end {
-        let left = rows.end - r;
-        let step = if n >= TWO_ROWS_FROM && left >= 2 { 2 } else { 1 };
-        // Tiles of eight tokens first and the rest last (9 = 8 + 1): unlike the AVX2 tiles,
-        // these measured no faster split evenly (9 = 5 + 4: 0.65–0.66 → 0.70–0.82 ms on
-        // 6912×2560, two threads), since an eight-token tile spreads its decoding and its
-        // activation loads the furthest.
-        let mut t0 = 0;
-        while t0 < n {
+    let pair = n >= TWO_ROWS_FROM;
+    // Tiles of eight tokens first and the rest last (9 = 8 + 1): unlike the AVX2 tiles,
+    // these measured no faster split evenly (9 = 5 + 4: 0.65–0.66 → 0.70–0.82 ms on
+    // 6912×2560, two threads), since an eight-token tile spreads its decoding and its
+    // activation loads the furthest.
+    //
+    // Token tiles are the outer loop: each tile's activations (8 × 2560 bytes for most of a
+    // layer's matrices) stay in L1 while every row of the range passes under them, and the
+    // rows come back from L2 for the next tile. The other way round, each row pair cycles
+    // through all the tokens' activations, which for 32 tokens do not fit in L1. In cache, 32
+    // tokens, one thread, three alternations (`shard-bench kernels --only tq2_0:row`):
+    // 6912×2560 4.54, 6.19, 4.88 → 4.33, 4.41, 4.69 ms; 2560×6912 4.31, 4.25, 6.05 → 4.25,
+    // 4.15, 4.14 ms.
+    let mut t0 = 0;
+    while t0 < n {
+        let len = (n - t0).min(8);
+        let mut r = rows.start;
+        while r < rows.end {
+            let step = if pair && rows.end - r >= 2 { 2 } else { 1 };
             let tile = Tile::<L> { w, r, first: rows.start, x, t0, out: &mut *out, d, layout: PhantomData };
-            t0 += match (step, (n - t0).min(8)) {
+            match (step, len) {
                 (2, 1) => tile.run_scaled::<2, 1>(),
                 (2, 2) => tile.run_scaled::<2, 2>(),
                 (2, 3) => tile.run_scaled::<2, 3>(),
@@ -513,8 +522,9 @@ unsafe fn uniform512<L: Layout512>(w: &TernaryMatrix, rows: Range<usize>, x: &Qu
                 (_, 7) => tile.run_scaled::<1, 7>(),
                 (_, _) => tile.run_scaled::<1, 8>(),
             };
+            r += step;
         }
-        r += step;
+        t0 += len;
     }
 }
 

@@ -26,8 +26,11 @@ from llama_cpp import Llama
 
 def bench_llamacpp(model: str, threads: int, context: int, decode: int, reps: int) -> dict:
     t0 = time.perf_counter()
-    llm = Llama(model, n_ctx=context + decode + 16, n_threads=threads, n_threads_batch=threads, n_batch=512,
-                logits_all=False, verbose=False, use_mmap=True)
+    n_ctx = context + decode + 16
+    # llama-cpp-python keeps `n_batch` rows of scores without `logits_all`, and indexes them by
+    # position: a batch as long as the context keeps the last position's row in range.
+    llm = Llama(model, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=max(512, n_ctx),
+                n_ubatch=512, logits_all=False, verbose=False, use_mmap=True)
     load = time.perf_counter() - t0
     n_vocab = llm.n_vocab()
     prompt = [(i * 7919 + 13) % n_vocab for i in range(context)]

@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use super::batch::RowMap;
 use super::config::{BitNetConfig, RopeStyle};
+use super::kernels::attention::CachedHead;
 use super::kv_cache::KvCache;
 
 /// Rotary position embedding, NeoX style (dimension i with i + n_rot/2) or interleaved
@@ -35,7 +36,9 @@ pub fn rope(c: &BitNetConfig, x: &mut [f32], n_heads: usize, start: usize) {
 /// its own.
 ///
 /// Like llama.cpp's CPU path, the query and the softmax weights are rounded to f16 where
-/// they meet the f16 cache, and products accumulate in f32.
+/// they meet the f16 cache, and products accumulate in f32. The query heads that share a
+/// key/value head go together ([`super::kernels::attention`]), so each cached vector is converted
+/// once for the group; the result is the same bits as one head at a time.
 pub(crate) fn attention(
     c: &BitNetConfig,
     q: &[f32],
@@ -48,48 +51,58 @@ pub(crate) fn attention(
     let hd = c.head_dim;
     let group = c.n_head / c.n_head_kv;
     let scale = 1.0 / (hd as f32).sqrt();
-    let head = |(i, o): (usize, &mut [f32])| {
-        let (row, h) = (i / c.n_head, i % c.n_head);
+    let kv_dim = c.kv_dim();
+    // One task per (token, key/value head): its `group` query heads, whose outputs lie side
+    // by side.
+    let kv_group = |(i, o): (usize, &mut [f32])| {
+        let (row, kvh) = (i / c.n_head_kv, i % c.n_head_kv);
         let (s, t) = map.rows[row];
         let cache = caches[s];
-        let qh: Vec<f32> = q[row * c.n_embd + h * hd..row * c.n_embd + (h + 1) * hd].iter().map(|&v| round_f16(v)).collect();
-        let kvh = h / group;
+        let heads = row * c.n_embd + kvh * group * hd;
+        let queries: Vec<f32> = q[heads..heads + group * hd].iter().map(|&v| round_f16(v)).collect();
         let len = starts[s] + t + 1;
-        let kv_dim = c.kv_dim();
-        let head = kvh * hd..(kvh + 1) * hd;
-        let mut scores: Vec<f32> = Vec::with_capacity(len);
+        // Scores, then softmax weights, one row of `len` per query head.
+        let mut weights = vec![0f32; group * len];
+        let mut p0 = 0;
         for (keys, _) in cache.layer_pages(layer, len) {
-            scores.extend(keys.chunks_exact(kv_dim).map(|k| dot_f16(&k[head.clone()], &qh) * scale));
+            let n = keys.len() / kv_dim;
+            let keys = CachedHead::new(&keys[kvh * hd..], kv_dim, n, hd);
+            super::kernels::attention::key_scores(keys, &queries, scale, &mut weights[p0..], len);
+            p0 += n;
         }
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut total = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            total += *s;
+        for w in weights.chunks_exact_mut(len) {
+            let max = w.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut total = 0f32;
+            for s in w.iter_mut() {
+                *s = (*s - max).exp();
+                total += *s;
+            }
+            for s in w.iter_mut() {
+                *s = round_f16(*s / total);
+            }
         }
         o.fill(0.0);
-        let values = cache.layer_pages(layer, len).flat_map(|(_, v)| v.chunks_exact(kv_dim));
-        for (s, v) in scores.iter().zip(values) {
-            super::kernels::dense::axpy_f16(round_f16(s / total), bytemuck::cast_slice(&v[head.clone()]), o);
+        let mut p0 = 0;
+        for (_, values) in cache.layer_pages(layer, len) {
+            let n = values.len() / kv_dim;
+            let values = CachedHead::new(&values[kvh * hd..], kv_dim, n, hd);
+            super::kernels::attention::weighted_values(values, &weights[p0..], len, o);
+            p0 += n;
         }
     };
-    // Parallel over (token, head) only when there is enough work to share; each head's
-    // result is the same either way.
+    // Parallel over (token, key/value head) only when there is enough work to share; each
+    // head's result is the same either way.
     let work: usize = map.rows.iter().map(|&(s, t)| starts[s] + t + 1).sum::<usize>() * c.n_head * hd;
     if work >= 1 << 16 {
-        out.par_chunks_mut(hd).enumerate().for_each(head);
+        out.par_chunks_mut(group * hd).enumerate().for_each(kv_group);
     } else {
-        out.chunks_mut(hd).enumerate().for_each(head);
+        out.chunks_mut(group * hd).enumerate().for_each(kv_group);
     }
     debug_assert_eq!(out.len(), map.rows.len() * c.n_embd);
 }
 
 pub fn round_f16(v: f32) -> f32 {
     half::f16::from_f32(v).to_f32()
-}
-
-fn dot_f16(a: &[half::f16], b: &[f32]) -> f32 {
-    super::kernels::dense::dot_f16(bytemuck::cast_slice(a), b)
 }
 
 /// RMSNorm of each row of `x` (rows of `w.len()`), times `w`.
