@@ -52,17 +52,33 @@ pub(crate) fn attention(
     let group = c.n_head / c.n_head_kv;
     let scale = 1.0 / (hd as f32).sqrt();
     let kv_dim = c.kv_dim();
-    // One task per (token, key/value head): its `group` query heads, whose outputs lie side
-    // by side.
-    let kv_group = |(i, o): (usize, &mut [f32])| {
-        let (row, kvh) = (i / c.n_head_kv, i % c.n_head_kv);
+    // Parallel only when there is enough work to share; each head's result is the same either
+    // way.
+    let work: usize = map.rows.iter().map(|&(s, t)| starts[s] + t + 1).sum::<usize>() * c.n_head * hd;
+    let threads = if work >= 1 << 16 { rayon::current_num_threads() } else { 1 };
+    // Query heads per task: a whole group (sharing its key/value head) unless that leaves the
+    // threads unevenly loaded, as one token's 5 groups on 2 threads would (3 against 2).
+    let per_task = (1..=group)
+        .rev()
+        .filter(|d| group % d == 0)
+        .find(|&d| {
+            let tasks = map.rows.len() * c.n_head / d;
+            tasks % threads == 0 || tasks >= 4 * threads
+        })
+        .unwrap_or(1);
+    let tasks_per_row = c.n_head / per_task;
+    // Each task: `per_task` query heads of one token that share a key/value head, whose
+    // outputs lie side by side.
+    let task = |(i, o): (usize, &mut [f32])| {
+        let (row, h0) = (i / tasks_per_row, i % tasks_per_row * per_task);
+        let kvh = h0 / group;
         let (s, t) = map.rows[row];
         let cache = caches[s];
-        let heads = row * c.n_embd + kvh * group * hd;
-        let queries: Vec<f32> = q[heads..heads + group * hd].iter().map(|&v| round_f16(v)).collect();
+        let heads = row * c.n_embd + h0 * hd;
+        let queries: Vec<f32> = q[heads..heads + per_task * hd].iter().map(|&v| round_f16(v)).collect();
         let len = starts[s] + t + 1;
         // Scores, then softmax weights, one row of `len` per query head.
-        let mut weights = vec![0f32; group * len];
+        let mut weights = vec![0f32; per_task * len];
         let mut p0 = 0;
         for (keys, _) in cache.layer_pages(layer, len) {
             let n = keys.len() / kv_dim;
@@ -90,13 +106,10 @@ pub(crate) fn attention(
             p0 += n;
         }
     };
-    // Parallel over (token, key/value head) only when there is enough work to share; each
-    // head's result is the same either way.
-    let work: usize = map.rows.iter().map(|&(s, t)| starts[s] + t + 1).sum::<usize>() * c.n_head * hd;
-    if work >= 1 << 16 {
-        out.par_chunks_mut(group * hd).enumerate().for_each(kv_group);
+    if threads > 1 {
+        out.par_chunks_mut(per_task * hd).enumerate().for_each(task);
     } else {
-        out.chunks_mut(group * hd).enumerate().for_each(kv_group);
+        out.chunks_mut(per_task * hd).enumerate().for_each(task);
     }
     debug_assert_eq!(out.len(), map.rows.len() * c.n_embd);
 }
