@@ -52,6 +52,8 @@ for t in "$threads" 1; do
     log "engine: shard against llama.cpp, $types, $t threads (llama.cpp cannot read I2_S)"
     vs "$bench/bitnet-2b4t-$types.gguf" --threads "$t"
   done
+  log "engine: TQ2_0 after 1,000 tokens of context (attention over a long chat), $t threads"
+  vs "$bench/bitnet-2b4t-tq2_0.gguf" --threads "$t" --context 1000
   for head in exact int8 screened; do
     log "engine: 128k vocabulary, output layer $head, $t threads"
     vs "$bench/bitnet-2b4t-128k-tq2_0.gguf" --threads "$t" --shard-args="--head $head"
