@@ -222,11 +222,15 @@ mod tests {
     use proptest::prelude::*;
 
     fn halves(n: usize, seed: u64) -> Vec<f16> {
-        (0..n).map(|i| f16::from_f32((((i as u64).wrapping_mul(2654435761).wrapping_add(seed) % 2001) as f32 - 1000.0) / 250.0)).collect()
+        (0..n)
+            .map(|i| f16::from_f32((((i as u64).wrapping_mul(2654435761).wrapping_add(seed) % 2001) as f32 - 1000.0) / 250.0))
+            .collect()
     }
 
     fn floats(n: usize, seed: u64) -> Vec<f32> {
-        (0..n).map(|i| (((i as u64).wrapping_mul(40503).wrapping_add(seed.wrapping_mul(7)) % 1999) as f32 - 999.0) / 333.0).collect()
+        (0..n)
+            .map(|i| (((i as u64).wrapping_mul(40503).wrapping_add(seed.wrapping_mul(7)) % 1999) as f32 - 999.0) / 333.0)
+            .collect()
     }
 
     proptest! {
