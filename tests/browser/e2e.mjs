@@ -280,12 +280,14 @@ async function scout({ webgpu, transport }) {
   const after = await standing();
   results.tickets_after = after;
   results.probation_seconds = (Date.now() - ticketsStart) / 1000;
-  check(after.tickets_failed === 0, `the honest Scout failed golden tickets: ${JSON.stringify(after)}`);
+  const tickets = await json(`/api/trust/tickets?peer=${peer.peer_id}`);
+  const failed = tickets.tickets.filter((t) => t.verdict === 'fail');
+  check(after.tickets_failed === 0,
+    `the honest Scout failed golden tickets: ${JSON.stringify(after)}; the failed records: ${JSON.stringify(failed)}`);
   check(!after.probation && after.tickets_passed >= 10, `the Scout did not pass probation: ${JSON.stringify(after)}`);
   // A new identity starts at the prior, 0.5 (this tab's key is fresh).
   check(after.reputation > 0.5, `reputation did not rise above the prior 0.5: ${after.reputation}`);
   check(after.banned_until === null, `the honest Scout is banned: ${JSON.stringify(after)}`);
-  const tickets = await json(`/api/trust/tickets?peer=${peer.peer_id}`);
   results.ticket_records = tickets.tickets.length;
   check(tickets.tickets.length >= 10 && tickets.tickets.every((t) => t.verdict !== 'fail'), `ticket records: ${JSON.stringify(tickets.tickets.slice(-3))}`);
   await until('the dashboard to show probation passed', async () =>
