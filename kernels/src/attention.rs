@@ -40,6 +40,9 @@ pub struct CachedHead<'a> {
     stride: usize,
     n: usize,
     width: usize,
+    /// Memory the caller reads next (the next page's vectors), prefetched while these are
+    /// multiplied: each page starts cold for the hardware prefetchers.
+    next: &'a [f16],
 }
 
 impl<'a> CachedHead<'a> {
@@ -50,7 +53,12 @@ impl<'a> CachedHead<'a> {
             "{n} vectors of {width} values {stride} apart overrun {}",
             data.len()
         );
-        Self { data, stride, n, width }
+        Self { data, stride, n, width, next: &[] }
+    }
+
+    /// The same vectors, with `next` fetched into the cache during the pass over them.
+    pub fn then(self, next: &'a [f16]) -> Self {
+        Self { next, ..self }
     }
 
     fn vector(&self, p: usize) -> &'a [f16] {
@@ -121,6 +129,21 @@ mod x86 {
     use crate::dense::f16_tail;
     use crate::x86::hsum;
 
+    /// While vector `p` of `head` is multiplied, prefetches the `p`-th share of `head.next`
+    /// (a hint: nothing outside the slice is touched), so that the next page has arrived
+    /// when the pass over this one ends.
+    #[inline(always)]
+    unsafe fn prefetch_next(head: &CachedHead, p: usize) {
+        let bytes = head.next.len() * 2;
+        let share = (bytes.div_ceil(head.n.max(1)) + 63) & !63;
+        let base = head.next.as_ptr() as *const i8;
+        let mut at = p * share;
+        while at < bytes.min((p + 1) * share) {
+            _mm_prefetch::<_MM_HINT_T0>(base.add(at));
+            at += 64;
+        }
+    }
+
     /// `G` heads of [`super::key_scores`], each sum in `dense::dot_f16_avx2`'s order: two
     /// running sums over alternate eight-value pieces of each 16, added and reduced, then the
     /// tail one value at a time.
@@ -141,6 +164,7 @@ mod x86 {
         let q = queries.as_ptr();
         for p in 0..keys.n {
             let key = keys.data.as_ptr().add(p * keys.stride);
+            prefetch_next(keys, p);
             let mut a0 = [_mm256_setzero_ps(); G];
             let mut a1 = [_mm256_setzero_ps(); G];
             for i in (0..body).step_by(16) {
@@ -177,6 +201,9 @@ mod x86 {
             let mut acc: [[__m256; 2]; G] =
                 std::array::from_fn(|g| [_mm256_loadu_ps(o.add(g * width + d)), _mm256_loadu_ps(o.add(g * width + d + 8))]);
             for p in 0..n {
+                if d == 0 {
+                    prefetch_next(values, p);
+                }
                 let at = v.add(p * stride + d);
                 let v0 = _mm256_cvtph_ps(_mm_loadu_si128(at as *const __m128i));
                 let v1 = _mm256_cvtph_ps(_mm_loadu_si128(at.add(8) as *const __m128i));
@@ -253,7 +280,7 @@ mod tests {
             let scale = 0.125f32;
             let out_stride = n + 3;
             let mut scores = vec![0f32; heads * out_stride];
-            key_scores(CachedHead::new(&cache, stride, n, width), &queries, scale, &mut scores, out_stride);
+            key_scores(CachedHead::new(&cache, stride, n, width).then(&cache[n * stride..]), &queries, scale, &mut scores, out_stride);
             let mut out = floats(heads * width, seed ^ 1);
             let start = out.clone();
             weighted_values(CachedHead::new(&cache, stride, n, width), &scores, out_stride, &mut out);

@@ -361,13 +361,13 @@ impl BitNetModel {
 
     /// A fresh cache for up to `capacity` positions, with a pool of its own.
     pub fn new_cache(&self, capacity: usize) -> KvCache {
-        KvCache::new(self.config.n_layer, self.config.kv_dim(), capacity)
+        KvCache::new(self.config.n_layer, self.config.kv_dim(), self.config.head_dim, capacity)
     }
 
     /// A pool of KV pages for this model's shape, holding at most `cap_positions` positions
     /// over all the caches that share it.
     pub fn kv_pool(&self, cap_positions: Option<usize>) -> Arc<KvPool> {
-        KvPool::new(self.config.n_layer, self.config.kv_dim(), cap_positions)
+        KvPool::new(self.config.n_layer, self.config.kv_dim(), self.config.head_dim, cap_positions)
     }
 
     /// Runs `tokens` at positions `cache.len()..` and returns logits: one row of `n_vocab`

@@ -51,7 +51,6 @@ pub(crate) fn attention(
     let hd = c.head_dim;
     let group = c.n_head / c.n_head_kv;
     let scale = 1.0 / (hd as f32).sqrt();
-    let kv_dim = c.kv_dim();
     // Parallel only when there is enough work to share; each head's result is the same either
     // way.
     let work: usize = map.rows.iter().map(|&(s, t)| starts[s] + t + 1).sum::<usize>() * c.n_head * hd;
@@ -79,10 +78,14 @@ pub(crate) fn attention(
         let len = starts[s] + t + 1;
         // Scores, then softmax weights, one row of `len` per query head.
         let mut weights = vec![0f32; per_task * len];
+        // Each page's pass prefetches the next page's keys (then values), whose memory
+        // lies a whole page of every layer away.
+        let pages: Vec<_> = cache.layer_pages(layer, len).collect();
         let mut p0 = 0;
-        for (keys, _) in cache.layer_pages(layer, len) {
-            let n = keys.len() / kv_dim;
-            let keys = CachedHead::new(&keys[kvh * hd..], kv_dim, n, hd);
+        for (i, page) in pages.iter().enumerate() {
+            let n = page.positions();
+            let next = pages.get(i + 1).map_or(pages[0].values(kvh), |p| p.keys(kvh));
+            let keys = CachedHead::new(page.keys(kvh), hd, n, hd).then(next);
             super::kernels::attention::key_scores(keys, &queries, scale, &mut weights[p0..], len);
             p0 += n;
         }
@@ -99,9 +102,10 @@ pub(crate) fn attention(
         }
         o.fill(0.0);
         let mut p0 = 0;
-        for (_, values) in cache.layer_pages(layer, len) {
-            let n = values.len() / kv_dim;
-            let values = CachedHead::new(&values[kvh * hd..], kv_dim, n, hd);
+        for (i, page) in pages.iter().enumerate() {
+            let n = page.positions();
+            let next = pages.get(i + 1).map_or(&[][..], |p| p.values(kvh));
+            let values = CachedHead::new(page.values(kvh), hd, n, hd).then(next);
             super::kernels::attention::weighted_values(values, &weights[p0..], len, o);
             p0 += n;
         }
