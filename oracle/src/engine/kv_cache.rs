@@ -236,21 +236,25 @@ impl KvCache {
     /// The page of position `p`, where `layer`'s keys start in it, and `p`'s place among the
     /// page's positions (its values start `PAGE * kv_dim` after the keys).
     fn slot(&self, layer: usize, p: usize) -> (usize, usize, usize) {
-        (p / PAGE, layer * 2 * PAGE * self.pool.kv_dim, p % PAGE)
+        (p / PAGE, self.layer_start(layer), p % PAGE)
+    }
+
+    /// Where `layer`'s keys start in every page: each layer holds [`PAGE`] positions' keys,
+    /// then as many values.
+    fn layer_start(&self, layer: usize) -> usize {
+        layer * 2 * PAGE * self.pool.kv_dim
     }
 
     /// The keys and values of positions `0..len` in `layer`, a page at a time.
     pub fn layer_pages(&self, layer: usize, len: usize) -> impl Iterator<Item = KvPage<'_>> + '_ {
         assert!(len <= self.pages.len() * PAGE);
         let (kv_dim, head_dim) = (self.pool.kv_dim, self.pool.head_dim);
-        self.pages.iter().take(len.div_ceil(PAGE)).enumerate().map(move |(i, page)| {
-            let at = layer * 2 * PAGE * kv_dim;
-            KvPage {
-                keys: &page[at..at + PAGE * kv_dim],
-                values: &page[at + PAGE * kv_dim..at + 2 * PAGE * kv_dim],
-                n: (len - i * PAGE).min(PAGE),
-                head_dim,
-            }
+        let at = self.layer_start(layer);
+        self.pages.iter().take(len.div_ceil(PAGE)).enumerate().map(move |(i, page)| KvPage {
+            keys: &page[at..at + PAGE * kv_dim],
+            values: &page[at + PAGE * kv_dim..at + 2 * PAGE * kv_dim],
+            n: (len - i * PAGE).min(PAGE),
+            head_dim,
         })
     }
 
