@@ -116,38 +116,36 @@ impl DenseMatrix {
         assert_eq!(x.len(), n_tokens * self.cols);
         assert_eq!(out.len(), n_tokens * self.rows);
         let rows_per_task = super::rows_per_task(self.rows, self.cols * n_tokens);
-        let mut by_row = vec![0f32; self.rows * n_tokens];
-        let task = |i: usize, chunk: &mut [f32]| {
-            let first = i * rows_per_task;
-            // (Only x86-64 has a path above the portable one.)
-            if self.dtype == DenseType::F16 && path > F16Path::Portable {
-                #[cfg(target_arch = "x86_64")]
-                {
-                    let n_rows = chunk.len() / n_tokens;
-                    let bytes = &self.data[first * self.cols * 2..(first + n_rows) * self.cols * 2];
-                    // SAFETY: `path` is at most `F16Path::best()`, so the CPU has its features;
-                    // `bytes` holds the chunk's rows.
-                    unsafe { f16_rows_simd(path, bytes, x, self.cols, n_tokens, chunk) };
+        let task = |block: super::RowBlock| {
+            let rows = block.rows.clone();
+            block.fill(1.0, |chunk| {
+                // (Only x86-64 has a path above the portable one.)
+                if self.dtype == DenseType::F16 && path > F16Path::Portable {
+                    #[cfg(target_arch = "x86_64")]
+                    {
+                        let bytes = &self.data[rows.start * self.cols * 2..rows.end * self.cols * 2];
+                        // SAFETY: `path` is at most `F16Path::best()`, so the CPU has its
+                        // features; `bytes` holds the chunk's rows.
+                        unsafe { f16_rows_simd(path, bytes, x, self.cols, n_tokens, chunk) };
+                    }
+                    return;
                 }
-                return;
-            }
-            let mut row = vec![0f32; self.cols];
-            for (k, dst) in chunk.chunks_mut(n_tokens).enumerate() {
-                self.row_into(first + k, &mut row);
-                for (t, d) in dst.iter_mut().enumerate() {
-                    *d = dot_f32(&row, &x[t * self.cols..(t + 1) * self.cols]);
+                let mut row = vec![0f32; self.cols];
+                for (k, dst) in chunk.chunks_mut(n_tokens).enumerate() {
+                    self.row_into(rows.start + k, &mut row);
+                    for (t, d) in dst.iter_mut().enumerate() {
+                        *d = dot_f32(&row, &x[t * self.cols..(t + 1) * self.cols]);
+                    }
                 }
-            }
+            })
         };
-        if rows_per_task >= self.rows {
-            task(0, &mut by_row);
-        } else {
-            by_row.par_chunks_mut(rows_per_task * n_tokens).enumerate().for_each(|(i, chunk)| task(i, chunk));
-        }
-        for r in 0..self.rows {
-            for t in 0..n_tokens {
-                out[t * self.rows + r] = by_row[r * n_tokens + t];
+        let mut blocks = super::RowBlock::split(out, self.rows, n_tokens, rows_per_task);
+        if blocks.len() == 1 {
+            if let Some(block) = blocks.pop() {
+                task(block);
             }
+        } else {
+            blocks.into_par_iter().for_each(task);
         }
     }
 }
@@ -488,6 +486,26 @@ unsafe fn dot_f16_avx2(w: &[u8], x: &[f32]) -> f32 {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    /// A matrix big enough to split into several row tasks: each token's outputs are the bits
+    /// of that token alone.
+    #[test]
+    fn f16_matmul_split_over_tasks_keeps_each_tokens_bits() {
+        let (rows, cols, n) = (700, 512, 5);
+        assert!(crate::rows_per_task(rows, cols * n) < rows, "the test needs several tasks");
+        let vals: Vec<f32> = (0..rows * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0).collect();
+        let bytes: Vec<u8> = vals.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect();
+        let m = DenseMatrix::new(DenseType::F16, rows, cols, WeightBytes::Owned(Arc::new(bytes))).unwrap();
+        let x: Vec<f32> = (0..n * cols).map(|i| (i as f32 * 0.1).sin()).collect();
+        let mut out = vec![0f32; n * rows];
+        m.matmul(&x, n, &mut out);
+        for t in 0..n {
+            let mut alone = vec![0f32; rows];
+            m.matmul(&x[t * cols..(t + 1) * cols], 1, &mut alone);
+            let got = &out[t * rows..(t + 1) * rows];
+            assert!(alone.iter().zip(got).all(|(a, g)| a.to_bits() == g.to_bits()), "token {t}");
+        }
+    }
 
     #[test]
     fn f16_matmul_matches_f32_for_every_tile_shape() {

@@ -122,33 +122,33 @@ impl QuantizedActivations {
         self.qs.resize(x.len(), 0);
         self.scales.resize(n_blocks, 0.0);
         self.sums.resize(n_blocks, 0);
-        let span = match mode {
-            ActScales::Block => ACT_BLOCK,
-            ActScales::Token => cols,
-        };
-        for (i, chunk) in x.chunks_exact(span).enumerate() {
-            let d = quantize_span(chunk, &mut self.qs[i * span..(i + 1) * span]);
-            let first = i * span / ACT_BLOCK;
-            for b in first..first + span / ACT_BLOCK {
-                self.scales[b] = d;
-                self.sums[b] = self.qs[b * ACT_BLOCK..(b + 1) * ACT_BLOCK].iter().map(|&q| q as i32).sum();
-            }
-        }
         let nb = cols / ACT_BLOCK;
-        self.scaled_sums.clear();
-        self.totals.clear();
-        for t in 0..n_tokens {
-            let range = t * nb..(t + 1) * nb;
-            self.scaled_sums
-                .push(self.scales[range.clone()].iter().zip(&self.sums[range.clone()]).map(|(&d, &s)| d * s as f32).sum());
-            self.totals.push(self.sums[range].iter().sum());
-        }
+        self.scaled_sums.resize(n_tokens, 0.0);
+        self.totals.resize(n_tokens, 0);
         self.interleaved.resize(x.len(), 0);
-        for (src, dst) in self.qs.chunks_exact(ACT_BLOCK).zip(self.interleaved.chunks_exact_mut(ACT_BLOCK)) {
-            for l in 0..4 {
-                dst[64 * l..64 * l + 32].copy_from_slice(&src[32 * l..32 * l + 32]);
-                dst[64 * l + 32..64 * l + 64].copy_from_slice(&src[128 + 32 * l..128 + 32 * l + 32]);
-            }
+        if cols == 0 {
+            self.scaled_sums.fill(0.0);
+            self.totals.fill(0);
+            return;
+        }
+        let one = |((((x, qs), interleaved), (scales, sums)), (scaled_sum, total))| {
+            TokenQuant { qs, interleaved, scales, sums, scaled_sum, total }.fill(x, mode)
+        };
+        // Tokens are independent: a batch of them is quantized on the pool's threads.
+        if n_tokens > 1 && x.len() >= PARALLEL_ELEMENTS {
+            x.par_chunks_exact(cols)
+                .zip(self.qs.par_chunks_exact_mut(cols))
+                .zip(self.interleaved.par_chunks_exact_mut(cols))
+                .zip(self.scales.par_chunks_exact_mut(nb).zip(self.sums.par_chunks_exact_mut(nb)))
+                .zip(self.scaled_sums.par_iter_mut().zip(self.totals.par_iter_mut()))
+                .for_each(one);
+        } else {
+            x.chunks_exact(cols)
+                .zip(self.qs.chunks_exact_mut(cols))
+                .zip(self.interleaved.chunks_exact_mut(cols))
+                .zip(self.scales.chunks_exact_mut(nb).zip(self.sums.chunks_exact_mut(nb)))
+                .zip(self.scaled_sums.iter_mut().zip(self.totals.iter_mut()))
+                .for_each(one);
         }
     }
 
@@ -358,6 +358,45 @@ impl TernaryMatrix {
     }
 }
 
+/// Elements of per-token work (norms, quantization) above which a batch of tokens is split
+/// over the pool's threads: below it, waking a thread costs more than it saves.
+pub const PARALLEL_ELEMENTS: usize = 1 << 14;
+
+/// One token's part of [`QuantizedActivations`], filled by [`TokenQuant::fill`].
+struct TokenQuant<'a> {
+    qs: &'a mut [i8],
+    interleaved: &'a mut [i8],
+    scales: &'a mut [f32],
+    sums: &'a mut [i32],
+    scaled_sum: &'a mut f32,
+    total: &'a mut i32,
+}
+
+impl TokenQuant<'_> {
+    fn fill(self, x: &[f32], mode: ActScales) {
+        let span = match mode {
+            ActScales::Block => ACT_BLOCK,
+            ActScales::Token => x.len(),
+        };
+        for (i, chunk) in x.chunks_exact(span).enumerate() {
+            let d = quantize_span(chunk, &mut self.qs[i * span..(i + 1) * span]);
+            let first = i * span / ACT_BLOCK;
+            for b in first..first + span / ACT_BLOCK {
+                self.scales[b] = d;
+                self.sums[b] = self.qs[b * ACT_BLOCK..(b + 1) * ACT_BLOCK].iter().map(|&q| q as i32).sum();
+            }
+        }
+        *self.scaled_sum = self.scales.iter().zip(self.sums.iter()).map(|(&d, &s)| d * s as f32).sum();
+        *self.total = self.sums.iter().sum();
+        for (src, dst) in self.qs.chunks_exact(ACT_BLOCK).zip(self.interleaved.chunks_exact_mut(ACT_BLOCK)) {
+            for l in 0..4 {
+                dst[64 * l..64 * l + 32].copy_from_slice(&src[32 * l..32 * l + 32]);
+                dst[64 * l + 32..64 * l + 64].copy_from_slice(&src[128 + 32 * l..128 + 32 * l + 32]);
+            }
+        }
+    }
+}
+
 /// Several matrices of the same input (a layer's Q, K and V; its FFN gate and up) times the
 /// same tokens, in one parallel pass: `outs[i][t * rows_i + r] = scale_i * W_i[r] · x_t`. One
 /// pass rather than one per matrix, because waking the threads and waiting for the slowest
@@ -371,35 +410,75 @@ pub fn matmul_group(kernel: &dyn TernaryKernel, mats: &[&TernaryMatrix], x: &Qua
     }
     let total: usize = mats.iter().map(|m| m.rows).sum();
     let per_task = rows_per_task(total, mats[0].cols * n);
-    // Row-major results (`[r * n + t]`); with one token that is already the output's layout.
-    let mut by_row: Vec<Vec<f32>> = if n == 1 { vec![] } else { mats.iter().map(|m| vec![0f32; m.rows * n]).collect() };
-    let mut tasks: Vec<(&TernaryMatrix, Range<usize>, &mut [f32])> = vec![];
-    let targets: Vec<&mut [f32]> =
-        if n == 1 { outs.iter_mut().map(|o| &mut **o).collect() } else { by_row.iter_mut().map(Vec::as_mut_slice).collect() };
-    for (m, target) in mats.iter().zip(targets) {
-        for (i, chunk) in target.chunks_mut(per_task * n).enumerate() {
-            let start = i * per_task;
-            tasks.push((m, start..start + chunk.len() / n, chunk));
-        }
+    let mut tasks: Vec<(&TernaryMatrix, RowBlock)> = vec![];
+    for (m, out) in mats.iter().zip(outs.iter_mut()) {
+        tasks.extend(RowBlock::split(out, m.rows, n, per_task).into_iter().map(|b| (*m, b)));
     }
+    let run = |(m, block): (&TernaryMatrix, RowBlock)| {
+        let rows = block.rows.clone();
+        block.fill(m.scale, |by_row| gemm(kernel, m, rows, x, by_row));
+    };
     if tasks.len() == 1 {
-        let (m, rows, chunk) = tasks.pop().expect("one task");
-        gemm(kernel, m, rows, x, chunk);
+        if let Some(task) = tasks.pop() {
+            run(task);
+        }
     } else {
-        tasks.into_par_iter().for_each(|(m, rows, chunk)| gemm(kernel, m, rows, x, chunk));
+        tasks.into_par_iter().for_each(run);
     }
-    for (i, (m, out)) in mats.iter().zip(outs.iter_mut()).enumerate() {
-        if n == 1 {
-            if m.scale != 1.0 {
-                out.iter_mut().for_each(|v| *v *= m.scale);
-            }
-            continue;
+}
+
+/// One parallel task's share of a token-major output (`out[t * rows + r]`): rows `rows`, as
+/// one piece of each token's output row. Tasks own disjoint pieces, so each writes its own
+/// results in place.
+pub(crate) struct RowBlock<'a> {
+    pub(crate) rows: Range<usize>,
+    pieces: Vec<&'a mut [f32]>,
+}
+
+impl<'a> RowBlock<'a> {
+    /// Cuts `out` (`n_tokens` rows of `rows` values) into blocks of `per_task` rows.
+    pub(crate) fn split(out: &'a mut [f32], rows: usize, n_tokens: usize, per_task: usize) -> Vec<Self> {
+        assert_eq!(out.len(), rows * n_tokens);
+        if rows == 0 {
+            return vec![];
         }
-        for r in 0..m.rows {
-            for t in 0..n {
-                out[t * m.rows + r] = by_row[i][r * n + t] * m.scale;
+        let mut blocks: Vec<Self> = (0..rows)
+            .step_by(per_task)
+            .map(|start| RowBlock { rows: start..(start + per_task).min(rows), pieces: Vec::with_capacity(n_tokens) })
+            .collect();
+        for token_out in out.chunks_exact_mut(rows) {
+            for (block, piece) in blocks.iter_mut().zip(token_out.chunks_mut(per_task)) {
+                block.pieces.push(piece);
             }
         }
+        blocks
+    }
+
+    /// Runs `product`, which writes this block's rows times every token row-major
+    /// (`[r * n_tokens + t]`), and stores its results times `scale`. Products write rows ×
+    /// tokens and the model reads tokens × rows: each task turns its own block around, in a
+    /// buffer kept per thread, instead of one thread turning the whole output around after.
+    pub(crate) fn fill(mut self, scale: f32, product: impl FnOnce(&mut [f32])) {
+        if let [out] = self.pieces.as_mut_slice() {
+            // One token: row-major is already the output's layout.
+            product(out);
+            if scale != 1.0 {
+                out.iter_mut().for_each(|v| *v *= scale);
+            }
+            return;
+        }
+        thread_local!(static BY_ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) });
+        BY_ROW.with_borrow_mut(|by_row| {
+            let n = self.pieces.len();
+            by_row.clear();
+            by_row.resize(self.rows.len() * n, 0.0);
+            product(by_row);
+            for (t, out) in self.pieces.iter_mut().enumerate() {
+                for (r, v) in out.iter_mut().enumerate() {
+                    *v = by_row[r * n + t] * scale;
+                }
+            }
+        });
     }
 }
 
@@ -700,6 +779,38 @@ mod tests {
             }
         }
 
+        /// A batch big enough to be quantized on several threads gives each token exactly
+        /// what quantizing it alone gives.
+        #[test]
+        fn batch_quantization_is_token_by_token(
+            blocks in 1usize..5,
+            extra_tokens in 0usize..8,
+            per_token in any::<bool>(),
+            seed in any::<u64>(),
+        ) {
+            let cols = blocks * ACT_BLOCK;
+            let n_tokens = PARALLEL_ELEMENTS.div_ceil(cols) + extra_tokens;
+            let mut state = seed | 1;
+            let x: Vec<f32> = (0..n_tokens * cols).map(|_| {
+                state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+                (state % 20001) as f32 / 100.0 - 100.0
+            }).collect();
+            let mode = if per_token { ActScales::Token } else { ActScales::Block };
+            let mut all = QuantizedActivations::default();
+            all.requantize_with(&x, n_tokens, cols, mode);
+            let mut one = QuantizedActivations::default();
+            for t in 0..n_tokens {
+                one.requantize_with(&x[t * cols..(t + 1) * cols], 1, cols, mode);
+                prop_assert_eq!(all.token(t), one.token(0));
+                prop_assert_eq!(all.token_scales(t), one.token_scales(0));
+                let nb = cols / ACT_BLOCK;
+                prop_assert_eq!(&all.interleaved[t * cols..(t + 1) * cols], &one.interleaved[..]);
+                prop_assert_eq!(&all.sums[t * nb..(t + 1) * nb], &one.sums[..]);
+                prop_assert_eq!(all.scaled_sums[t].to_bits(), one.scaled_sums[0].to_bits());
+                prop_assert_eq!(all.totals[t], one.totals[0]);
+            }
+        }
+
         /// Quantization follows llama.cpp's Q8_K: the largest value maps to -127 * sign.
         #[test]
         fn activation_quantization_is_q8k(xs in proptest::collection::vec(-100f32..100f32, ACT_BLOCK)) {
@@ -736,6 +847,38 @@ mod tests {
                 prop_assert_eq!(q.totals()[t], q.token(t).iter().map(|&v| v as i32).sum::<i32>());
                 for (i, &v) in xs.iter().enumerate() {
                     prop_assert!((q.token(t)[i] as f32 * d - v).abs() <= d.abs() * 0.5 + 1e-4);
+                }
+            }
+        }
+    }
+
+    /// Several matrices split into many row tasks over a batch of tokens: every output is the
+    /// bits of that matrix's rows times that token alone.
+    #[test]
+    fn matmul_group_splits_rows_and_keeps_each_tokens_bits() {
+        let cols = 8 * ACT_BLOCK;
+        let n_tokens = 5;
+        let (a, _, mut next) = random_matrix(TernaryFormat::TQ2_0, 300, cols, true, 7);
+        let (b, _, _) = random_matrix(TernaryFormat::TQ2_0, 70, cols, false, 9);
+        let b = b.with_scale(0.75);
+        assert!(rows_per_task(370, cols * n_tokens) < 300, "the test needs several tasks a matrix");
+        let x: Vec<f32> = (0..n_tokens * cols).map(|_| ((next() % 20001) as f32 - 10000.0) / 997.0).collect();
+        let q = QuantizedActivations::quantize(&x, n_tokens, cols);
+        for kernel in available() {
+            let (mut out_a, mut out_b) = (vec![0f32; 300 * n_tokens], vec![0f32; 70 * n_tokens]);
+            matmul_group(kernel, &[&a, &b], &q, &mut [&mut out_a, &mut out_b]);
+            for t in 0..n_tokens {
+                let one = QuantizedActivations::quantize(&x[t * cols..(t + 1) * cols], 1, cols);
+                for (m, out) in [(&a, &out_a), (&b, &out_b)] {
+                    let mut single = vec![0f32; m.rows()];
+                    m.matmul(kernel, &one, &mut single);
+                    let got = &out[t * m.rows()..(t + 1) * m.rows()];
+                    assert!(
+                        single.iter().zip(got).all(|(s, g)| s.to_bits() == g.to_bits()),
+                        "{}: token {t} of a {}-row matrix",
+                        kernel.name(),
+                        m.rows()
+                    );
                 }
             }
         }

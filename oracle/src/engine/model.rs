@@ -457,15 +457,12 @@ impl BitNetModel {
             };
             quantize(&mut xq, &[&l.wo], attn_in, e);
             l.wo.forward(kernel, attn_in, &xq, n, &mut proj);
-            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+            ops::add_assign(&mut x, &proj);
 
             rms_norm(&x, &l.ffn_norm, c.rms_eps, &mut norm);
             quantize(&mut xq, &[&l.ffn_gate, &l.ffn_up], &norm, e);
             forward_group(kernel, &[&l.ffn_gate, &l.ffn_up], &norm, &xq, n, &mut [&mut gate, &mut up]);
-            match c.activation {
-                Activation::Silu => gate.iter_mut().zip(&up).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u),
-                Activation::ReluSquared => gate.iter_mut().zip(&up).for_each(|(g, u)| *g = g.max(0.0).powi(2) * u),
-            }
+            ops::gated(c.activation, &mut gate, &up);
             let down_in = match &l.ffn_sub_norm {
                 Some(w) => {
                     rms_norm(&gate, w, c.rms_eps, &mut sub);
@@ -475,7 +472,7 @@ impl BitNetModel {
             };
             quantize(&mut xq, &[&l.ffn_down], down_in, f);
             l.ffn_down.forward(kernel, down_in, &xq, n, &mut proj);
-            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+            ops::add_assign(&mut x, &proj);
         }
         for (seg, &start) in segments.iter_mut().zip(&starts) {
             seg.cache.set_len(start + seg.tokens.len());

@@ -5,8 +5,9 @@
 use rayon::prelude::*;
 
 use super::batch::RowMap;
-use super::config::{BitNetConfig, RopeStyle};
+use super::config::{Activation, BitNetConfig, RopeStyle};
 use super::kernels::attention::CachedHead;
+use super::kernels::PARALLEL_ELEMENTS;
 use super::kv_cache::KvCache;
 
 /// Rotary position embedding, NeoX style (dimension i with i + n_rot/2) or interleaved
@@ -122,14 +123,78 @@ pub fn round_f16(v: f32) -> f32 {
     half::f16::from_f32(v).to_f32()
 }
 
-/// RMSNorm of each row of `x` (rows of `w.len()`), times `w`.
+/// RMSNorm of each row of `x` (rows of `w.len()`), times `w`. A batch of rows is split over
+/// the pool's threads.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
-    for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+    let one = |(row, o): (&[f32], &mut [f32])| {
         let ms = row.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / d as f64;
         let inv = 1.0 / ((ms as f32) + eps).sqrt();
         for ((o, v), g) in o.iter_mut().zip(row).zip(w) {
             *o = v * inv * g;
         }
+    };
+    if x.len() > d && x.len() >= PARALLEL_ELEMENTS {
+        x.par_chunks_exact(d).zip(out.par_chunks_exact_mut(d)).for_each(one);
+    } else {
+        x.chunks_exact(d).zip(out.chunks_exact_mut(d)).for_each(one);
+    }
+}
+
+/// `x += y`, element by element (the residual stream).
+pub fn add_assign(x: &mut [f32], y: &[f32]) {
+    assert_eq!(x.len(), y.len());
+    let add = |(a, b): (&mut [f32], &[f32])| a.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+    if x.len() >= 2 * PARALLEL_ELEMENTS {
+        x.par_chunks_mut(PARALLEL_ELEMENTS).zip(y.par_chunks(PARALLEL_ELEMENTS)).for_each(add);
+    } else {
+        add((x, y));
+    }
+}
+
+/// The gated feed-forward's middle: `gate = act(gate) * up`, element by element.
+pub fn gated(activation: Activation, gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len());
+    let apply = |(g, u): (&mut [f32], &[f32])| match activation {
+        Activation::Silu => g.iter_mut().zip(u).for_each(|(g, u)| *g = *g / (1.0 + (-*g).exp()) * u),
+        Activation::ReluSquared => g.iter_mut().zip(u).for_each(|(g, u)| *g = g.max(0.0).powi(2) * u),
+    };
+    if gate.len() >= 2 * PARALLEL_ELEMENTS {
+        gate.par_chunks_mut(PARALLEL_ELEMENTS).zip(up.par_chunks(PARALLEL_ELEMENTS)).for_each(apply);
+    } else {
+        apply((gate, up));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch big enough to be split over threads gives each row exactly what it gives alone.
+    #[test]
+    fn batched_elementwise_ops_are_row_by_row() {
+        let (d, n) = (1024, 2 * PARALLEL_ELEMENTS / 1024 + 3);
+        let x: Vec<f32> = (0..n * d).map(|i| ((i * 7919 % 2003) as f32 - 1000.0) / 97.0).collect();
+        let w: Vec<f32> = (0..d).map(|i| 0.5 + (i % 13) as f32 / 7.0).collect();
+        let mut all = vec![0f32; n * d];
+        rms_norm(&x, &w, 1e-5, &mut all);
+        let mut one = vec![0f32; d];
+        for t in 0..n {
+            rms_norm(&x[t * d..(t + 1) * d], &w, 1e-5, &mut one);
+            assert_eq!(one, all[t * d..(t + 1) * d], "row {t}");
+        }
+        let up: Vec<f32> = x.iter().map(|v| v * 0.25 - 1.0).collect();
+        for activation in [Activation::Silu, Activation::ReluSquared] {
+            let mut gate = x.clone();
+            gated(activation, &mut gate, &up);
+            for (i, ((g, x), u)) in gate.iter().zip(&x).zip(&up).enumerate().step_by(997) {
+                let mut alone = [*x];
+                gated(activation, &mut alone, &[*u]);
+                assert_eq!(g.to_bits(), alone[0].to_bits(), "{activation:?} element {i}");
+            }
+        }
+        let mut sum = x.clone();
+        add_assign(&mut sum, &up);
+        assert!(sum.iter().zip(x.iter().zip(&up)).all(|(s, (a, b))| s.to_bits() == (a + b).to_bits()));
     }
 }
