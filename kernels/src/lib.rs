@@ -473,9 +473,15 @@ impl<'a> RowBlock<'a> {
             by_row.clear();
             by_row.resize(self.rows.len() * n, 0.0);
             product(by_row);
-            for (t, out) in self.pieces.iter_mut().enumerate() {
-                for (r, v) in out.iter_mut().enumerate() {
-                    *v = by_row[r * n + t] * scale;
+            // Sixteen rows at a time (16 × n values, in L1), each token's sixteen written side
+            // by side.
+            const ROWS: usize = 16;
+            for (c, chunk) in by_row.chunks(ROWS * n).enumerate() {
+                for (t, out) in self.pieces.iter_mut().enumerate() {
+                    let dst = &mut out[c * ROWS..c * ROWS + chunk.len() / n];
+                    for (v, src) in dst.iter_mut().zip(chunk[t..].iter().step_by(n)) {
+                        *v = src * scale;
+                    }
                 }
             }
         });
