@@ -145,7 +145,8 @@ impl DenseMatrix {
                 task(block);
             }
         } else {
-            blocks.into_par_iter().for_each(task);
+            // One block a steal, as in `matmul_group`.
+            blocks.into_par_iter().with_max_len(1).for_each(task);
         }
     }
 }

@@ -423,7 +423,12 @@ pub fn matmul_group(kernel: &dyn TernaryKernel, mats: &[&TernaryMatrix], x: &Qua
             run(task);
         }
     } else {
-        tasks.into_par_iter().for_each(run);
+        // Every task its own piece of work for stealing. Rayon's default splits a list into
+        // runs of two or three tasks until a thread steals, and a layer's tasks differ in size
+        // (Q's rows against K's remainder), so one thread finished a run while the other had
+        // most of a matrix left: a 9-token pass profiled 17,336 samples on one thread against
+        // 15,488 on the other, and 18,471 against 17,989 after (`docs/performance.md`).
+        tasks.into_par_iter().with_max_len(1).for_each(run);
     }
 }
 

@@ -112,7 +112,8 @@ pub(crate) fn attention(
         }
     };
     if threads > 1 {
-        out.par_chunks_mut(per_task * hd).enumerate().for_each(task);
+        // One task a steal, as in `kernels::matmul_group`.
+        out.par_chunks_mut(per_task * hd).enumerate().with_max_len(1).for_each(task);
     } else {
         out.chunks_mut(per_task * hd).enumerate().for_each(task);
     }
