@@ -83,26 +83,20 @@ impl Int8Rows {
         let (xq, xs) = (&x.values, &x.scales);
         let xu: Vec<u8> = xq.iter().map(|&v| (v as u8) ^ 0x80).collect();
         let per_task = super::rows_per_task(self.rows, cols * n_tokens);
-        let mut by_row = vec![0f32; self.rows * n_tokens];
-        by_row.par_chunks_mut(per_task * n_tokens).enumerate().for_each(|(i, chunk)| {
-            let first = i * per_task;
-            let mut isum = vec![0i32; chunk.len()];
-            self.integer_sums(first, xq, &xu, n_tokens, &mut isum);
-            for (k, (dst, sums)) in chunk.chunks_mut(n_tokens).zip(isum.chunks(n_tokens)).enumerate() {
-                for (t, (d, &sum)) in dst.iter_mut().zip(sums).enumerate() {
-                    *d = sum as f32 * self.scales[first + k] * xs[t];
+        let task = |block: super::RowBlock| {
+            let first = block.rows.start;
+            block.fill(1.0, |chunk| {
+                let mut isum = vec![0i32; chunk.len()];
+                self.integer_sums(first, xq, &xu, n_tokens, &mut isum);
+                for (k, (dst, sums)) in chunk.chunks_mut(n_tokens).zip(isum.chunks(n_tokens)).enumerate() {
+                    for (t, (d, &sum)) in dst.iter_mut().zip(sums).enumerate() {
+                        *d = sum as f32 * self.scales[first + k] * xs[t];
+                    }
                 }
-            }
-        });
-        if n_tokens == 1 {
-            out.copy_from_slice(&by_row);
-            return;
-        }
-        out.par_chunks_mut(self.rows).enumerate().for_each(|(t, dst)| {
-            for (r, d) in dst.iter_mut().enumerate() {
-                *d = by_row[r * n_tokens + t];
-            }
-        });
+            })
+        };
+        // One block a steal, as in `matmul_group`.
+        super::RowBlock::split(out, self.rows, n_tokens, per_task).into_par_iter().with_max_len(1).for_each(task);
     }
 }
 
@@ -348,7 +342,13 @@ mod tests {
 
     #[test]
     fn close_to_the_float_product_and_independent_of_the_batch() {
-        let (rows, cols, n) = (37, 320, 5);
+        // The second shape splits into several row tasks.
+        for (rows, cols, n) in [(37, 320, 5), (700, 512, 5)] {
+            close_and_independent(rows, cols, n);
+        }
+    }
+
+    fn close_and_independent(rows: usize, cols: usize, n: usize) {
         let m = f16_matrix(rows, cols, 9);
         let q = Int8Rows::from_dense(&m);
         let x: Vec<f32> = (0..n * cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
