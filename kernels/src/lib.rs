@@ -709,7 +709,8 @@ mod tests {
             format in format_strategy(),
             rows in 1usize..40,
             col_blocks in 1usize..5,
-            n_tokens in 1usize..10,
+            // Up to a tile of eight and past it, and several tiles.
+            n_tokens in prop_oneof![1usize..10, 16usize..36],
             // One scale per row (the SIMD kernels factor it out) or one per block.
             uniform in any::<bool>(),
             // Activation scales per block (Q8_K) or per token.
@@ -760,7 +761,7 @@ mod tests {
             format in format_strategy(),
             rows in 1usize..24,
             col_blocks in 1usize..4,
-            n_tokens in 2usize..12,
+            n_tokens in prop_oneof![2usize..12, 16usize..40],
             uniform in any::<bool>(),
             per_token in any::<bool>(),
             seed in any::<u64>(),
