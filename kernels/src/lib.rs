@@ -83,7 +83,22 @@ pub struct QuantizedActivations {
     /// Per token, the sum of all its quantized values (kept in [`ActScales::Token`] mode,
     /// where a whole row's integer dot product is corrected by it at once).
     totals: Vec<i32>,
+    /// The first `PAIR_TOKENS * (n_tokens / PAIR_TOKENS)` tokens in groups of
+    /// [`PAIR_TOKENS`] (none below [`PAIR_GROUPS_FROM`] groups): per group and block, for each pair of 4-value pieces of
+    /// `interleaved`'s order, the pair of every token of the group side by side
+    /// (`[group][block][pair][token][8]`).
+    by_pairs: Vec<i8>,
+    /// The groups' block scales, each token's twice (`[group][block][token][2]`).
+    pair_scales: Vec<f32>,
 }
+
+/// Tokens in one group of [`QuantizedActivations::by_pairs`]: two 32-bit lanes each in a
+/// 512-bit vector.
+pub const PAIR_TOKENS: usize = 8;
+
+/// Groups of [`PAIR_TOKENS`] from which the pairs are built (and the AVX-512 kernel takes
+/// them): with one group, the kernel's row tiles measured faster.
+pub const PAIR_GROUPS_FROM: usize = 2;
 
 impl QuantizedActivations {
     /// Quantizes `x` (`n_tokens` rows of `cols`) with absmax scaling per block.
@@ -129,6 +144,8 @@ impl QuantizedActivations {
         if cols == 0 {
             self.scaled_sums.fill(0.0);
             self.totals.fill(0);
+            self.by_pairs.clear();
+            self.pair_scales.clear();
             return;
         }
         let one = |((((x, qs), interleaved), (scales, sums)), (scaled_sum, total))| {
@@ -149,6 +166,38 @@ impl QuantizedActivations {
                 .zip(self.scales.chunks_exact_mut(nb).zip(self.sums.chunks_exact_mut(nb)))
                 .zip(self.scaled_sums.iter_mut().zip(self.totals.iter_mut()))
                 .for_each(one);
+        }
+        self.fill_pairs();
+    }
+
+    /// Builds [`QuantizedActivations::by_pairs`] and its scales from the tokens.
+    fn fill_pairs(&mut self) {
+        let (cols, nb) = (self.cols, self.cols / ACT_BLOCK);
+        let groups = self.n_tokens / PAIR_TOKENS;
+        let groups = if groups >= PAIR_GROUPS_FROM { groups } else { 0 };
+        self.by_pairs.resize(groups * PAIR_TOKENS * cols, 0);
+        self.pair_scales.resize(groups * nb * PAIR_TOKENS * 2, 0.0);
+        let (interleaved, scales) = (&self.interleaved, &self.scales);
+        let fill = |(g, (dst, dst_scales)): (usize, (&mut [i8], &mut [f32]))| {
+            let t0 = g * PAIR_TOKENS;
+            for (k, piece) in dst.chunks_exact_mut(8 * PAIR_TOKENS).enumerate() {
+                for (t, out) in piece.chunks_exact_mut(8).enumerate() {
+                    let src = (t0 + t) * cols + 8 * k;
+                    out.copy_from_slice(&interleaved[src..src + 8]);
+                }
+            }
+            for (b, out) in dst_scales.chunks_exact_mut(2 * PAIR_TOKENS).enumerate() {
+                for (t, s) in out.chunks_exact_mut(2).enumerate() {
+                    s.fill(scales[(t0 + t) * nb + b]);
+                }
+            }
+        };
+        if groups > 0 {
+            self.by_pairs
+                .par_chunks_exact_mut(PAIR_TOKENS * cols)
+                .zip(self.pair_scales.par_chunks_exact_mut(nb * PAIR_TOKENS * 2))
+                .enumerate()
+                .for_each(fill);
         }
     }
 
@@ -198,6 +247,17 @@ impl QuantizedActivations {
     /// Per token, the sum over its blocks of scale × sum of values.
     pub fn scaled_sums(&self) -> &[f32] {
         &self.scaled_sums
+    }
+
+    /// The first `n_tokens / PAIR_TOKENS` groups of tokens, pairs of pieces side by side
+    /// (see the field; empty below [`PAIR_GROUPS_FROM`] groups).
+    pub fn by_pairs(&self) -> &[i8] {
+        &self.by_pairs
+    }
+
+    /// The groups' block scales, each token's twice.
+    pub fn pair_scales(&self) -> &[f32] {
+        &self.pair_scales
     }
 
     /// Token `t`'s quantized values.
