@@ -17,6 +17,7 @@ use half::f16;
 use crate::dense;
 
 /// Query heads a SIMD pass takes together; a larger group goes in several passes.
+#[cfg(target_arch = "x86_64")]
 const HEADS_PER_PASS: usize = 4;
 
 /// Calls `$f::<G>(args)` with `G` the heads of this pass, 1 to [`HEADS_PER_PASS`].
@@ -41,7 +42,9 @@ pub struct CachedHead<'a> {
     n: usize,
     width: usize,
     /// Memory the caller reads next (the next page's vectors), prefetched while these are
-    /// multiplied: each page starts cold for the hardware prefetchers.
+    /// multiplied: each page starts cold for the hardware prefetchers. (Only the x86 passes
+    /// prefetch.)
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     next: &'a [f16],
 }
 

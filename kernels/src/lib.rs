@@ -84,7 +84,8 @@ pub struct QuantizedActivations {
     /// where a whole row's integer dot product is corrected by it at once).
     totals: Vec<i32>,
     /// The first `PAIR_TOKENS * (n_tokens / PAIR_TOKENS)` tokens in groups of
-    /// [`PAIR_TOKENS`] (none below [`PAIR_GROUPS_FROM`] groups): per group and block, for each pair of 4-value pieces of
+    /// [`PAIR_TOKENS`] (none below [`PAIR_GROUPS_FROM`] groups, and none where no kernel of
+    /// this CPU reads them): per group and block, for each pair of 4-value pieces of
     /// `interleaved`'s order, the pair of every token of the group side by side
     /// (`[group][block][pair][token][8]`).
     by_pairs: Vec<i8>,
@@ -174,7 +175,8 @@ impl QuantizedActivations {
     fn fill_pairs(&mut self) {
         let (cols, nb) = (self.cols, self.cols / ACT_BLOCK);
         let groups = self.n_tokens / PAIR_TOKENS;
-        let groups = if groups >= PAIR_GROUPS_FROM { groups } else { 0 };
+        // Only the AVX-512 VNNI kernel reads them: elsewhere the copy would be wasted.
+        let groups = if groups >= PAIR_GROUPS_FROM && pairs_are_read() { groups } else { 0 };
         self.by_pairs.resize(groups * PAIR_TOKENS * cols, 0);
         self.pair_scales.resize(groups * nb * PAIR_TOKENS * 2, 0.0);
         let (interleaved, scales) = (&self.interleaved, &self.scales);
@@ -276,6 +278,18 @@ impl QuantizedActivations {
         let nb = self.blocks_per_token();
         &self.sums[t * nb..(t + 1) * nb]
     }
+}
+
+/// Whether a kernel on this CPU reads [`QuantizedActivations::by_pairs`]: the AVX-512 VNNI
+/// one, which is selectable only where it is detected.
+#[cfg(target_arch = "x86_64")]
+fn pairs_are_read() -> bool {
+    x86::Avx512Vnni::detected()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn pairs_are_read() -> bool {
+    false
 }
 
 /// Quantizes one span with absmax scaling, as llama.cpp's `quantize_row_q8_K_ref` does a block:

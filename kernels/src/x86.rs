@@ -561,6 +561,8 @@ unsafe fn by_pairs<L: Layout512>(
         return 0;
     }
     let cols = w.cols();
+    // The tile reads the pairs through raw pointers.
+    assert_eq!(x.by_pairs().len(), groups * PAIR_TOKENS * cols, "activations without their pairs");
     thread_local!(static CODES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) });
     // Taken out and put back rather than used in `with`: a closure would not carry this
     // function's target features, and the intrinsics in it would become calls.
